@@ -1,0 +1,296 @@
+/**
+ * # A TCP client that connects and stays idle
+ *
+ * @run deno run --allow-net client.ts [--hostname 127.0.0.1] [--port 8888] [--keepalive] [--json]
+ *
+ * The Deno version of the C client in the blog post "套接字选项SO_KEEPALIVE":
+ * it connects to the server and then sends nothing, so the connection is
+ * idle and the server's keepalive probes are the only traffic on it. The
+ * kernel answers those probes by itself; this program never sees them. What
+ * it does see is how the connection ends: the server closes it, resets it,
+ * or (with `--keepalive`, when the server has vanished) the client's own
+ * probes go unanswered and the read fails with "timed out".
+ *
+ * - https://docs.deno.com/api/deno/~/Deno.connect
+ * - https://docs.deno.com/api/deno/~/Deno.TcpConn.prototype.setKeepAlive
+ *
+ * Copying this file into your project? It needs `@std/cli` in your import
+ * map (`deno add jsr:@std/cli`) and `--allow-net`, nothing else.
+ *
+ * @module
+ */
+import { parseArgs } from "@std/cli/parse-args";
+
+/** What the client does, from its command-line flags. */
+export interface ClientOptions {
+  /** The server's address or host name. */
+  hostname: string;
+  /** The server's port. */
+  port: number;
+  /** Whether to turn `SO_KEEPALIVE` on for this side too (the C client did not). */
+  keepAlive: boolean;
+  /** Print events as JSON lines instead of text. */
+  json: boolean;
+}
+
+/** Bad command-line input: the message is one line, and the exit code is 2. */
+export class UsageError extends Error {}
+
+/** The `--help` text. */
+export const HELP = `Usage: deno run --allow-net client.ts [options]
+
+Connects to a TCP server, sends nothing, and reports how the connection ends.
+Quit with Enter, Ctrl-C or SIGTERM.
+
+Options:
+  --hostname ADDRESS   server address or host name (default 127.0.0.1; ::1 for IPv6)
+  --port N             server port, 1..65535 (default 8888)
+  --keepalive          turn SO_KEEPALIVE on for this side too (default off, like the C client)
+  --json               print one JSON object per event instead of text
+  -h, --help           show this help
+
+Exit codes: 0 when you quit or the server closed the connection cleanly,
+1 when the connection was lost (reset, timed out) or could not be made,
+2 for bad flags.
+
+Permissions: --allow-net (to connect).`;
+
+/**
+ * Parses the command-line flags. Throws {@linkcode UsageError} for anything
+ * it cannot use; returns `"help"` for `--help`.
+ *
+ * @example
+ * ```ts
+ * import { parseClientArgs } from "./client.ts";
+ * parseClientArgs(["--hostname", "::1", "--keepalive"]);
+ * // { hostname: "::1", port: 8888, keepAlive: true, json: false }
+ * ```
+ */
+export function parseClientArgs(args: string[]): ClientOptions | "help" {
+  const flags = parseArgs(args, {
+    string: ["hostname", "port"],
+    boolean: ["keepalive", "json", "help"],
+    alias: { h: "help" },
+    default: { hostname: "127.0.0.1", port: "8888" },
+    unknown: (arg: string) => {
+      throw new UsageError(
+        arg.startsWith("-") ? `unknown flag ${arg}` : `unexpected argument ${JSON.stringify(arg)}`,
+      );
+    },
+  }) as { hostname: string; port: string; keepalive: boolean; json: boolean; help: boolean };
+  if (flags.help) return "help";
+  if (flags.hostname === "") throw new UsageError("--hostname needs a value");
+  if (flags.port === "") throw new UsageError("--port needs a value");
+  const port = Number(flags.port);
+  if (!/^[0-9]+$/.test(flags.port) || port < 1 || port > 65535) {
+    throw new UsageError(
+      `--port must be an integer from 1 to 65535, not ${JSON.stringify(flags.port)}`,
+    );
+  }
+  return {
+    // Accept "[::1]" as well as "::1": brackets are how IPv6 is written next to a port.
+    hostname: flags.hostname.replace(/^\[(.*)\]$/, "$1"),
+    port,
+    keepAlive: flags.keepalive,
+    json: flags.json,
+  };
+}
+
+/** Everything the client reports, one object per event. `--json` prints these as they are. */
+export type ClientEvent =
+  & { time: string }
+  & (
+    | { event: "connected"; local: string; remote: string; keepAlive: boolean }
+    | { event: "server-closed"; bytes: number }
+    | { event: "reset"; bytes: number }
+    | { event: "timed-out"; bytes: number }
+    | { event: "error"; message: string }
+    | { event: "quit"; bytes: number }
+  );
+
+/** How a connection ended. */
+export type ClientOutcome = "quit" | "server-closed" | "reset" | "timed-out" | "error";
+
+/**
+ * Reads the connection until it ends, counting the bytes the server sends
+ * (they are never printed: nothing from a peer goes to the terminal raw).
+ * Resolves with how it ended; `quit` resolves it with "quit" early.
+ */
+export async function holdConnection(
+  conn: Deno.TcpConn,
+  quit: Promise<unknown>,
+  onEvent: (event: ClientEvent) => void,
+): Promise<ClientOutcome> {
+  const emit = (event: DistributiveOmit<ClientEvent, "time">) =>
+    onEvent({ time: new Date().toISOString(), ...event } as ClientEvent);
+  let bytes = 0;
+  let quitting = false;
+
+  // The read is what makes the kernel's verdict visible: end of stream when
+  // the server closes, ConnectionReset for a reset, and TimedOut (ETIMEDOUT)
+  // when our own keepalive probes go unanswered. A small buffer is enough:
+  // the bytes are only counted.
+  const reading = (async (): Promise<ClientOutcome> => {
+    const buffer = new Uint8Array(4096);
+    try {
+      for (;;) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        bytes += n;
+      }
+      emit({ event: "server-closed", bytes });
+      return "server-closed";
+    } catch (error) {
+      if (quitting) return "quit";
+      if (error instanceof Deno.errors.ConnectionReset) {
+        emit({ event: "reset", bytes });
+        return "reset";
+      }
+      if (error instanceof Deno.errors.TimedOut) {
+        emit({ event: "timed-out", bytes });
+        return "timed-out";
+      }
+      emit({ event: "error", message: errorMessage(error) });
+      return "error";
+    }
+  })();
+
+  const outcome = await Promise.race([reading, quit.then(() => "quit" as const)]);
+  if (outcome === "quit") {
+    quitting = true;
+    emit({ event: "quit", bytes });
+  }
+  try {
+    conn.close();
+  } catch { /* already closed */ }
+  await reading;
+  return outcome;
+}
+
+/** Formats a client event as one line of text, for people. */
+export function formatClientEvent(event: ClientEvent): string {
+  const text = (() => {
+    switch (event.event) {
+      case "connected":
+        return `connected from ${event.local} to ${event.remote}, keepalive ${
+          event.keepAlive ? "on" : "off"
+        }; Enter quits`;
+      case "server-closed":
+        return `the server closed the connection (${event.bytes} bytes received)`;
+      case "reset":
+        return `the connection was reset (${event.bytes} bytes received)`;
+      case "timed-out":
+        return `the connection timed out: keepalive probes went unanswered, the server is gone`;
+      case "error":
+        return `connection error: ${event.message}`;
+      case "quit":
+        return `quitting: closing the connection (${event.bytes} bytes received)`;
+    }
+  })();
+  return `${event.time} ${text}`;
+}
+
+/**
+ * The command: parse flags, connect, hold the connection until the user
+ * quits or the connection ends. Returns the exit code: 0 when the user quit
+ * or the server closed cleanly, 1 when the connection was lost or could not
+ * be made, 2 for bad flags. `quit` replaces "Enter, Ctrl-C or SIGTERM" (for tests).
+ */
+export async function main(
+  args: string[],
+  quit: Promise<unknown> = waitForQuit(),
+): Promise<number> {
+  let options: ClientOptions | "help";
+  try {
+    options = parseClientArgs(args);
+  } catch (error) {
+    console.error(`client.ts: ${errorMessage(error)} (see --help)`);
+    return 2;
+  }
+  if (options === "help") {
+    console.log(HELP);
+    return 0;
+  }
+  const print = options.json
+    ? (event: ClientEvent) => console.log(JSON.stringify(event))
+    : (event: ClientEvent) => console.log(formatClientEvent(event));
+
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+  } catch (error) {
+    console.error(`client.ts: ${describeConnectError(error, options)}`);
+    return 1;
+  }
+  // The C client left SO_KEEPALIVE off: only the server probes. Turn it on
+  // here to have the client notice a server that vanished, too.
+  if (options.keepAlive) conn.setKeepAlive(true);
+  print({
+    time: new Date().toISOString(),
+    event: "connected",
+    local: formatAddr(conn.localAddr),
+    remote: formatAddr(conn.remoteAddr),
+    keepAlive: options.keepAlive,
+  });
+  const outcome = await holdConnection(conn, quit, print);
+  return outcome === "quit" || outcome === "server-closed" ? 0 : 1;
+}
+
+// Quit the way the C client's getchar() did: on Enter. Ctrl-C and SIGTERM
+// quit too, cleanly. A closed stdin (the client runs in the background) is
+// not a request to quit: then only a signal, or the connection's end, stops it.
+function waitForQuit(): Promise<string> {
+  return new Promise((resolve) => {
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    const onSignal = () => done("signal");
+    const done = (why: string) => {
+      for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
+      resolve(why);
+    };
+    for (const signal of signals) Deno.addSignalListener(signal, onSignal);
+    (async () => {
+      const buffer = new Uint8Array(256);
+      for (;;) {
+        const n = await Deno.stdin.read(buffer).catch(() => null);
+        if (n === null) return; // end of input: keep the connection
+        if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
+      }
+    })();
+  });
+}
+
+function describeConnectError(error: unknown, options: ClientOptions): string {
+  const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
+  if (error instanceof Deno.errors.NotCapable) {
+    return `connecting to ${where} needs the --allow-net permission: deno run --allow-net client.ts`;
+  }
+  if (error instanceof Deno.errors.ConnectionRefused) {
+    return `cannot connect to ${where}: connection refused (is the server running?)`;
+  }
+  if (error instanceof Deno.errors.TimedOut) {
+    return `cannot connect to ${where}: timed out (the server does not answer)`;
+  }
+  if (error instanceof Deno.errors.NetworkUnreachable || /unreachable/i.test(errorMessage(error))) {
+    return `cannot connect to ${where}: unreachable (${errorMessage(error)})`;
+  }
+  if (/lookup address/.test(errorMessage(error))) {
+    return `cannot connect to ${where}: host name not found`;
+  }
+  return `cannot connect to ${where}: ${errorMessage(error)}`;
+}
+
+/** `host:port`, with IPv6 hosts in brackets. */
+function formatAddr(addr: Deno.Addr): string {
+  if (addr.transport !== "tcp" && addr.transport !== "udp") return addr.transport;
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
+function errorMessage(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split("\n")[0];
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,423 @@
+/**
+ * # A TCP server that turns keepalive on for every connection
+ *
+ * @run deno run --allow-net server.ts [--hostname 0.0.0.0] [--port 8888] [--no-keepalive] [--max-connections 1000] [--json]
+ *
+ * The Deno version of the C server in the blog post "套接字选项SO_KEEPALIVE":
+ * it listens on port 8888, calls `setKeepAlive(true)` on every connection it
+ * accepts, and then does nothing, so the connections sit idle. An idle
+ * connection with `SO_KEEPALIVE` on is probed by the kernel after
+ * `net.ipv4.tcp_keepalive_time` seconds of silence (7200 by default); when the
+ * peer answers nothing happens, and when it stops answering the next read
+ * fails with "timed out". This server prints both: the connections it
+ * accepts, and how each one ended.
+ *
+ * - https://docs.deno.com/api/deno/~/Deno.listen
+ * - https://docs.deno.com/api/deno/~/Deno.TcpConn.prototype.setKeepAlive
+ * - https://man7.org/linux/man-pages/man7/tcp.7.html (tcp_keepalive_time)
+ *
+ * Copying this file into your project? It needs `@std/cli` in your import
+ * map (`deno add jsr:@std/cli`) and `--allow-net`, nothing else.
+ *
+ * @module
+ */
+import { parseArgs } from "@std/cli/parse-args";
+
+/** What the server does, from its command-line flags. */
+export interface ServerOptions {
+  /** The address to listen on; `0.0.0.0` is every IPv4 address, `::` every address. */
+  hostname: string;
+  /** The port to listen on; 0 lets the kernel pick a free one. */
+  port: number;
+  /** Whether to turn `SO_KEEPALIVE` on for each accepted connection. */
+  keepAlive: boolean;
+  /** Connections over this many are closed as soon as they are accepted. */
+  maxConnections: number;
+  /** Print events as JSON lines instead of text. */
+  json: boolean;
+}
+
+/** Bad command-line input: the message is one line, and the exit code is 2. */
+export class UsageError extends Error {}
+
+/** The `--help` text. */
+export const HELP = `Usage: deno run --allow-net server.ts [options]
+
+Listens for TCP connections, turns keepalive on for each one, and reports how
+each connection ends. Quit with Enter, Ctrl-C or SIGTERM.
+
+Options:
+  --hostname ADDRESS     address to listen on (default 0.0.0.0; :: for IPv6 too)
+  --port N               port to listen on, 0..65535 (default 8888; 0 picks a free port)
+  --no-keepalive         leave SO_KEEPALIVE off on accepted connections
+  --max-connections N    close connections beyond N open ones at once (default 1000)
+  --json                 print one JSON object per event instead of text
+  -h, --help             show this help
+
+Permissions: --allow-net (to listen and accept).`;
+
+/**
+ * Parses the command-line flags. Throws {@linkcode UsageError} for anything
+ * it cannot use; returns `"help"` for `--help`.
+ *
+ * @example
+ * ```ts
+ * import { parseServerArgs } from "./server.ts";
+ * parseServerArgs(["--port", "0", "--hostname", "::"]);
+ * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, json: false }
+ * ```
+ */
+export function parseServerArgs(args: string[]): ServerOptions | "help" {
+  const flags = parseArgs(args, {
+    string: ["hostname", "port", "max-connections"],
+    boolean: ["keepalive", "json", "help"],
+    negatable: ["keepalive"],
+    alias: { h: "help" },
+    default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000", keepalive: true },
+    unknown: (arg: string) => {
+      throw new UsageError(
+        arg.startsWith("-") ? `unknown flag ${arg}` : `unexpected argument ${JSON.stringify(arg)}`,
+      );
+    },
+  }) as {
+    hostname: string;
+    port: string;
+    "max-connections": string;
+    keepalive: boolean;
+    json: boolean;
+    help: boolean;
+  };
+  if (flags.help) return "help";
+  return {
+    hostname: parseHostname(flags.hostname),
+    port: parseInteger("--port", flags.port, 0, 65535),
+    keepAlive: flags.keepalive,
+    maxConnections: parseInteger("--max-connections", flags["max-connections"], 1, 1_000_000),
+    json: flags.json,
+  };
+}
+
+function parseHostname(value: string): string {
+  if (value === "") throw new UsageError("--hostname needs a value");
+  // Accept "[::1]" as well as "::1": brackets are how IPv6 is written next to a port.
+  return value.replace(/^\[(.*)\]$/, "$1");
+}
+
+function parseInteger(flag: string, value: string, min: number, max: number): number {
+  if (value === "") throw new UsageError(`${flag} needs a value`);
+  if (!/^[0-9]+$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new UsageError(
+      `${flag} must be an integer from ${min} to ${max}, not ${JSON.stringify(value)}`,
+    );
+  }
+  return Number(value);
+}
+
+/** Everything the server reports, one object per event. `--json` prints these as they are. */
+export type ServerEvent =
+  & { time: string }
+  & (
+    | { event: "listening"; address: string; keepAlive: boolean; maxConnections: number }
+    | { event: "accepted"; peer: string; keepAlive: boolean; open: number }
+    | { event: "rejected"; peer: string; reason: string }
+    | { event: "peer-closed"; peer: string; bytes: number }
+    | { event: "reset"; peer: string; bytes: number }
+    | { event: "timed-out"; peer: string; bytes: number }
+    | { event: "error"; peer: string; message: string }
+    | ({ event: "summary" } & ServerSummary)
+  );
+
+/** How many connections ended which way, printed when the server quits. */
+export interface ServerSummary {
+  accepted: number;
+  peerClosed: number;
+  reset: number;
+  timedOut: number;
+  errors: number;
+  rejected: number;
+  /** Connections still open when the server quit, and closed by it. */
+  closedOnQuit: number;
+}
+
+/** A server started by {@linkcode startServer}. */
+export interface RunningServer {
+  /** Where it listens, with the real port when 0 was asked for. */
+  addr: Deno.NetAddr;
+  /** Closes the listener and every connection; resolves with the summary. */
+  close(): Promise<ServerSummary>;
+}
+
+// The server never looks at what peers send, it only counts the bytes, so
+// every connection reads into this one buffer. Reads overwrite each other's
+// bytes, which is harmless here, and an idle connection then costs no buffer
+// of its own: a 16 KiB buffer per connection would cost 16 KiB of memory per
+// idle connection.
+const discardBuffer = new Uint8Array(16 * 1024);
+
+/**
+ * Listens, accepts every connection, turns keepalive on, and reads each
+ * connection until it ends, calling `onEvent` for everything that happens.
+ * Throws what `Deno.listen` throws (port in use, no permission).
+ *
+ * @example
+ * ```ts ignore
+ * import { startServer } from "./server.ts";
+ * const server = startServer(
+ *   { hostname: "127.0.0.1", port: 0, keepAlive: true, maxConnections: 10, json: false },
+ *   (event) => console.log(event),
+ * );
+ * // ... later
+ * console.log(await server.close());
+ * ```
+ */
+export function startServer(
+  options: ServerOptions,
+  onEvent: (event: ServerEvent) => void,
+): RunningServer {
+  const emit = (event: DistributiveOmit<ServerEvent, "time">) =>
+    onEvent({ time: new Date().toISOString(), ...event } as ServerEvent);
+  const summary: ServerSummary = {
+    accepted: 0,
+    peerClosed: 0,
+    reset: 0,
+    timedOut: 0,
+    errors: 0,
+    rejected: 0,
+    closedOnQuit: 0,
+  };
+  const open = new Set<Deno.TcpConn>();
+  const readers = new Set<Promise<void>>();
+  let closing = false;
+
+  const listener = Deno.listen({ hostname: options.hostname, port: options.port });
+  emit({
+    event: "listening",
+    address: formatAddr(listener.addr),
+    keepAlive: options.keepAlive,
+    maxConnections: options.maxConnections,
+  });
+
+  // Read a connection until it ends. The reads are what make the kernel's
+  // verdict visible: a peer that closes shows up as end of stream, a reset as
+  // ConnectionReset, and unanswered keepalive probes as TimedOut (ETIMEDOUT).
+  // This server never writes, so nothing else can time a connection out.
+  async function readUntilEnd(conn: Deno.TcpConn, peer: string) {
+    let bytes = 0;
+    try {
+      for (;;) {
+        const n = await conn.read(discardBuffer);
+        if (n === null) break;
+        bytes += n;
+      }
+      summary.peerClosed++;
+      emit({ event: "peer-closed", peer, bytes });
+    } catch (error) {
+      if (closing) return; // we closed it ourselves, on quit
+      if (error instanceof Deno.errors.ConnectionReset) {
+        summary.reset++;
+        emit({ event: "reset", peer, bytes });
+      } else if (error instanceof Deno.errors.TimedOut) {
+        summary.timedOut++;
+        emit({ event: "timed-out", peer, bytes });
+      } else {
+        summary.errors++;
+        emit({ event: "error", peer, message: errorMessage(error) });
+      }
+    } finally {
+      if (open.delete(conn)) conn.close();
+    }
+  }
+
+  const acceptLoop = (async () => {
+    while (!closing) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (closing) return;
+        // Running out of file descriptors (EMFILE) fails accept() but leaves
+        // the listener usable: report it and try again a little later.
+        summary.errors++;
+        emit({ event: "error", peer: formatAddr(listener.addr), message: errorMessage(error) });
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        continue;
+      }
+      const peer = formatAddr(conn.remoteAddr);
+      // A bound on open connections keeps a flood of clients from taking
+      // every file descriptor (and with them, the listener).
+      if (open.size >= options.maxConnections) {
+        conn.close();
+        summary.rejected++;
+        emit({
+          event: "rejected",
+          peer,
+          reason: `${open.size} connections open, the limit (--max-connections)`,
+        });
+        continue;
+      }
+      // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
+      // kernel arms the keepalive timer right away; the first probe goes out
+      // after tcp_keepalive_time seconds without traffic.
+      try {
+        if (options.keepAlive) conn.setKeepAlive(true);
+      } catch (error) {
+        conn.close();
+        summary.errors++;
+        emit({ event: "error", peer, message: errorMessage(error) });
+        continue;
+      }
+      open.add(conn);
+      summary.accepted++;
+      emit({ event: "accepted", peer, keepAlive: options.keepAlive, open: open.size });
+      const reader = readUntilEnd(conn, peer);
+      readers.add(reader);
+      reader.finally(() => readers.delete(reader));
+    }
+  })();
+
+  return {
+    addr: listener.addr,
+    async close() {
+      closing = true;
+      listener.close();
+      await acceptLoop;
+      summary.closedOnQuit = open.size;
+      for (const conn of open) conn.close();
+      open.clear();
+      await Promise.all(readers);
+      emit({ event: "summary", ...summary });
+      return { ...summary };
+    },
+  };
+}
+
+/** Formats a server event as one line of text, for people. */
+export function formatServerEvent(event: ServerEvent): string {
+  const text = (() => {
+    switch (event.event) {
+      case "listening":
+        return `listening on ${event.address}, keepalive ${
+          event.keepAlive ? "on" : "off"
+        } for accepted connections (at most ${event.maxConnections} at once); Enter quits`;
+      case "accepted":
+        return `accepted ${event.peer}, keepalive ${
+          event.keepAlive ? "on" : "off"
+        } (${event.open} open)`;
+      case "rejected":
+        return `rejected ${event.peer}: ${event.reason}`;
+      case "peer-closed":
+        return `${event.peer} closed by peer after ${event.bytes} bytes`;
+      case "reset":
+        return `${event.peer} reset by peer after ${event.bytes} bytes`;
+      case "timed-out":
+        return `${event.peer} timed out: keepalive probes went unanswered, the peer is gone`;
+      case "error":
+        return `${event.peer} error: ${event.message}`;
+      case "summary":
+        return `summary: ${event.accepted} accepted, ${event.peerClosed} closed by peer, ${event.reset} reset, ` +
+          `${event.timedOut} timed out, ${event.errors} errors, ${event.rejected} rejected, ` +
+          `${event.closedOnQuit} closed on quit`;
+    }
+  })();
+  return `${event.time} ${text}`;
+}
+
+/**
+ * The command: parse flags, listen, report events until the user quits,
+ * then close everything and print the summary. Returns the exit code: 0 after
+ * a normal quit, 1 when the server cannot listen, 2 for bad flags.
+ * `quit` replaces "Enter, Ctrl-C or SIGTERM" (for tests).
+ */
+export async function main(
+  args: string[],
+  quit: Promise<unknown> = waitForQuit(),
+): Promise<number> {
+  let options: ServerOptions | "help";
+  try {
+    options = parseServerArgs(args);
+  } catch (error) {
+    console.error(`server.ts: ${errorMessage(error)} (see --help)`);
+    return 2;
+  }
+  if (options === "help") {
+    console.log(HELP);
+    return 0;
+  }
+  const print = options.json
+    ? (event: ServerEvent) => console.log(JSON.stringify(event))
+    : (event: ServerEvent) => console.log(formatServerEvent(event));
+  let server: RunningServer;
+  try {
+    server = startServer(options, print);
+  } catch (error) {
+    console.error(`server.ts: ${describeListenError(error, options)}`);
+    return 1;
+  }
+  await quit;
+  await server.close();
+  return 0;
+}
+
+// Quit the way the C server's getchar() did: on Enter. Ctrl-C and SIGTERM
+// quit too, cleanly. A closed stdin (the server runs in the background, or
+// as a service) is not a request to quit: then only a signal stops it.
+function waitForQuit(): Promise<string> {
+  return new Promise((resolve) => {
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    const onSignal = () => done("signal");
+    const done = (why: string) => {
+      for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
+      resolve(why);
+    };
+    for (const signal of signals) Deno.addSignalListener(signal, onSignal);
+    (async () => {
+      const buffer = new Uint8Array(256);
+      for (;;) {
+        const n = await Deno.stdin.read(buffer).catch(() => null);
+        if (n === null) return; // end of input: keep serving
+        if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
+      }
+    })();
+  });
+}
+
+function describeListenError(error: unknown, options: ServerOptions): string {
+  const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
+  if (error instanceof Deno.errors.NotCapable) {
+    return `listening on ${where} needs the --allow-net permission: deno run --allow-net server.ts`;
+  }
+  if (error instanceof Deno.errors.AddrInUse) {
+    return `cannot listen on ${where}: the port is already in use`;
+  }
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return `cannot listen on ${where}: ${options.hostname} is not an address of this machine`;
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return `cannot listen on ${where}: ports below 1024 need root (or CAP_NET_BIND_SERVICE)`;
+  }
+  if (/lookup address/.test(errorMessage(error))) {
+    return `cannot listen on ${where}: cannot resolve ${JSON.stringify(options.hostname)}`;
+  }
+  return `cannot listen on ${where}: ${errorMessage(error)}`;
+}
+
+/** `host:port`, with IPv6 hosts in brackets. */
+function formatAddr(addr: Deno.Addr): string {
+  if (addr.transport !== "tcp" && addr.transport !== "udp") return addr.transport;
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
+function errorMessage(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split("\n")[0];
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
+
+// Real runs (Deno 2.9.6, Linux 6.x):
+//
+//   $ deno run --allow-net server.ts
+//   (filled in below once the output is final)

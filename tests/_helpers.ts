@@ -1,0 +1,249 @@
+/**
+ * Helpers for the kit's tests: spawn a script as its own process and read its
+ * output line by line, and make throwaway network namespaces for tests that
+ * change sysctls or need their own network.
+ *
+ * @module
+ */
+
+/** True when the tests run in CI, where tests that need root must run, not skip. */
+export const CI = Deno.env.get("CI") === "true";
+
+/** The repository's root directory, where the scripts and deno.json live. */
+export const ROOT_DIR = new URL("../", import.meta.url).pathname;
+
+/** Why tests that need network namespaces cannot run here, or null when they can. */
+export function netnsUnavailableReason(): string | null {
+  if (Deno.build.os !== "linux") return "network namespaces are Linux only";
+  if (Deno.uid() !== 0) return "creating network namespaces needs root";
+  try {
+    const { success } = new Deno.Command("ip", { args: ["-V"], stdout: "null", stderr: "null" })
+      .outputSync();
+    if (!success) return "`ip -V` failed";
+  } catch {
+    return "the `ip` command (Debian package iproute2) is missing";
+  }
+  return null;
+}
+
+/**
+ * Registers a test that needs root and `ip`. On a laptop without them it is
+ * skipped with a one-line reason; with CI=true it runs and fails loudly.
+ */
+export function netnsTest(name: string, fn: (t: Deno.TestContext) => Promise<void>): void {
+  const reason = netnsUnavailableReason();
+  if (reason !== null && !CI) {
+    console.warn(`skipping "${name}": ${reason}`);
+    Deno.test({ name, ignore: true, fn });
+    return;
+  }
+  Deno.test(name, async (t) => {
+    if (reason !== null) throw new Error(`CI=true, so this test must run, but ${reason}`);
+    await fn(t);
+  });
+}
+
+/** Output of a finished command. */
+export interface CommandResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion and returns its exit code and output. */
+export async function run(cmd: string[], options: { cwd?: string } = {}): Promise<CommandResult> {
+  const output = await new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    cwd: options.cwd ?? ROOT_DIR,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+/** Runs a command and throws, with its stderr, unless it exits 0. */
+export async function runOk(cmd: string[]): Promise<string> {
+  const result = await run(cmd);
+  if (result.code !== 0) {
+    throw new Error(`${cmd.join(" ")} exited ${result.code}: ${result.stderr.trim()}`);
+  }
+  return result.stdout;
+}
+
+/** A network namespace made by {@linkcode withNetns}. */
+export interface Netns {
+  /** The namespace's name, for `ip netns exec NAME`. */
+  name: string;
+  /** The prefix that runs a command inside the namespace. */
+  exec: string[];
+  /** Reads a file as seen from inside the namespace (`/proc/net/*`, `/proc/sys/net/*`). */
+  readFile(path: string): Promise<string>;
+}
+
+let netnsCounter = 0;
+
+/**
+ * Creates a fresh network namespace with its loopback up, hands it to `fn`,
+ * and deletes it afterwards, also when `fn` throws.
+ */
+export async function withNetns<T>(fn: (ns: Netns) => Promise<T>): Promise<T> {
+  const name = `kakit-${Deno.pid}-${++netnsCounter}`;
+  await runOk(["ip", "netns", "add", name]);
+  try {
+    await runOk(["ip", "-n", name, "link", "set", "lo", "up"]);
+    const exec = ["ip", "netns", "exec", name];
+    return await fn({ name, exec, readFile: (path) => runOk([...exec, "cat", path]) });
+  } finally {
+    await run(["ip", "netns", "delete", name]);
+  }
+}
+
+/** A script of the kit running as its own process, its output read line by line. */
+export interface ScriptProcess extends AsyncDisposable {
+  child: Deno.ChildProcess;
+  /** Every stdout line seen so far. */
+  lines: string[];
+  /** Resolves with the first stdout line (seen or to come) that `match` accepts. */
+  waitForLine(match: (line: string) => boolean, timeoutMs?: number): Promise<string>;
+  /** Resolves with the first `--json` event (seen or to come) named `event`. */
+  waitForEvent(event: string, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** Writes text to the script's stdin. */
+  write(text: string): Promise<void>;
+  /** Closes the script's stdin, as a background job or a service would have it. */
+  closeStdin(): Promise<void>;
+  /** Waits for the script to exit (killing it after `timeoutMs`) and returns its output. */
+  finish(timeoutMs?: number): Promise<CommandResult>;
+}
+
+/**
+ * Spawns `deno run PERMISSIONS SCRIPT ARGS` from the repository root, inside
+ * a namespace when `netns` is given. `await using` kills it at scope exit.
+ */
+export function spawnScript(
+  script: string,
+  args: string[],
+  options: { permissions?: string[]; netns?: Netns } = {},
+): ScriptProcess {
+  const permissions = options.permissions ?? ["--allow-net"];
+  const cmd = [
+    ...(options.netns?.exec ?? []),
+    Deno.execPath(),
+    "run",
+    ...permissions,
+    script,
+    ...args,
+  ];
+  const child = new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    cwd: ROOT_DIR,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+
+  const lines: string[] = [];
+  const waiters = new Set<() => void>();
+  let stdoutDone = false;
+  const pumpStdout = (async () => {
+    let partial = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      const parts = (partial + chunk).split("\n");
+      partial = parts.pop()!;
+      lines.push(...parts);
+      for (const wake of waiters) wake();
+    }
+    if (partial) lines.push(partial);
+    stdoutDone = true;
+    for (const wake of waiters) wake();
+  })();
+  const pumpStderr = new Response(child.stderr).text();
+  const stdin = child.stdin.getWriter();
+  let stdinOpen = true;
+
+  const waitForLine = (match: (line: string) => boolean, timeoutMs = 15_000) =>
+    new Promise<string>((resolve, reject) => {
+      let checked = 0;
+      const check = () => {
+        for (; checked < lines.length; checked++) {
+          if (match(lines[checked])) return done(() => resolve(lines[checked]));
+        }
+        if (stdoutDone) {
+          done(() =>
+            reject(new Error(`${script} ended without the line; output:\n${lines.join("\n")}`))
+          );
+        }
+      };
+      const timer = setTimeout(
+        () =>
+          done(() =>
+            reject(
+              new Error(`${script}: no such line in ${timeoutMs} ms; output:\n${lines.join("\n")}`),
+            )
+          ),
+        timeoutMs,
+      );
+      const done = (settle: () => void) => {
+        clearTimeout(timer);
+        waiters.delete(check);
+        settle();
+      };
+      waiters.add(check);
+      check();
+    });
+
+  const parseEvent = (line: string): Record<string, unknown> | null => {
+    try {
+      const value = JSON.parse(line);
+      return typeof value === "object" && value !== null ? value : null;
+    } catch {
+      return null;
+    }
+  };
+
+  const closeStdin = async () => {
+    if (!stdinOpen) return;
+    stdinOpen = false;
+    await stdin.close().catch(() => {});
+  };
+
+  const finish = async (timeoutMs = 15_000): Promise<CommandResult> => {
+    const timer = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+    }, timeoutMs);
+    try {
+      const status = await child.status;
+      await closeStdin();
+      await pumpStdout;
+      return { code: status.code, stdout: lines.join("\n"), stderr: await pumpStderr };
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  return {
+    child,
+    lines,
+    waitForLine,
+    waitForEvent: async (event, timeoutMs) =>
+      parseEvent(await waitForLine((line) => parseEvent(line)?.event === event, timeoutMs))!,
+    write: (text) => stdin.write(new TextEncoder().encode(text)),
+    closeStdin,
+    finish,
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already exited */ }
+      await finish(5_000);
+    },
+  };
+}
