@@ -74,7 +74,11 @@ export function parseClientArgs(args: string[]): ClientOptions | "help" {
     default: { hostname: "127.0.0.1", port: "8888" },
     unknown: (arg: string) => {
       throw new UsageError(
-        arg.startsWith("-") ? `unknown flag ${arg}` : `unexpected argument ${JSON.stringify(arg)}`,
+        /^-[0-9]/.test(arg)
+          ? `${arg} is not a valid value: no flag takes a negative number`
+          : arg.startsWith("-")
+          ? `unknown flag ${arg}`
+          : `unexpected argument ${JSON.stringify(arg)}`,
       );
     },
   }) as { hostname: string; port: string; keepalive: boolean; json: boolean; help: boolean };
@@ -198,7 +202,7 @@ export function formatClientEvent(event: ClientEvent): string {
  */
 export async function main(
   args: string[],
-  quit: Promise<unknown> = waitForQuit(),
+  quit: () => Promise<unknown> = waitForQuit,
 ): Promise<number> {
   let options: ClientOptions | "help";
   try {
@@ -232,7 +236,7 @@ export async function main(
     remote: formatAddr(conn.remoteAddr),
     keepAlive: options.keepAlive,
   });
-  const outcome = await holdConnection(conn, quit, print);
+  const outcome = await holdConnection(conn, quit(), print);
   return outcome === "quit" || outcome === "server-closed" ? 0 : 1;
 }
 

@@ -76,7 +76,11 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
     default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000", keepalive: true },
     unknown: (arg: string) => {
       throw new UsageError(
-        arg.startsWith("-") ? `unknown flag ${arg}` : `unexpected argument ${JSON.stringify(arg)}`,
+        /^-[0-9]/.test(arg)
+          ? `${arg} is not a valid value: no flag takes a negative number`
+          : arg.startsWith("-")
+          ? `unknown flag ${arg}`
+          : `unexpected argument ${JSON.stringify(arg)}`,
       );
     },
   }) as {
@@ -124,6 +128,7 @@ export type ServerEvent =
     | { event: "reset"; peer: string; bytes: number }
     | { event: "timed-out"; peer: string; bytes: number }
     | { event: "error"; peer: string; message: string }
+    | { event: "accept-error"; message: string }
     | ({ event: "summary" } & ServerSummary)
   );
 
@@ -235,11 +240,15 @@ export function startServer(
         conn = await listener.accept();
       } catch (error) {
         if (closing) return;
-        // Running out of file descriptors (EMFILE) fails accept() but leaves
-        // the listener usable: report it and try again a little later.
         summary.errors++;
-        emit({ event: "error", peer: formatAddr(listener.addr), message: errorMessage(error) });
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        emit({ event: "accept-error", message: errorMessage(error) });
+        // A connection reset while it waited in the backlog fails accept()
+        // with ENOTCONN; the next one is fine. Running out of file
+        // descriptors (EMFILE) fails every accept() until a connection
+        // closes: wait a little instead of spinning.
+        if (!(error instanceof Deno.errors.NotConnected)) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
         continue;
       }
       const peer = formatAddr(conn.remoteAddr);
@@ -313,6 +322,8 @@ export function formatServerEvent(event: ServerEvent): string {
         return `${event.peer} timed out: keepalive probes went unanswered, the peer is gone`;
       case "error":
         return `${event.peer} error: ${event.message}`;
+      case "accept-error":
+        return `accept failed: ${event.message}`;
       case "summary":
         return `summary: ${event.accepted} accepted, ${event.peerClosed} closed by peer, ${event.reset} reset, ` +
           `${event.timedOut} timed out, ${event.errors} errors, ${event.rejected} rejected, ` +
@@ -330,7 +341,7 @@ export function formatServerEvent(event: ServerEvent): string {
  */
 export async function main(
   args: string[],
-  quit: Promise<unknown> = waitForQuit(),
+  quit: () => Promise<unknown> = waitForQuit,
 ): Promise<number> {
   let options: ServerOptions | "help";
   try {
@@ -353,7 +364,7 @@ export async function main(
     console.error(`server.ts: ${describeListenError(error, options)}`);
     return 1;
   }
-  await quit;
+  await quit();
   await server.close();
   return 0;
 }
