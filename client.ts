@@ -271,6 +271,9 @@ function describeConnectError(error: unknown, options: ClientOptions): string {
   if (error instanceof Deno.errors.ConnectionRefused) {
     return `cannot connect to ${where}: connection refused (is the server running?)`;
   }
+  if (error instanceof Deno.errors.NotConnected || error instanceof Deno.errors.ConnectionReset) {
+    return `cannot connect to ${where}: the server reset the connection as soon as it was made`;
+  }
   if (error instanceof Deno.errors.TimedOut) {
     return `cannot connect to ${where}: timed out (the server does not answer)`;
   }
