@@ -247,3 +247,52 @@ export function spawnScript(
     },
   };
 }
+
+/** Two namespaces joined by a virtual cable, made by {@linkcode withCable}. */
+export interface Cable {
+  /** The namespace at one end, with address {@linkcode Cable.serverAddress}. */
+  server: Netns;
+  /** The namespace at the other end, with address {@linkcode Cable.clientAddress}. */
+  client: Netns;
+  serverAddress: string;
+  clientAddress: string;
+  /** Cuts the cable at the client's end: the client vanishes without a FIN or RST. */
+  cutAtClient(): Promise<void>;
+  /** Cuts the cable at the server's end: the server vanishes without a FIN or RST. */
+  cutAtServer(): Promise<void>;
+}
+
+/**
+ * Makes two fresh namespaces joined by a veth pair, with IPv6 unique local
+ * addresses that exist only inside them, and deletes both afterwards.
+ */
+export function withCable<T>(fn: (cable: Cable) => Promise<T>): Promise<T> {
+  return withNetns((server) =>
+    withNetns(async (client) => {
+      const [serverAddress, clientAddress] = ["fd6b:61::1", "fd6b:61::2"];
+      const veth = ["type", "veth", "peer", "name", "ka-cli", "netns", client.name];
+      await runOk(["ip", "-n", server.name, "link", "add", "ka-srv", ...veth]);
+      // nodad: the addresses are usable at once, without duplicate detection.
+      for (
+        const [ns, link, address] of [[server, "ka-srv", serverAddress], [
+          client,
+          "ka-cli",
+          clientAddress,
+        ]] as const
+      ) {
+        await runOk(["ip", "-n", ns.name, "addr", "add", `${address}/64`, "dev", link, "nodad"]);
+        await runOk(["ip", "-n", ns.name, "link", "set", link, "up"]);
+      }
+      return await fn({
+        server,
+        client,
+        serverAddress,
+        clientAddress,
+        cutAtClient: () =>
+          runOk(["ip", "-n", client.name, "link", "set", "ka-cli", "down"]).then(() => {}),
+        cutAtServer: () =>
+          runOk(["ip", "-n", server.name, "link", "set", "ka-srv", "down"]).then(() => {}),
+      });
+    })
+  );
+}
