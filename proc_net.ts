@@ -44,9 +44,11 @@ export type TcpTimer =
 export interface TcpSocket {
   /** Local address as text, e.g. `127.0.0.1` or `::1`. */
   localAddress: string;
+  /** Local port. */
   localPort: number;
   /** Remote address as text; `0.0.0.0` or `::` for a listener. */
   remoteAddress: string;
+  /** Remote port; 0 for a listener. */
   remotePort: number;
   /** The TCP state, e.g. `ESTABLISHED` or `LISTEN`. */
   state: string;
@@ -146,7 +148,9 @@ export async function readTcpSockets(): Promise<TcpSocket[]> {
 
 /** An address and port, as in `conn.localAddr` and `conn.remoteAddr`. */
 export interface Endpoint {
+  /** An IPv4 or IPv6 address as text (`127.0.0.1`, `::1`, `::ffff:127.0.0.1`). */
   hostname: string;
+  /** The port. */
   port: number;
 }
 

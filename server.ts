@@ -134,11 +134,17 @@ export type ServerEvent =
 
 /** How many connections ended which way, printed when the server quits. */
 export interface ServerSummary {
+  /** Connections accepted (and kept: rejected ones are not counted here). */
   accepted: number;
+  /** Connections the peer closed with a FIN. */
   peerClosed: number;
+  /** Connections the peer reset (RST). */
   reset: number;
+  /** Connections that timed out: keepalive probes went unanswered. */
   timedOut: number;
+  /** Connections that failed otherwise, and failed accepts. */
   errors: number;
+  /** Connections closed at once because --max-connections were open. */
   rejected: number;
   /** Connections still open when the server quit, and closed by it. */
   closedOnQuit: number;
