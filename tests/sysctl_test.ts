@@ -5,7 +5,15 @@
  * that the host's values did not move.
  */
 import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "@std/assert";
-import { type CommandResult, type Netns, netnsTest, run, runOk, withNetns } from "./_helpers.ts";
+import {
+  type CommandResult,
+  type Netns,
+  netnsTest,
+  ROOT_DIR,
+  run,
+  runOk,
+  withNetns,
+} from "./_helpers.ts";
 import {
   formatSysctls,
   KEEPALIVE_SYSCTLS,
@@ -381,20 +389,27 @@ netnsTest(
   "writing as an unprivileged user exits 1, writes nothing, and shows the command with sudo",
   async () => {
     const host = await hostValues();
-    // The user `nobody` cannot read root's Deno cache, so it gets a copy of
-    // the one npm package the script imports, in a Deno directory of its own.
+    // The user `nobody` may not be able to read root's Deno cache or this
+    // checkout (a clone in a private temporary directory), so it gets a copy
+    // of the script, its config and the one npm package it imports.
     const denoDir = JSON.parse(await runOk([Deno.execPath(), "info", "--json"])).denoDir as string;
     const stdPackage = `${denoDir}/npm/registry.npmjs.org/deno-std`;
     const nobodyDenoDir = await Deno.makeTempDir();
+    const kit = `${nobodyDenoDir}/kit`;
     try {
       await Deno.mkdir(`${nobodyDenoDir}/npm/registry.npmjs.org`, { recursive: true });
       await runOk(["cp", "-r", stdPackage, `${nobodyDenoDir}/npm/registry.npmjs.org/`]);
+      await Deno.mkdir(kit);
+      for (const file of ["sysctl.ts", "deno.json", "deno.lock"]) {
+        await Deno.copyFile(`${ROOT_DIR}${file}`, `${kit}/${file}`);
+      }
       await runOk(["chown", "-R", "65534:65534", nobodyDenoDir]);
       await withNetns(async (ns) => {
         const before = await namespaceValues(ns);
         const asNobody = [
           ...ns.exec,
           "env",
+          `--chdir=${kit}`,
           `DENO_DIR=${nobodyDenoDir}`,
           "setpriv",
           "--reuid=65534",
