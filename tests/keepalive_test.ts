@@ -1,0 +1,169 @@
+import { assertEquals, assertMatch, assertThrows } from "@std/assert";
+import { getKeepAlive, getKeepAliveState, setKeepAlive, socketDescriptor } from "../keepalive.ts";
+import { findTcpSocket, readTcpSockets } from "../proc_net.ts";
+import { run } from "./_helpers.ts";
+
+/** A connected pair on loopback: the accepted end and the connecting end. */
+async function connectedPair(
+  hostname: string,
+  listenerOptions?: Parameters<typeof setKeepAlive>[1],
+) {
+  const listener = Deno.listen({ hostname, port: 0 });
+  if (listenerOptions !== undefined) setKeepAlive(listener, listenerOptions);
+  const client = await Deno.connect({ hostname, port: listener.addr.port });
+  const server = await listener.accept();
+  return {
+    listener,
+    client,
+    server,
+    [Symbol.dispose]() {
+      for (const socket of [client, server, listener]) socket.close();
+    },
+  };
+}
+
+const defaults = {
+  time: Number(await Deno.readTextFile("/proc/sys/net/ipv4/tcp_keepalive_time")) * 1000,
+  interval: Number(await Deno.readTextFile("/proc/sys/net/ipv4/tcp_keepalive_intvl")) * 1000,
+  retries: Number(await Deno.readTextFile("/proc/sys/net/ipv4/tcp_keepalive_probes")),
+};
+
+for (const hostname of ["127.0.0.1", "::1"]) {
+  Deno.test(`setKeepAlive on a connection: the kernel holds exactly the values asked for (${hostname})`, async () => {
+    using pair = await connectedPair(hostname);
+    assertEquals(getKeepAlive(pair.client), { enabled: false, ...defaults, userTimeout: 0 });
+    setKeepAlive(pair.client, { time: 5_000, interval: 2_000, retries: 4, userTimeout: 7_500 });
+    assertEquals(getKeepAlive(pair.client), {
+      enabled: true,
+      time: 5_000,
+      interval: 2_000,
+      retries: 4,
+      userTimeout: 7_500,
+    });
+    // The other end of the pair is a different socket, and untouched.
+    assertEquals(getKeepAlive(pair.server).enabled, false);
+    // The kernel's own table agrees: the keepalive timer is armed for 5 s.
+    const row = findTcpSocket(
+      await readTcpSockets(),
+      pair.client.localAddr,
+      pair.client.remoteAddr,
+    );
+    assertEquals(row?.timer, "keepalive");
+    if (!row || row.timerSeconds > 5 || row.timerSeconds < 4) {
+      throw new Error(`timer ${row?.timerSeconds} s`);
+    }
+  });
+
+  Deno.test(`a connection accepted from a tuned listener inherits its settings (${hostname})`, async () => {
+    using pair = await connectedPair(hostname, {
+      time: 3_000,
+      interval: 1_000,
+      retries: 2,
+      userTimeout: 4_000,
+    });
+    assertEquals(getKeepAlive(pair.server), {
+      enabled: true,
+      time: 3_000,
+      interval: 1_000,
+      retries: 2,
+      userTimeout: 4_000,
+    });
+    assertEquals(getKeepAlive(pair.client).enabled, false);
+  });
+}
+
+Deno.test("setKeepAlive leaves fields it is not given at their current values, and false turns keepalive off", async () => {
+  using pair = await connectedPair("127.0.0.1");
+  setKeepAlive(pair.client, { interval: 3_000 });
+  assertEquals(getKeepAlive(pair.client), {
+    enabled: true,
+    ...defaults,
+    interval: 3_000,
+    userTimeout: 0,
+  });
+  setKeepAlive(pair.client, false);
+  assertEquals(getKeepAlive(pair.client).enabled, false);
+  const row = findTcpSocket(await readTcpSockets(), pair.client.localAddr, pair.client.remoteAddr);
+  assertEquals(row?.timer, "none");
+});
+
+Deno.test("bad values are refused with a TypeError naming the field, and leave the socket unchanged", async () => {
+  using pair = await connectedPair("127.0.0.1");
+  setKeepAlive(pair.client, { time: 9_000, interval: 3_000, retries: 5, userTimeout: 1_000 });
+  const before = getKeepAlive(pair.client);
+  const bad: [Record<string, unknown>, string][] = [
+    [{ time: 0 }, "time must be whole seconds"],
+    [{ time: -1 }, "time must be whole seconds"],
+    [{ time: 999 }, "time must be whole seconds"],
+    [{ time: 1_500 }, "time must be whole seconds"],
+    [{ time: 32_768_000 }, "time must be whole seconds in milliseconds, 1000..32767000"],
+    [{ interval: 0 }, "interval must be whole seconds"],
+    [{ interval: NaN }, "interval must be whole seconds"],
+    [{ retries: 0 }, "retries must be an integer from 1 to 127"],
+    [{ retries: 128 }, "retries must be an integer from 1 to 127, not 128"],
+    [{ retries: 1.5 }, "retries must be an integer from 1 to 127"],
+    [{ userTimeout: -1 }, "userTimeout must be an integer from 0"],
+    [
+      { time: "5000" },
+      'time must be whole seconds in milliseconds, 1000..32767000 (a multiple of 1000), not "5000"',
+    ],
+    // A valid field beside a bad one: nothing at all is set.
+    [{ time: 2_000, retries: 128 }, "retries must be"],
+    [{ time: 2_000, idle: 5 }, 'unknown keepalive option "idle"'],
+  ];
+  for (const [options, message] of bad) {
+    assertThrows(() => setKeepAlive(pair.client, options), TypeError, message);
+    assertEquals(getKeepAlive(pair.client), before, JSON.stringify(options));
+  }
+  assertThrows(
+    () => setKeepAlive(pair.client, null as never),
+    TypeError,
+    "must be a boolean or an object",
+  );
+});
+
+Deno.test("socketDescriptor finds a different descriptor for each end and for the listener", async () => {
+  using pair = await connectedPair("::1");
+  const fds = [pair.listener, pair.client, pair.server].map(socketDescriptor);
+  assertEquals(new Set(fds).size, 3);
+  // Every one is the socket the kernel lists under that inode.
+  for (const fd of fds) assertMatch(await Deno.readLink(`/proc/self/fd/${fd}`), /^socket:\[\d+\]$/);
+  const inode = Number((await Deno.readLink(`/proc/self/fd/${fds[1]}`)).match(/\d+/)![0]);
+  const row = findTcpSocket(await readTcpSockets(), pair.client.localAddr, pair.client.remoteAddr);
+  assertEquals(row?.inode, inode);
+});
+
+Deno.test("getKeepAliveState reports a fresh idle connection: no probes, no data", async () => {
+  using pair = await connectedPair("127.0.0.1");
+  const state = getKeepAliveState(pair.client);
+  assertEquals([state.unansweredProbes, state.dataSegmentsIn, state.dataSegmentsOut], [0, 0, 0]);
+  await pair.server.write(new Uint8Array([1, 2, 3]));
+  await pair.client.read(new Uint8Array(3));
+  const after = getKeepAliveState(pair.client);
+  assertEquals(after.dataSegmentsIn, 1);
+  if (after.sinceLastDataMs > 1_000) throw new Error(`sinceLastDataMs ${after.sinceLastDataMs}`);
+});
+
+Deno.test("without --allow-ffi, tuning fails with a message naming the flag, and plain Deno code still runs", async () => {
+  const script = await Deno.makeTempFile({ suffix: ".ts" });
+  try {
+    await Deno.writeTextFile(
+      script,
+      `import { setKeepAlive } from ${
+        JSON.stringify(new URL("../keepalive.ts", import.meta.url).href)
+      };
+       const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+       console.log("listening without ffi");
+       try { setKeepAlive(listener, { time: 2000 }); } catch (error) { console.log(error.message); }
+       listener.close();`,
+    );
+    const { code, stdout } = await run([Deno.execPath(), "run", "--allow-net", script]);
+    assertEquals(code, 0);
+    assertEquals(stdout.trim().split("\n"), [
+      "listening without ffi",
+      "per-connection keepalive tuning needs the --allow-ffi permission (it calls setsockopt through FFI)",
+    ]);
+  } finally {
+    await Deno.remove(script);
+  }
+});
