@@ -78,6 +78,7 @@ export type TcpSocket = Deno.TcpConn | Deno.TcpListener;
 const SOL_SOCKET = 1, SO_TYPE = 3, SO_KEEPALIVE = 9, SOCK_STREAM = 1;
 const IPPROTO_TCP = 6, TCP_KEEPIDLE = 4, TCP_KEEPINTVL = 5, TCP_KEEPCNT = 6;
 const TCP_INFO = 11, TCP_USER_TIMEOUT = 18;
+const TCP_ESTABLISHED = 1;
 const AF_INET = 2, AF_INET6 = 10, RLIMIT_NOFILE = 7;
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
@@ -154,6 +155,8 @@ export function getKeepAlive(socket: TcpSocket): KeepAliveSettings {
 
 /** Live keepalive state of a connection, from `TCP_INFO`. */
 export interface KeepAliveState {
+  /** Whether the connection is established (not closing or closed). */
+  established: boolean;
   /** Keepalive probes sent since the peer last answered (`tcpi_probes`). */
   unansweredProbes: number;
   /** Milliseconds since the peer's last ACK, a probe's answer included (`tcpi_last_ack_recv`). */
@@ -193,6 +196,7 @@ export function getKeepAliveState(conn: Deno.TcpConn): KeepAliveState {
   const view = new DataView(info.buffer);
   const u32 = (offset: number) => view.getUint32(offset, true);
   return {
+    established: view.getUint8(0) === TCP_ESTABLISHED,
     unansweredProbes: view.getUint8(3),
     sinceLastDataMs: u32(52),
     sinceLastAckMs: u32(56),
@@ -200,6 +204,127 @@ export function getKeepAliveState(conn: Deno.TcpConn): KeepAliveState {
     segmentsIn: u32(140),
     dataSegmentsIn: u32(152),
     dataSegmentsOut: u32(156),
+  };
+}
+
+/** What {@linkcode watchKeepAlive} saw happen on a connection. */
+export type ProbeEvent =
+  | {
+    /** This side's kernel sent a keepalive probe and the peer answered it. */
+    kind: "answered";
+    /** How long the connection had been silent when the probe went out, in ms. */
+    idleMs: number;
+  }
+  | {
+    /** This side's kernel sent a keepalive probe that is still unanswered. */
+    kind: "unanswered";
+    /** Which unanswered probe this is, from 1. */
+    probe: number;
+    /** How many unanswered probes end the connection (`TCP_KEEPCNT`). */
+    of: number;
+  }
+  | {
+    /** The peer answered at last, after probes already reported as unanswered. */
+    kind: "late-answer";
+    /** How many probes were unanswered until then. */
+    unanswered: number;
+  }
+  | {
+    /** The peer sent a keepalive probe and this side's kernel answered it. */
+    kind: "peer-probe";
+  };
+
+/**
+ * Makes the kernel's keepalive probes visible without tcpdump: polls the
+ * connection's `TCP_INFO` every `pollMs` (200 by default) and reports each
+ * probe this side sends, answered or not, and each probe of the peer's that
+ * it answers. Call `stop()` when the connection ends (it takes one last look).
+ * Needs `--allow-ffi`.
+ *
+ * How it tells: a probe and its answer are segments without data, so while
+ * no data moves, the segments counted in and out are probes and answers.
+ * The answer to this side's probe restarts `tcpi_last_ack_recv`;
+ * `tcpi_probes` counts this side's probes still unanswered; a segment
+ * received that does neither is the peer's probe. It assumes an answer comes
+ * back within one look (a round trip shorter than `pollMs`) and at most one
+ * probe per look (an interval longer than `pollMs`); otherwise a probe may be
+ * reported unanswered and then followed by a `late-answer`.
+ *
+ * @example
+ * ```ts ignore
+ * import { setKeepAlive, watchKeepAlive } from "./keepalive.ts";
+ *
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8888 });
+ * setKeepAlive(conn, { time: 2_000, interval: 1_000, retries: 3 });
+ * const watcher = watchKeepAlive(conn, (event) => console.log(event));
+ * // { kind: "answered", idleMs: 2003 } every 2 s while the peer answers
+ * ```
+ */
+export function watchKeepAlive(
+  conn: Deno.TcpConn,
+  onEvent: (event: ProbeEvent) => void,
+  options: { pollMs?: number } = {},
+): { stop(): void } {
+  let settings = getKeepAlive(conn);
+  let previous = getKeepAliveState(conn);
+  let previousAt = performance.now();
+
+  const look = () => {
+    let current: KeepAliveState;
+    try {
+      current = getKeepAliveState(conn);
+    } catch {
+      return; // closed under us: nothing more to see
+    }
+    const now = performance.now();
+    const elapsedMs = now - previousAt;
+    // Probes are only sent on an established connection with nothing else
+    // going on; a look in which data moved or the connection began to close
+    // (a FIN is a segment without data too) has no probes to report.
+    const quiet = current.established && previous.established &&
+      current.dataSegmentsIn === previous.dataSegmentsIn &&
+      current.dataSegmentsOut === previous.dataSegmentsOut;
+    const sent = current.segmentsOut - previous.segmentsOut;
+    const received = current.segmentsIn - previous.segmentsIn;
+    if (quiet && (sent > 0 || received > 0)) {
+      // The answer to our probe is an ACK the kernel accepts, so it restarts
+      // tcpi_last_ack_recv. The peer's own probe does not: it repeats an old
+      // byte, and the kernel only answers it.
+      const silentMs = previous.sinceLastAckMs + elapsedMs;
+      const answer = received > 0 && current.sinceLastAckMs + 5 < silentMs;
+      const peerProbes = answer ? received - 1 : received;
+      const ourProbes = sent - peerProbes;
+      if (answer && ourProbes > 0) {
+        onEvent({ kind: "answered", idleMs: Math.round(silentMs - current.sinceLastAckMs) });
+      } else if (answer && previous.unansweredProbes > 0) {
+        onEvent({ kind: "late-answer", unanswered: previous.unansweredProbes });
+      } else {
+        for (
+          let probe = previous.unansweredProbes + 1;
+          probe <= current.unansweredProbes;
+          probe++
+        ) {
+          onEvent({ kind: "unanswered", probe, of: settings.retries });
+        }
+      }
+      for (let i = 0; i < peerProbes; i++) onEvent({ kind: "peer-probe" });
+    }
+    previous = current;
+    previousAt = now;
+  };
+
+  const timer = setInterval(() => {
+    look();
+    // Someone may change the settings while we watch.
+    try {
+      settings = getKeepAlive(conn);
+    } catch { /* closed */ }
+  }, options.pollMs ?? 200);
+  return {
+    stop() {
+      clearInterval(timer);
+      look();
+    },
   };
 }
 

@@ -2,6 +2,7 @@
  * # A TCP server that turns keepalive on for every connection
  *
  * @run deno run --allow-net server.ts [--hostname 0.0.0.0] [--port 8888] [--no-keepalive] [--max-connections 1000] [--json]
+ * @run deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 [--user-timeout 10] --watch
  *
  * The Deno version of the C server in the blog post "套接字选项SO_KEEPALIVE":
  * it listens on port 8888, calls `setKeepAlive(true)` on every connection it
@@ -16,12 +17,26 @@
  * - https://docs.deno.com/api/deno/~/Deno.TcpConn.prototype.setKeepAlive
  * - https://man7.org/linux/man-pages/man7/tcp.7.html (tcp_keepalive_time)
  *
+ * Deno's `setKeepAlive(true)` cannot change the 7200 s: `--idle`,
+ * `--interval`, `--count` and `--user-timeout` set them for this server's
+ * connections only, through `keepalive.ts` (FFI, so `--allow-ffi`), and
+ * `--watch` prints each probe the kernel sends and whether it was answered.
+ *
  * Copying this file into your project? It needs `@std/cli` in your import
- * map (`deno add jsr:@std/cli`) and `--allow-net`, nothing else.
+ * map (`deno add jsr:@std/cli`), `keepalive.ts` beside it, and `--allow-net`
+ * (plus `--allow-ffi` for the tuning flags).
  *
  * @module
  */
 import { parseArgs } from "@std/cli/parse-args";
+import {
+  getKeepAlive,
+  type KeepAliveOptions,
+  type KeepAliveSettings,
+  type ProbeEvent,
+  setKeepAlive,
+  watchKeepAlive,
+} from "./keepalive.ts";
 
 /** What the server does, from its command-line flags. */
 export interface ServerOptions {
@@ -33,6 +48,10 @@ export interface ServerOptions {
   keepAlive: boolean;
   /** Connections over this many are closed as soon as they are accepted. */
   maxConnections: number;
+  /** Per-connection keepalive times (milliseconds), set on the listener; null for the system's. */
+  tuning: KeepAliveOptions | null;
+  /** Report every keepalive probe on every connection. */
+  watch: boolean;
   /** Print events as JSON lines instead of text. */
   json: boolean;
 }
@@ -54,7 +73,15 @@ Options:
   --json                 print one JSON object per event instead of text
   -h, --help             show this help
 
-Permissions: --allow-net (to listen and accept).`;
+Per-connection keepalive (each one turns keepalive on; needs --allow-ffi, Linux only):
+  --idle SECONDS         silence before the first probe, 1..32767 (system: tcp_keepalive_time)
+  --interval SECONDS     time between unanswered probes, 1..32767 (system: tcp_keepalive_intvl)
+  --count N              unanswered probes before the connection times out, 1..127 (tcp_keepalive_probes)
+  --user-timeout SECONDS how long sent data may stay unacknowledged, 0..2147483 (0: about 15 min)
+  --watch                print each probe the kernel sends, answered or not
+
+Permissions: --allow-net (to listen and accept), and --allow-ffi for the
+per-connection flags (Deno cannot set them itself yet).`;
 
 /**
  * Parses the command-line flags. Throws {@linkcode UsageError} for anything
@@ -69,8 +96,8 @@ Permissions: --allow-net (to listen and accept).`;
  */
 export function parseServerArgs(args: string[]): ServerOptions | "help" {
   const flags = parseArgs(args, {
-    string: ["hostname", "port", "max-connections"],
-    boolean: ["keepalive", "json", "help"],
+    string: ["hostname", "port", "max-connections", "idle", "interval", "count", "user-timeout"],
+    boolean: ["keepalive", "json", "help", "watch"],
     negatable: ["keepalive"],
     alias: { h: "help" },
     default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000", keepalive: true },
@@ -90,15 +117,45 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
     keepalive: boolean;
     json: boolean;
     help: boolean;
+    watch: boolean;
+    idle?: string;
+    interval?: string;
+    count?: string;
+    "user-timeout"?: string;
   };
   if (flags.help) return "help";
+  const tuning = parseTuning(flags);
+  if (tuning && !flags.keepalive) {
+    throw new UsageError(
+      "--no-keepalive cannot be combined with --idle, --interval, --count or --user-timeout",
+    );
+  }
   return {
     hostname: parseHostname(flags.hostname),
     port: parseInteger("--port", flags.port, 0, 65535),
     keepAlive: flags.keepalive,
     maxConnections: parseInteger("--max-connections", flags["max-connections"], 1, 1_000_000),
+    tuning,
+    watch: flags.watch,
     json: flags.json,
   };
+}
+
+// The flags are in seconds, like the sysctls; the library takes milliseconds,
+// like Deno's proposed setKeepAlive({ time, interval, retries }).
+function parseTuning(
+  flags: { idle?: string; interval?: string; count?: string; "user-timeout"?: string },
+): KeepAliveOptions | null {
+  const tuning: KeepAliveOptions = {};
+  if (flags.idle !== undefined) tuning.time = parseInteger("--idle", flags.idle, 1, 32767) * 1000;
+  if (flags.interval !== undefined) {
+    tuning.interval = parseInteger("--interval", flags.interval, 1, 32767) * 1000;
+  }
+  if (flags.count !== undefined) tuning.retries = parseInteger("--count", flags.count, 1, 127);
+  if (flags["user-timeout"] !== undefined) {
+    tuning.userTimeout = parseInteger("--user-timeout", flags["user-timeout"], 0, 2147483) * 1000;
+  }
+  return Object.keys(tuning).length > 0 ? tuning : null;
 }
 
 function parseHostname(value: string): string {
@@ -121,7 +178,14 @@ function parseInteger(flag: string, value: string, min: number, max: number): nu
 export type ServerEvent =
   & { time: string }
   & (
-    | { event: "listening"; address: string; keepAlive: boolean; maxConnections: number }
+    | {
+      event: "listening";
+      address: string;
+      keepAlive: boolean;
+      maxConnections: number;
+      /** What the kernel holds for the listener (ms), with --watch or tuning; null otherwise. */
+      tuning: KeepAliveSettings | null;
+    }
     | { event: "accepted"; peer: string; keepAlive: boolean; open: number }
     | { event: "rejected"; peer: string; reason: string }
     | { event: "peer-closed"; peer: string; bytes: number }
@@ -129,6 +193,7 @@ export type ServerEvent =
     | { event: "timed-out"; peer: string; bytes: number }
     | { event: "error"; peer: string; message: string }
     | { event: "accept-error"; message: string }
+    | ({ event: "probe"; peer: string } & ProbeEvent)
     | ({ event: "summary" } & ServerSummary)
   );
 
@@ -201,11 +266,26 @@ export function startServer(
   let closing = false;
 
   const listener = Deno.listen({ hostname: options.hostname, port: options.port });
+  // Per-connection times go on the listener, once: every connection it
+  // accepts inherits them, so accepting costs nothing extra.
+  // (--watch alone only reads them back: that proves FFI works before any
+  // connection depends on it.)
+  let tuning: KeepAliveSettings | null = null;
+  if (options.tuning || options.watch) {
+    try {
+      if (options.tuning) setKeepAlive(listener, options.tuning);
+      tuning = getKeepAlive(listener);
+    } catch (error) {
+      listener.close();
+      throw error;
+    }
+  }
   emit({
     event: "listening",
     address: formatAddr(listener.addr),
     keepAlive: options.keepAlive,
     maxConnections: options.maxConnections,
+    tuning,
   });
 
   // Read a connection until it ends. The reads are what make the kernel's
@@ -214,6 +294,15 @@ export function startServer(
   // This server never writes, so nothing else can time a connection out.
   async function readUntilEnd(conn: Deno.TcpConn, peer: string) {
     let bytes = 0;
+    // --watch: the kernel's probes on this connection, from TCP_INFO.
+    let watcher: { stop(): void } | null = null;
+    if (options.watch) {
+      try {
+        watcher = watchKeepAlive(conn, (probe) => emit({ event: "probe", peer, ...probe }));
+      } catch (error) {
+        emit({ event: "error", peer, message: `cannot watch: ${errorMessage(error)}` });
+      }
+    }
     try {
       for (;;) {
         const n = await conn.read(discardBuffer);
@@ -235,6 +324,7 @@ export function startServer(
         emit({ event: "error", peer, message: errorMessage(error) });
       }
     } finally {
+      watcher?.stop();
       if (open.delete(conn)) conn.close();
     }
   }
@@ -313,7 +403,9 @@ export function formatServerEvent(event: ServerEvent): string {
       case "listening":
         return `listening on ${event.address}, keepalive ${
           event.keepAlive ? "on" : "off"
-        } for accepted connections (at most ${event.maxConnections} at once); Enter quits`;
+        } for accepted connections${
+          event.tuning ? ` (${formatTuning(event.tuning)})` : ""
+        }, at most ${event.maxConnections} at once; Enter quits`;
       case "accepted":
         return `accepted ${event.peer}, keepalive ${
           event.keepAlive ? "on" : "off"
@@ -330,6 +422,8 @@ export function formatServerEvent(event: ServerEvent): string {
         return `${event.peer} error: ${event.message}`;
       case "accept-error":
         return `accept failed: ${event.message}`;
+      case "probe":
+        return `${event.peer} ${formatProbe(event)}`;
       case "summary":
         return `summary: ${event.accepted} accepted, ${event.peerClosed} closed by peer, ${event.reset} reset, ` +
           `${event.timedOut} timed out, ${event.errors} errors, ${event.rejected} rejected, ` +
@@ -337,6 +431,24 @@ export function formatServerEvent(event: ServerEvent): string {
     }
   })();
   return `${event.time} ${text}`;
+}
+
+function formatTuning(tuning: KeepAliveSettings): string {
+  return `idle ${tuning.time / 1000} s, interval ${tuning.interval / 1000} s, ` +
+    `${tuning.retries} probes, user timeout ${tuning.userTimeout / 1000} s`;
+}
+
+function formatProbe(probe: ProbeEvent): string {
+  switch (probe.kind) {
+    case "answered":
+      return `probe answered, after ${(probe.idleMs / 1000).toFixed(2)} s idle`;
+    case "unanswered":
+      return `probe ${probe.probe}/${probe.of} unanswered`;
+    case "late-answer":
+      return `answered at last, after ${probe.unanswered} unanswered probes`;
+    case "peer-probe":
+      return "probed us; answered";
+  }
 }
 
 /**
@@ -400,6 +512,10 @@ function waitForQuit(): Promise<string> {
 
 function describeListenError(error: unknown, options: ServerOptions): string {
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
+  if (error instanceof Deno.errors.NotCapable && /--allow-ffi/.test(errorMessage(error))) {
+    return `--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi permission: ` +
+      `deno run --allow-net --allow-ffi server.ts`;
+  }
   if (error instanceof Deno.errors.NotCapable) {
     return `listening on ${where} needs the --allow-net permission: deno run --allow-net server.ts`;
   }

@@ -12,6 +12,8 @@ Deno.test("server flags default to the C server: every IPv4 address, port 8888, 
     port: 8888,
     keepAlive: true,
     maxConnections: 1000,
+    tuning: null,
+    watch: false,
     json: false,
   });
 });
@@ -19,13 +21,23 @@ Deno.test("server flags default to the C server: every IPv4 address, port 8888, 
 Deno.test("server flags take a port, an IPv6 hostname with or without brackets, and --no-keepalive", () => {
   assertEquals(
     parseServerArgs(["--port", "0", "--hostname", "[::1]", "--no-keepalive", "--json"]),
-    { hostname: "::1", port: 0, keepAlive: false, maxConnections: 1000, json: true },
+    {
+      hostname: "::1",
+      port: 0,
+      keepAlive: false,
+      maxConnections: 1000,
+      tuning: null,
+      watch: false,
+      json: true,
+    },
   );
   assertEquals(parseServerArgs(["--hostname=::", "--max-connections=5"]), {
     hostname: "::",
     port: 8888,
     keepAlive: true,
     maxConnections: 5,
+    tuning: null,
+    watch: false,
     json: false,
   });
   assertEquals(parseServerArgs(["--help"]), "help");
