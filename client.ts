@@ -2,6 +2,7 @@
  * # A TCP client that connects and stays idle
  *
  * @run deno run --allow-net client.ts [--hostname 127.0.0.1] [--port 8888] [--keepalive] [--json]
+ * @run deno run --allow-net --allow-ffi client.ts --idle 2 --interval 1 --count 3 [--user-timeout 10] --watch
  *
  * The Deno version of the C client in the blog post "套接字选项SO_KEEPALIVE":
  * it connects to the server and then sends nothing, so the connection is
@@ -14,12 +15,26 @@
  * - https://docs.deno.com/api/deno/~/Deno.connect
  * - https://docs.deno.com/api/deno/~/Deno.TcpConn.prototype.setKeepAlive
  *
+ * `--idle`, `--interval`, `--count` and `--user-timeout` tune this side's
+ * keepalive through `keepalive.ts` (FFI, so `--allow-ffi`), and `--watch`
+ * prints the probes: the server's (which this side's kernel answers) and,
+ * with keepalive on here, this side's own.
+ *
  * Copying this file into your project? It needs `@std/cli` in your import
- * map (`deno add jsr:@std/cli`) and `--allow-net`, nothing else.
+ * map (`deno add jsr:@std/cli`), `keepalive.ts` beside it, and `--allow-net`
+ * (plus `--allow-ffi` for the tuning flags).
  *
  * @module
  */
 import { parseArgs } from "@std/cli/parse-args";
+import {
+  getKeepAlive,
+  type KeepAliveOptions,
+  type KeepAliveSettings,
+  type ProbeEvent,
+  setKeepAlive,
+  watchKeepAlive,
+} from "./keepalive.ts";
 
 /** What the client does, from its command-line flags. */
 export interface ClientOptions {
@@ -29,6 +44,10 @@ export interface ClientOptions {
   port: number;
   /** Whether to turn `SO_KEEPALIVE` on for this side too (the C client did not). */
   keepAlive: boolean;
+  /** Per-connection keepalive times (milliseconds); null for the system's. Implies keepAlive. */
+  tuning: KeepAliveOptions | null;
+  /** Report every keepalive probe on the connection. */
+  watch: boolean;
   /** Print events as JSON lines instead of text. */
   json: boolean;
 }
@@ -49,11 +68,19 @@ Options:
   --json               print one JSON object per event instead of text
   -h, --help           show this help
 
+Per-connection keepalive (each one implies --keepalive; needs --allow-ffi, Linux only):
+  --idle SECONDS         silence before the first probe, 1..32767 (system: tcp_keepalive_time)
+  --interval SECONDS     time between unanswered probes, 1..32767 (system: tcp_keepalive_intvl)
+  --count N              unanswered probes before the connection times out, 1..127 (tcp_keepalive_probes)
+  --user-timeout SECONDS how long sent data may stay unacknowledged, 0..2147483 (0: about 15 min)
+  --watch                print each probe: the server's, and this side's own
+
 Exit codes: 0 when you quit or the server closed the connection cleanly,
 1 when the connection was lost (reset, timed out) or could not be made,
 2 for bad flags.
 
-Permissions: --allow-net (to connect).`;
+Permissions: --allow-net (to connect), and --allow-ffi for the per-connection
+flags (Deno cannot set them itself yet).`;
 
 /**
  * Parses the command-line flags. Throws {@linkcode UsageError} for anything
@@ -68,8 +95,8 @@ Permissions: --allow-net (to connect).`;
  */
 export function parseClientArgs(args: string[]): ClientOptions | "help" {
   const flags = parseArgs(args, {
-    string: ["hostname", "port"],
-    boolean: ["keepalive", "json", "help"],
+    string: ["hostname", "port", "idle", "interval", "count", "user-timeout"],
+    boolean: ["keepalive", "json", "help", "watch"],
     alias: { h: "help" },
     default: { hostname: "127.0.0.1", port: "8888" },
     unknown: (arg: string) => {
@@ -81,30 +108,72 @@ export function parseClientArgs(args: string[]): ClientOptions | "help" {
           : `unexpected argument ${JSON.stringify(arg)}`,
       );
     },
-  }) as { hostname: string; port: string; keepalive: boolean; json: boolean; help: boolean };
+  }) as {
+    hostname: string;
+    port: string;
+    keepalive: boolean;
+    json: boolean;
+    help: boolean;
+    watch: boolean;
+    idle?: string;
+    interval?: string;
+    count?: string;
+    "user-timeout"?: string;
+  };
   if (flags.help) return "help";
   if (flags.hostname === "") throw new UsageError("--hostname needs a value");
-  if (flags.port === "") throw new UsageError("--port needs a value");
-  const port = Number(flags.port);
-  if (!/^[0-9]+$/.test(flags.port) || port < 1 || port > 65535) {
-    throw new UsageError(
-      `--port must be an integer from 1 to 65535, not ${JSON.stringify(flags.port)}`,
-    );
-  }
+  const tuning = parseTuning(flags);
   return {
     // Accept "[::1]" as well as "::1": brackets are how IPv6 is written next to a port.
     hostname: flags.hostname.replace(/^\[(.*)\]$/, "$1"),
-    port,
-    keepAlive: flags.keepalive,
+    port: parseInteger("--port", flags.port, 1, 65535),
+    keepAlive: flags.keepalive || tuning !== null,
+    tuning,
+    watch: flags.watch,
     json: flags.json,
   };
+}
+
+// The flags are in seconds, like the sysctls; the library takes milliseconds,
+// like Deno's proposed setKeepAlive({ time, interval, retries }).
+function parseTuning(
+  flags: { idle?: string; interval?: string; count?: string; "user-timeout"?: string },
+): KeepAliveOptions | null {
+  const tuning: KeepAliveOptions = {};
+  if (flags.idle !== undefined) tuning.time = parseInteger("--idle", flags.idle, 1, 32767) * 1000;
+  if (flags.interval !== undefined) {
+    tuning.interval = parseInteger("--interval", flags.interval, 1, 32767) * 1000;
+  }
+  if (flags.count !== undefined) tuning.retries = parseInteger("--count", flags.count, 1, 127);
+  if (flags["user-timeout"] !== undefined) {
+    tuning.userTimeout = parseInteger("--user-timeout", flags["user-timeout"], 0, 2147483) * 1000;
+  }
+  return Object.keys(tuning).length > 0 ? tuning : null;
+}
+
+function parseInteger(flag: string, value: string, min: number, max: number): number {
+  if (value === "") throw new UsageError(`${flag} needs a value`);
+  if (!/^[0-9]+$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new UsageError(
+      `${flag} must be an integer from ${min} to ${max}, not ${JSON.stringify(value)}`,
+    );
+  }
+  return Number(value);
 }
 
 /** Everything the client reports, one object per event. `--json` prints these as they are. */
 export type ClientEvent =
   & { time: string }
   & (
-    | { event: "connected"; local: string; remote: string; keepAlive: boolean }
+    | {
+      event: "connected";
+      local: string;
+      remote: string;
+      keepAlive: boolean;
+      /** What the kernel holds for the connection (ms), with --watch or tuning; null otherwise. */
+      tuning: KeepAliveSettings | null;
+    }
+    | ({ event: "probe" } & ProbeEvent)
     | { event: "server-closed"; bytes: number }
     | { event: "reset"; bytes: number }
     | { event: "timed-out"; bytes: number }
@@ -124,9 +193,14 @@ export async function holdConnection(
   conn: Deno.TcpConn,
   quit: Promise<unknown>,
   onEvent: (event: ClientEvent) => void,
+  options: { watch?: boolean } = {},
 ): Promise<ClientOutcome> {
   const emit = (event: DistributiveOmit<ClientEvent, "time">) =>
     onEvent({ time: new Date().toISOString(), ...event } as ClientEvent);
+  // --watch: the kernel's probes on this connection, from TCP_INFO.
+  const watcher = options.watch
+    ? watchKeepAlive(conn, (probe) => emit({ event: "probe", ...probe }))
+    : null;
   let bytes = 0;
   let quitting = false;
 
@@ -160,6 +234,7 @@ export async function holdConnection(
   })();
 
   const outcome = await Promise.race([reading, quit.then(() => "quit" as const)]);
+  watcher?.stop();
   if (outcome === "quit") {
     quitting = true;
     emit({ event: "quit", bytes });
@@ -178,7 +253,9 @@ export function formatClientEvent(event: ClientEvent): string {
       case "connected":
         return `connected from ${event.local} to ${event.remote}, keepalive ${
           event.keepAlive ? "on" : "off"
-        }; Enter quits`;
+        }${event.tuning && event.keepAlive ? ` (${formatTuning(event.tuning)})` : ""}; Enter quits`;
+      case "probe":
+        return formatProbe(event);
       case "server-closed":
         return `the server closed the connection (${event.bytes} bytes received)`;
       case "reset":
@@ -192,6 +269,24 @@ export function formatClientEvent(event: ClientEvent): string {
     }
   })();
   return `${event.time} ${text}`;
+}
+
+function formatTuning(tuning: KeepAliveSettings): string {
+  return `idle ${tuning.time / 1000} s, interval ${tuning.interval / 1000} s, ` +
+    `${tuning.retries} probes, user timeout ${tuning.userTimeout / 1000} s`;
+}
+
+function formatProbe(probe: ProbeEvent): string {
+  switch (probe.kind) {
+    case "answered":
+      return `probe answered, after ${(probe.idleMs / 1000).toFixed(2)} s idle`;
+    case "unanswered":
+      return `probe ${probe.probe}/${probe.of} unanswered`;
+    case "late-answer":
+      return `the server answered at last, after ${probe.unanswered} unanswered probes`;
+    case "peer-probe":
+      return "the server probed us; our kernel answered";
+  }
 }
 
 /**
@@ -219,6 +314,15 @@ export async function main(
     ? (event: ClientEvent) => console.log(JSON.stringify(event))
     : (event: ClientEvent) => console.log(formatClientEvent(event));
 
+  // Ask before connecting: a missing permission should stop us before the
+  // server sees a connection.
+  if (
+    (options.tuning || options.watch) &&
+    Deno.permissions.querySync({ name: "ffi" }).state !== "granted"
+  ) {
+    console.error(`client.ts: ${FFI_NEEDED}`);
+    return 1;
+  }
   let conn: Deno.TcpConn;
   try {
     conn = await Deno.connect({ hostname: options.hostname, port: options.port });
@@ -227,16 +331,27 @@ export async function main(
     return 1;
   }
   // The C client left SO_KEEPALIVE off: only the server probes. Turn it on
-  // here to have the client notice a server that vanished, too.
-  if (options.keepAlive) conn.setKeepAlive(true);
+  // here to have the client notice a server that vanished, too; the tuning
+  // flags also set when and how often this side probes.
+  let tuning: KeepAliveSettings | null = null;
+  try {
+    if (options.keepAlive) conn.setKeepAlive(true);
+    if (options.tuning) setKeepAlive(conn, options.tuning);
+    if (options.tuning || options.watch) tuning = getKeepAlive(conn);
+  } catch (error) {
+    conn.close();
+    console.error(`client.ts: ${describeTuningError(error)}`);
+    return 1;
+  }
   print({
     time: new Date().toISOString(),
     event: "connected",
     local: formatAddr(conn.localAddr),
     remote: formatAddr(conn.remoteAddr),
     keepAlive: options.keepAlive,
+    tuning,
   });
-  const outcome = await holdConnection(conn, quit(), print);
+  const outcome = await holdConnection(conn, quit(), print, { watch: options.watch });
   return outcome === "quit" || outcome === "server-closed" ? 0 : 1;
 }
 
@@ -261,6 +376,14 @@ function waitForQuit(): Promise<string> {
       }
     })();
   });
+}
+
+const FFI_NEEDED = "--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi " +
+  "permission: deno run --allow-net --allow-ffi client.ts";
+
+function describeTuningError(error: unknown): string {
+  if (error instanceof Deno.errors.NotCapable) return FFI_NEEDED;
+  return `cannot set keepalive: ${errorMessage(error)}`;
 }
 
 function describeConnectError(error: unknown, options: ClientOptions): string {

@@ -475,6 +475,15 @@ export async function main(
   const print = options.json
     ? (event: ServerEvent) => console.log(JSON.stringify(event))
     : (event: ServerEvent) => console.log(formatServerEvent(event));
+  // Ask before listening: a missing permission should stop us before any
+  // client connects, not after.
+  if (
+    (options.tuning || options.watch) &&
+    Deno.permissions.querySync({ name: "ffi" }).state !== "granted"
+  ) {
+    console.error(`server.ts: ${FFI_NEEDED}`);
+    return 1;
+  }
   let server: RunningServer;
   try {
     server = startServer(options, print);
@@ -510,12 +519,11 @@ function waitForQuit(): Promise<string> {
   });
 }
 
+const FFI_NEEDED = "--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi " +
+  "permission: deno run --allow-net --allow-ffi server.ts";
+
 function describeListenError(error: unknown, options: ServerOptions): string {
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
-  if (error instanceof Deno.errors.NotCapable && /--allow-ffi/.test(errorMessage(error))) {
-    return `--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi permission: ` +
-      `deno run --allow-net --allow-ffi server.ts`;
-  }
   if (error instanceof Deno.errors.NotCapable) {
     return `listening on ${where} needs the --allow-net permission: deno run --allow-net server.ts`;
   }

@@ -11,6 +11,8 @@ Deno.test("client flags default to the C client: 127.0.0.1, port 8888, keepalive
     hostname: "127.0.0.1",
     port: 8888,
     keepAlive: false,
+    tuning: null,
+    watch: false,
     json: false,
   });
 });
@@ -22,6 +24,8 @@ Deno.test("client flags take an IPv6 hostname with or without brackets, --keepal
       hostname: "::1",
       port: 9000,
       keepAlive: true,
+      tuning: null,
+      watch: false,
       json: true,
     },
   );
@@ -29,9 +33,47 @@ Deno.test("client flags take an IPv6 hostname with or without brackets, --keepal
     hostname: "::1",
     port: 8888,
     keepAlive: false,
+    tuning: null,
+    watch: false,
     json: false,
   });
   assertEquals(parseClientArgs(["--help"]), "help");
+});
+
+Deno.test("client tuning flags are seconds, become milliseconds, and imply --keepalive", () => {
+  assertEquals(
+    parseClientArgs([
+      "--idle",
+      "2",
+      "--interval=1",
+      "--count",
+      "3",
+      "--user-timeout",
+      "10",
+      "--watch",
+    ]),
+    {
+      hostname: "127.0.0.1",
+      port: 8888,
+      keepAlive: true,
+      tuning: { time: 2_000, interval: 1_000, retries: 3, userTimeout: 10_000 },
+      watch: true,
+      json: false,
+    },
+  );
+  for (
+    const [flag, value] of [
+      ["--idle", "0"],
+      ["--idle", "32768"],
+      ["--interval", "1.5"],
+      ["--count", "128"],
+      ["--count", "0"],
+      ["--user-timeout", "2147484"],
+      ["--idle", ""],
+    ]
+  ) {
+    assertThrows(() => parseClientArgs([`${flag}=${value}`]), UsageError, flag);
+  }
 });
 
 Deno.test("client flags refuse ports outside 1..65535, non-integers, unknown flags and stray arguments", () => {

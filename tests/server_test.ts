@@ -44,6 +44,34 @@ Deno.test("server flags take a port, an IPv6 hostname with or without brackets, 
   assertEquals(parseServerArgs(["-h"]), "help");
 });
 
+Deno.test("server tuning flags are seconds, become milliseconds, and contradict --no-keepalive", () => {
+  const options = parseServerArgs([
+    "--idle",
+    "2",
+    "--interval",
+    "1",
+    "--count",
+    "3",
+    "--user-timeout=0",
+  ]);
+  assertEquals(options !== "help" && options.tuning, {
+    time: 2_000,
+    interval: 1_000,
+    retries: 3,
+    userTimeout: 0,
+  });
+  assertThrows(
+    () => parseServerArgs(["--idle", "5", "--no-keepalive"]),
+    UsageError,
+    "--no-keepalive cannot",
+  );
+  for (
+    const flag of ["--idle=0", "--interval=32768", "--count=128", "--user-timeout=-1", "--count=x"]
+  ) {
+    assertThrows(() => parseServerArgs([flag]), UsageError, flag.split("=")[0]);
+  }
+});
+
 Deno.test("server flags refuse ports outside 0..65535, non-integers, unknown flags and stray arguments", () => {
   for (const port of ["65536", "-1", "1.5", "abc", "", " 80", "0x50"]) {
     assertThrows(() => parseServerArgs([`--port=${port}`]), UsageError, "--port");
