@@ -1,0 +1,229 @@
+/**
+ * Per-connection keepalive (keepalive.ts, and the scripts' --idle, --interval,
+ * --count, --user-timeout and --watch) against the real kernel, inside
+ * network namespaces joined by a cable the tests cut. No sysctl is changed:
+ * every time here is set on the sockets themselves. Needs root and `ip`.
+ */
+import { assert, assertEquals } from "@std/assert";
+import { parseNetstat, parseProcNetTcp } from "../proc_net.ts";
+import { type Netns, netnsTest, spawnScript, withCable, withNetns } from "./_helpers.ts";
+
+const FFI = ["--allow-net", "--allow-ffi"];
+
+async function probesSent(ns: Netns): Promise<number> {
+  return parseNetstat(await ns.readFile("/proc/net/netstat")).TcpExt.TCPKeepAlive;
+}
+
+function probeLines(lines: string[], kind: string): Record<string, unknown>[] {
+  return lines.map((line) => JSON.parse(line)).filter((event) =>
+    event.event === "probe" && event.kind === kind
+  );
+}
+
+netnsTest(
+  "the scripts report the tuning the kernel holds: server through its listener, client on its connection",
+  async () => {
+    await withNetns(async (ns) => {
+      const tuning = ["--idle", "7", "--interval", "3", "--count", "4", "--user-timeout", "20"];
+      await using server = spawnScript("server.ts", ["--port", "8888", "--json", ...tuning], {
+        netns: ns,
+        permissions: FFI,
+      });
+      const listening = await server.waitForEvent("listening");
+      const expected = {
+        enabled: true,
+        time: 7_000,
+        interval: 3_000,
+        retries: 4,
+        userTimeout: 20_000,
+      };
+      assertEquals(listening.tuning, expected);
+      await using client = spawnScript("client.ts", ["--port", "8888", "--json", ...tuning], {
+        netns: ns,
+        permissions: FFI,
+      });
+      assertEquals((await client.waitForEvent("connected")).tuning, expected);
+      // The accepted connection's keepalive timer runs on the listener's idle
+      // time, not the namespace's 7200 s: the kernel's table says 7 s or less.
+      await server.waitForEvent("accepted");
+      const sockets = parseProcNetTcp(await ns.readFile("/proc/net/tcp"))
+        .filter((socket) => socket.state === "ESTABLISHED");
+      assertEquals(sockets.map((socket) => socket.timer), ["keepalive", "keepalive"]);
+      for (const socket of sockets) assert(socket.timerSeconds <= 7, `${socket.timerSeconds} s`);
+    });
+  },
+);
+
+netnsTest(
+  "a dead client is noticed 5-6.5 s after the last traffic with --idle 2 --interval 1 --count 3, and --watch shows each probe",
+  async () => {
+    await withCable(async (cable) => {
+      const args = [
+        "--hostname",
+        "::",
+        "--port",
+        "8888",
+        "--json",
+        "--idle",
+        "2",
+        "--interval",
+        "1",
+        "--count",
+        "3",
+      ];
+      await using server = spawnScript("server.ts", [...args, "--watch"], {
+        netns: cable.server,
+        permissions: FFI,
+      });
+      await server.waitForEvent("listening");
+      await using client = spawnScript("client.ts", [
+        "--hostname",
+        cable.serverAddress,
+        "--port",
+        "8888",
+        "--json",
+      ], {
+        netns: cable.client,
+      });
+      await client.waitForEvent("connected");
+      await server.waitForEvent("accepted");
+      const lastTraffic = performance.now();
+      await cable.cutAtClient();
+
+      await server.waitForEvent("timed-out", 15_000);
+      const seconds = (performance.now() - lastTraffic) / 1000;
+      assert(seconds >= 4.8 && seconds <= 6.5, `timed out after ${seconds.toFixed(2)} s`);
+
+      // --watch saw every probe the kernel sent, and invented none.
+      const unanswered = probeLines(server.lines, "unanswered");
+      assertEquals(unanswered.map((event) => `${event.probe}/${event.of}`), ["1/3", "2/3", "3/3"]);
+      assertEquals(probeLines(server.lines, "answered").length, 0);
+      assertEquals(await probesSent(cable.server), 3);
+
+      // One dead connection does not stop the server.
+      await using second = spawnScript("client.ts", [
+        "--hostname",
+        "::1",
+        "--port",
+        "8888",
+        "--json",
+      ], {
+        netns: cable.server,
+      });
+      await second.waitForEvent("connected");
+      await server.waitForLine((line) => line.includes('"accepted","peer":"[::1]'));
+    });
+  },
+);
+
+netnsTest(
+  "a dead server is noticed by a client with --idle 2 --interval 1 --count 3 after 5-6.5 s, exit 1",
+  async () => {
+    await withCable(async (cable) => {
+      await using server = spawnScript("server.ts", [
+        "--hostname",
+        "::",
+        "--port",
+        "8888",
+        "--json",
+        "--no-keepalive",
+      ], {
+        netns: cable.server,
+      });
+      await server.waitForEvent("listening");
+      const args = ["--hostname", cable.serverAddress, "--port", "8888", "--json"];
+      await using client = spawnScript("client.ts", [
+        ...args,
+        "--idle",
+        "2",
+        "--interval",
+        "1",
+        "--count",
+        "3",
+        "--watch",
+      ], {
+        netns: cable.client,
+        permissions: FFI,
+      });
+      await client.waitForEvent("connected");
+      const lastTraffic = performance.now();
+      await cable.cutAtServer();
+      await client.waitForEvent("timed-out", 15_000);
+      const seconds = (performance.now() - lastTraffic) / 1000;
+      assert(seconds >= 4.8 && seconds <= 6.5, `timed out after ${seconds.toFixed(2)} s`);
+      assertEquals((await client.finish()).code, 1);
+      assertEquals(probeLines(client.lines, "unanswered").length, 3);
+      assertEquals(await probesSent(cable.client), 3);
+    });
+  },
+);
+
+netnsTest(
+  "--watch on a healthy connection prints one answered probe per probe the kernel counted",
+  async () => {
+    await withNetns(async (ns) => {
+      await using server = spawnScript(
+        "server.ts",
+        ["--port", "8888", "--json", "--idle", "1", "--interval", "1", "--watch"],
+        { netns: ns, permissions: FFI },
+      );
+      await server.waitForEvent("listening");
+      // The client watches too: it sees the server's probes arrive and answers them.
+      await using client = spawnScript("client.ts", ["--port", "8888", "--json", "--watch"], {
+        netns: ns,
+        permissions: FFI,
+      });
+      await client.waitForEvent("connected");
+      await new Promise((resolve) => setTimeout(resolve, 4_500));
+      await server.write("\n");
+      await server.waitForEvent("summary");
+      await client.finish();
+
+      const sent = await probesSent(ns);
+      const answered = probeLines(server.lines, "answered");
+      assert(sent >= 3 && sent <= 5, `${sent} probes in 4.5 s with a 1 s idle time`);
+      assertEquals(answered.length, sent);
+      for (const event of answered) {
+        const idleMs = Number(event.idleMs);
+        assert(idleMs >= 950 && idleMs < 1_600, `answered after ${idleMs} ms idle`);
+      }
+      assertEquals(probeLines(server.lines, "unanswered").length, 0);
+      assertEquals(probeLines(client.lines, "peer-probe").length, sent);
+    });
+  },
+);
+
+netnsTest(
+  "TCP_USER_TIMEOUT bounds the wait for unacknowledged data: 3 s instead of about 15 minutes",
+  async () => {
+    await withCable(async (cable) => {
+      await using server = spawnScript("server.ts", [
+        "--hostname",
+        "::",
+        "--port",
+        "8888",
+        "--json",
+      ], {
+        netns: cable.server,
+      });
+      await server.waitForEvent("listening");
+      await using writer = spawnScript("tests/fixtures/unacked_writer.ts", [
+        cable.serverAddress,
+        "8888",
+      ], {
+        netns: cable.client,
+        permissions: FFI,
+      });
+      await writer.waitForLine((line) => line === "connected");
+      await cable.cutAtServer();
+      await writer.closeStdin();
+      const { code, stdout, stderr } = await writer.finish(20_000);
+      assertEquals(code, 0, stderr);
+      const result = JSON.parse(stdout.trim().split("\n").pop()!);
+      assertEquals(result.bounded.error, "ETIMEDOUT", stdout);
+      assert(result.bounded.seconds >= 2.5 && result.bounded.seconds <= 5, stdout);
+      // Without a user timeout, the same data is still being retransmitted.
+      assertEquals(result.unbounded, "still waiting", stdout);
+    });
+  },
+);
