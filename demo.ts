@@ -1,24 +1,32 @@
 /**
- * # The blog's keepalive experiment, run and explained in a few seconds
+ * # The blog's keepalive experiment, run and explained in 12 seconds
  *
  * @run deno run -A demo.ts        (or: deno task demo)
  *
  * Starts `server.ts` and `client.ts` on loopback, as the blog did in two
- * terminals, then asks the kernel (through `/proc/net/tcp`) what it did
- * with their sockets: the server's socket has its keepalive timer armed and
- * says when the first probe is due, the client's has none. It shows the
- * keepalive sysctls that decide that timing, explains what happens when the
- * timer fires, and tells how to see probes without waiting two hours. It
- * needs no root, changes nothing, and exits by itself.
+ * terminals, but with a 2 s keepalive idle time and interval set on the
+ * server's sockets alone (no root, no sysctl), so the probes the blog waited
+ * two minutes for come every 2 s. Both scripts run with `--watch`, which
+ * reads each socket's `TCP_INFO` and prints every probe the kernel sends and
+ * every answer. Before that, the demo asks the kernel (through
+ * `/proc/net/tcp`) when the first probe is due; after 11 s it compares what
+ * it saw with what the settings predict, and explains what the system
+ * defaults would do. It changes nothing and exits by itself.
  *
- * Why `-A`: the two scripts need only `--allow-net`, but Deno refuses every
- * path under `/proc` unless the script runs with `--allow-all`;
- * `--allow-read=/proc` is not enough (denoland/deno issue 27564).
+ * Why `-A`: the scripts need `--allow-net` and `--allow-ffi`, but Deno
+ * refuses every path under `/proc` unless the script runs with
+ * `--allow-all`; `--allow-read=/proc` is not enough (denoland/deno issue
+ * 27564).
  *
  * @module
  */
 import { type ClientEvent, formatClientEvent } from "./client.ts";
-import { findTcpSocket, readTcpSockets, type TcpSocket } from "./proc_net.ts";
+import {
+  findTcpSocket,
+  readKeepaliveProbesSent,
+  readTcpSockets,
+  type TcpSocket,
+} from "./proc_net.ts";
 import { formatServerEvent, type ServerEvent } from "./server.ts";
 import { readKeepaliveSysctls, SysctlError } from "./sysctl.ts";
 
@@ -42,20 +50,36 @@ export async function main(): Promise<number> {
     }
     return 1;
   }
-  const time = sysctls["net.ipv4.tcp_keepalive_time"];
-  const intvl = sysctls["net.ipv4.tcp_keepalive_intvl"];
-  const probes = sysctls["net.ipv4.tcp_keepalive_probes"];
   say("The kernel's keepalive settings (per network namespace):");
   for (const [key, value] of Object.entries(sysctls)) say(`  ${key} = ${value}`);
 
-  // Step 2: the blog's two terminals, as two processes with --allow-net only.
-  say("\nStarting server.ts and client.ts on 127.0.0.1, as the blog did in two terminals:");
-  await using server = spawn("server.ts", ["--hostname", "127.0.0.1", "--port", "0", "--json"]);
+  // Step 2: the blog's two terminals, as two processes. The server sets a
+  // 2 s idle time and interval on its listener, which every accepted
+  // connection inherits; both sides watch the probes.
+  const idle = 2, interval = 2, count = 3, watchSeconds = 11;
+  say(
+    `\nStarting server.ts (--idle ${idle} --interval ${interval} --count ${count}) and client.ts, both with --watch:`,
+  );
+  await using server = spawn("server.ts", [
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--idle",
+    String(idle),
+    "--interval",
+    String(interval),
+    "--count",
+    String(count),
+    "--watch",
+  ]);
   const listening = await server.next("listening");
   const port = Number(String(listening.address).match(/:(\d+)$/)![1]);
-  await using client = spawn("client.ts", ["--port", String(port), "--json"]);
+  await using client = spawn("client.ts", ["--port", String(port), "--watch"]);
   const connected = await client.next("connected");
   await server.next("accepted");
+  const probesBefore = await readKeepaliveProbesSent();
+  const start = performance.now();
 
   // Step 3: ask the kernel. /proc/net/tcp has a row per socket with the
   // timer pending on it; for an idle socket with SO_KEEPALIVE on, that is
@@ -72,40 +96,68 @@ export async function main(): Promise<number> {
   say("\nWhat the kernel holds for the connection (/proc/net/tcp):");
   say(`  server's socket ${connected.remote}: ${describeTimer(serverSocket)}`);
   say(`  client's socket ${connected.local}: ${describeTimer(clientSocket)}`);
-  await new Promise((resolve) => setTimeout(resolve, 2000));
-  const later = findTcpSocket(await readTcpSockets(), serverEnd, clientEnd);
-  if (later) say(`  2 s later, the server's timer: ${describeTimer(later)}`);
 
-  // Step 4: what the numbers mean.
-  const cadence = Math.max(time, intvl);
+  // Step 4: watch. Each probe is an empty segment the server's kernel sends
+  // after `idle` seconds of silence; the client's kernel answers it. Neither
+  // program sends or receives a byte: --watch sees them in TCP_INFO.
+  say(`\nWatching for ${watchSeconds} s:`);
+  await new Promise((resolve) =>
+    setTimeout(resolve, watchSeconds * 1000 - (performance.now() - start))
+  );
+  const probesCounted = (await readKeepaliveProbesSent()) - probesBefore;
+  const answered = server.events.filter((event) =>
+    event.event === "probe" && event.kind === "answered"
+  );
+  const answeredByClient = client.events.filter((event) => event.kind === "peer-probe");
+
+  // Step 5: what was seen, against what the settings predict.
+  const cadence = Math.max(idle, interval);
+  // TCP_INFO says how long the connection was silent before each probe.
+  const silences = answered.map((event) => Number(event.idleMs) / 1000);
+  const meanSilence = silences.reduce((a, b) => a + b, 0) / silences.length;
   say(`
-What happens next:
-  - After ${time} s without traffic (tcp_keepalive_time) the server's kernel sends a
-    probe: an empty ACK. The client's kernel answers it; neither program notices.
-  - While the client answers, a probe goes out every max(time, intvl) = ${cadence} s.
-    The blog set time=120 (intvl stayed 75), so it saw one every 2 minutes.
-  - If the client vanished (no FIN, no RST: a pulled cable, a NAT that forgot the
-    flow), the server would send ${probes} probes ${intvl} s apart and then fail the
-    connection with ETIMEDOUT: server.ts would print "timed out" after
-    ${time} + ${probes} x ${intvl} = ${time + probes * intvl} s.`);
+What was seen in ${watchSeconds} s, and what the settings predict:
+  - probes the server's kernel sent and the client answered: ${answered.length}
+    (predicted: one every max(idle, interval) = max(${idle}, ${interval}) = ${cadence} s, so ${
+    Math.floor(watchSeconds / cadence)
+  })
+  - probes the client saw arrive and answered: ${answeredByClient.length}
+  - silence before each probe: ${silences.length ? `${meanSilence.toFixed(2)} s on average` : "n/a"}
+  - keepalive probes this network namespace counted (TcpExt TCPKeepAlive, all sockets): ${probesCounted}`);
 
+  const time = sysctls["net.ipv4.tcp_keepalive_time"];
+  const intvl = sysctls["net.ipv4.tcp_keepalive_intvl"];
+  const probes = sysctls["net.ipv4.tcp_keepalive_probes"];
   say(`
-To see probes without waiting ${time} s:
-  - deno task test runs this experiment in a throwaway network namespace with
-    time=2, and checks the probes the kernel counted (needs root).
-  - Or lower the settings for the whole host (root; every program is affected),
-    run 'tcpdump -i lo -nn port 8888' beside 'deno task server' and 'deno task client',
-    and put the old values back afterwards:
-      sudo deno run -A sysctl.ts time=120 intvl=75
-      sudo deno run -A sysctl.ts time=${time} intvl=${intvl}`);
+What the numbers mean:
+  - Without --idle and --interval, this connection would use the system's settings:
+    the first probe after ${time} s of silence, then one every max(${time}, ${intvl}) = ${
+    Math.max(time, intvl)
+  } s.
+    The blog set tcp_keepalive_time=120 (intvl stayed 75), so it saw one every 2 minutes.
+  - --idle alone is not enough for a steady cadence: with --idle ${idle} and the system's
+    interval of ${intvl} s, a healthy peer is probed every max(${idle}, ${intvl}) = ${
+    Math.max(idle, intvl)
+  } s.
+  - If the client vanished (no FIN, no RST: a pulled cable, a NAT that forgot the flow),
+    the server would send ${count} probes ${interval} s apart and then fail the connection
+    with ETIMEDOUT: server.ts prints "timed out" after ${idle} + ${count} x ${interval} = ${
+    idle + count * interval
+  } s.
+    With the system's settings: ${time} + ${probes} x ${intvl} = ${time + probes * intvl} s.
+  - deno task test cuts a virtual cable in a network namespace and checks exactly that.`);
 
-  // Step 5: quit the way the blog did: Enter in the server's terminal.
+  // Step 6: quit the way the blog did: Enter in the server's terminal.
   say("\nPressing Enter in the server's terminal:");
   await server.write("\n");
   await server.next("summary");
   await client.next("server-closed");
   const [serverCode, clientCode] = [await server.exitCode(), await client.exitCode()];
   say(`server.ts exited ${serverCode}, client.ts exited ${clientCode}.`);
+  if (answered.length === 0) {
+    console.error("demo.ts: no probe was seen; the kernel did not do what the settings predict");
+    return 1;
+  }
   return serverCode === 0 && clientCode === 0 ? 0 : 1;
 }
 
@@ -127,41 +179,53 @@ function parseEndpoint(text: unknown): { hostname: string; port: number } {
 }
 
 /**
- * Runs one of the kit's scripts with --allow-net and `--json`, echoes each of
- * its events as the script's own text line, and hands them out one by one.
+ * Runs one of the kit's scripts with `--json`, echoes each of its events as
+ * the script's own text line as soon as it arrives, and keeps them.
  */
 function spawn(script: string, args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", script, ...args],
+    args: ["run", "--allow-net", "--allow-ffi", script, "--json", ...args],
     cwd: HERE,
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
   const label = script.replace(".ts", "").padStart(6);
-  const events = readEvents(child.stdout);
+  const events: Record<string, unknown>[] = [];
+  let wake = () => {};
+  const pump = (async () => {
+    for await (const event of readEvents(child.stdout)) {
+      events.push(event);
+      const text = script === "server.ts"
+        ? formatServerEvent(event as ServerEvent)
+        : formatClientEvent(event as ClientEvent);
+      say(`  ${label} | ${text}`);
+      wake();
+    }
+    wake();
+  })();
   const stdin = child.stdin.getWriter();
-  const deadline = AbortSignal.timeout(15_000);
+  let cursor = 0;
   return {
-    /** The next event named `name`, echoing every event on the way. */
+    events,
+    /** The next event named `name` (after the last one asked for), within 15 s. */
     async next(name: string): Promise<Record<string, unknown>> {
+      const deadline = performance.now() + 15_000;
       for (;;) {
-        const result = await Promise.race([
-          events.next(),
-          new Promise<never>((_, reject) =>
-            deadline.addEventListener(
-              "abort",
-              () => reject(new Error(`${script} did not report ${name} in time`)),
-            )
-          ),
-        ]);
-        if (result.done) throw new Error(`${script} ended before reporting ${name}`);
-        const event = result.value;
-        const text = script === "server.ts"
-          ? formatServerEvent(event as ServerEvent)
-          : formatClientEvent(event as ClientEvent);
-        say(`  ${label} | ${text}`);
-        if (event.event === name) return event;
+        for (; cursor < events.length; cursor++) {
+          if (events[cursor].event === name) return events[cursor++];
+        }
+        const more = new Promise<void>((resolve) => wake = resolve);
+        let timerId: ReturnType<typeof setTimeout> | undefined;
+        const timer = new Promise<"late">((resolve) => {
+          timerId = setTimeout(() => resolve("late"), Math.max(0, deadline - performance.now()));
+        });
+        const result = await Promise.race([more, pump.then(() => "ended" as const), timer]);
+        clearTimeout(timerId);
+        if (result === "late") throw new Error(`${script} did not report ${name} in time`);
+        if (result === "ended" && cursor >= events.length) {
+          throw new Error(`${script} ended before reporting ${name}`);
+        }
       }
     },
     write: (text: string) => stdin.write(new TextEncoder().encode(text)),
@@ -175,6 +239,7 @@ function spawn(script: string, args: string[]) {
       } catch { /* already exited */ }
       await stdin.close().catch(() => {});
       await child.status;
+      await pump;
     },
   };
 }
