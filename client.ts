@@ -28,6 +28,7 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import {
+  describeKeepAlive,
   getKeepAlive,
   type KeepAliveOptions,
   type KeepAliveSettings,
@@ -253,7 +254,9 @@ export function formatClientEvent(event: ClientEvent): string {
       case "connected":
         return `connected from ${event.local} to ${event.remote}, keepalive ${
           event.keepAlive ? "on" : "off"
-        }${event.tuning && event.keepAlive ? ` (${formatTuning(event.tuning)})` : ""}; Enter quits`;
+        }${
+          event.tuning && event.keepAlive ? ` (${describeKeepAlive(event.tuning)})` : ""
+        }; Enter quits`;
       case "probe":
         return formatProbe(event);
       case "server-closed":
@@ -269,11 +272,6 @@ export function formatClientEvent(event: ClientEvent): string {
     }
   })();
   return `${event.time} ${text}`;
-}
-
-function formatTuning(tuning: KeepAliveSettings): string {
-  return `idle ${tuning.time / 1000} s, interval ${tuning.interval / 1000} s, ` +
-    `${tuning.retries} probes, user timeout ${tuning.userTimeout / 1000} s`;
 }
 
 function formatProbe(probe: ProbeEvent): string {

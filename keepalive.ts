@@ -153,6 +153,21 @@ export function getKeepAlive(socket: TcpSocket): KeepAliveSettings {
   };
 }
 
+/**
+ * Describes settings the way the sysctls would: seconds and a probe count.
+ *
+ * @example
+ * ```ts
+ * import { describeKeepAlive } from "./keepalive.ts";
+ * describeKeepAlive({ enabled: true, time: 2_000, interval: 1_000, retries: 3, userTimeout: 0 });
+ * // "idle 2 s, interval 1 s, 3 probes, user timeout 0 s"
+ * ```
+ */
+export function describeKeepAlive(settings: KeepAliveSettings): string {
+  return `idle ${settings.time / 1000} s, interval ${settings.interval / 1000} s, ` +
+    `${settings.retries} probes, user timeout ${settings.userTimeout / 1000} s`;
+}
+
 /** Live keepalive state of a connection, from `TCP_INFO`. */
 export interface KeepAliveState {
   /** Whether the connection is established (not closing or closed). */

@@ -30,6 +30,7 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import {
+  describeKeepAlive,
   getKeepAlive,
   type KeepAliveOptions,
   type KeepAliveSettings,
@@ -404,7 +405,7 @@ export function formatServerEvent(event: ServerEvent): string {
         return `listening on ${event.address}, keepalive ${
           event.keepAlive ? "on" : "off"
         } for accepted connections${
-          event.tuning ? ` (${formatTuning(event.tuning)})` : ""
+          event.tuning ? ` (${describeKeepAlive(event.tuning)})` : ""
         }, at most ${event.maxConnections} at once; Enter quits`;
       case "accepted":
         return `accepted ${event.peer}, keepalive ${
@@ -431,11 +432,6 @@ export function formatServerEvent(event: ServerEvent): string {
     }
   })();
   return `${event.time} ${text}`;
-}
-
-function formatTuning(tuning: KeepAliveSettings): string {
-  return `idle ${tuning.time / 1000} s, interval ${tuning.interval / 1000} s, ` +
-    `${tuning.retries} probes, user timeout ${tuning.userTimeout / 1000} s`;
 }
 
 function formatProbe(probe: ProbeEvent): string {

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { parseNetstat } from "../proc_net.ts";
 
 /** True when the tests run in CI, where tests that need root must run, not skip. */
 export const CI = Deno.env.get("CI") === "true";
@@ -103,6 +104,11 @@ export async function withNetns<T>(fn: (ns: Netns) => Promise<T>): Promise<T> {
   } finally {
     await run(["ip", "netns", "delete", name]);
   }
+}
+
+/** Keepalive probes the namespace has sent so far (TcpExt TCPKeepAlive in /proc/net/netstat). */
+export async function probesSent(ns: Netns): Promise<number> {
+  return parseNetstat(await ns.readFile("/proc/net/netstat")).TcpExt.TCPKeepAlive;
 }
 
 /** A script of the kit running as its own process, its output read line by line. */

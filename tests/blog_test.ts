@@ -4,17 +4,20 @@
  * the host's. Needs root and `ip`; skipped without them unless CI=true.
  */
 import { assert, assertEquals } from "@std/assert";
-import { findTcpSocket, parseNetstat, parseProcNetTcp } from "../proc_net.ts";
-import { type Netns, netnsTest, runOk, spawnScript, withCable, withNetns } from "./_helpers.ts";
+import { findTcpSocket, parseProcNetTcp } from "../proc_net.ts";
+import {
+  type Netns,
+  netnsTest,
+  probesSent,
+  runOk,
+  spawnScript,
+  withCable,
+  withNetns,
+} from "./_helpers.ts";
 
 /** Sets the namespace's keepalive sysctls with sysctl.ts, as a user would. */
 async function setSysctls(ns: Netns, assignments: string[]): Promise<void> {
   await runOk([...ns.exec, Deno.execPath(), "run", "-A", "sysctl.ts", ...assignments]);
-}
-
-/** Keepalive probes sent in the namespace so far (TcpExt TCPKeepAlive). */
-async function probesSent(ns: Netns): Promise<number> {
-  return parseNetstat(await ns.readFile("/proc/net/netstat")).TcpExt.TCPKeepAlive;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

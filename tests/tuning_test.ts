@@ -5,14 +5,10 @@
  * every time here is set on the sockets themselves. Needs root and `ip`.
  */
 import { assert, assertEquals } from "@std/assert";
-import { parseNetstat, parseProcNetTcp } from "../proc_net.ts";
-import { type Netns, netnsTest, spawnScript, withCable, withNetns } from "./_helpers.ts";
+import { parseProcNetTcp } from "../proc_net.ts";
+import { netnsTest, probesSent, spawnScript, withCable, withNetns } from "./_helpers.ts";
 
 const FFI = ["--allow-net", "--allow-ffi"];
-
-async function probesSent(ns: Netns): Promise<number> {
-  return parseNetstat(await ns.readFile("/proc/net/netstat")).TcpExt.TCPKeepAlive;
-}
 
 function probeLines(lines: string[], kind: string): Record<string, unknown>[] {
   return lines.map((line) => JSON.parse(line)).filter((event) =>
