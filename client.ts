@@ -102,7 +102,9 @@ export function parseClientArgs(args: string[]): ClientOptions | "help" {
     default: { hostname: "127.0.0.1", port: "8888" },
     unknown: (arg: string) => {
       throw new UsageError(
-        /^-[0-9]/.test(arg)
+        arg === ""
+          ? "an empty argument: every flag needs a value that is not empty"
+          : /^-[0-9]/.test(arg)
           ? `${arg} is not a valid value: no flag takes a negative number`
           : arg.startsWith("-")
           ? `unknown flag ${arg}`
@@ -116,12 +118,17 @@ export function parseClientArgs(args: string[]): ClientOptions | "help" {
     json: boolean;
     help: boolean;
     watch: boolean;
+    _: unknown[];
     idle?: string;
     interval?: string;
     count?: string;
     "user-timeout"?: string;
   };
   if (flags.help) return "help";
+  // Arguments after "--" bypass the check above; this script takes none.
+  if (flags._.length > 0) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(String(flags._[0]))}`);
+  }
   if (flags.hostname === "") throw new UsageError("--hostname needs a value");
   const tuning = parseTuning(flags);
   return {
@@ -321,10 +328,24 @@ export async function main(
     console.error(`client.ts: ${FFI_NEEDED}`);
     return 1;
   }
+  // Listen for Enter and signals from the start: a connect to an address
+  // that never answers takes about two minutes of SYN retries to fail, and
+  // the user may not want to wait for it.
+  const quitting = quit();
+  const connecting = new AbortController();
+  quitting.then(() => connecting.abort());
   let conn: Deno.TcpConn;
   try {
-    conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+    conn = await Deno.connect({
+      hostname: options.hostname,
+      port: options.port,
+      signal: connecting.signal,
+    });
   } catch (error) {
+    if (connecting.signal.aborted) {
+      console.error(`client.ts: quit before the connection was made`);
+      return 0;
+    }
     console.error(`client.ts: ${describeConnectError(error, options)}`);
     return 1;
   }
@@ -349,7 +370,7 @@ export async function main(
     keepAlive: options.keepAlive,
     tuning,
   });
-  const outcome = await holdConnection(conn, quit(), print, { watch: options.watch });
+  const outcome = await holdConnection(conn, quitting, print, { watch: options.watch });
   return outcome === "quit" || outcome === "server-closed" ? 0 : 1;
 }
 
@@ -367,10 +388,19 @@ function waitForQuit(): Promise<string> {
     for (const signal of signals) Deno.addSignalListener(signal, onSignal);
     (async () => {
       const buffer = new Uint8Array(256);
+      // Ctrl-D at a terminal ends one read, not the terminal: keep
+      // listening there. Elsewhere end of input is final: keep the connection.
+      const terminal = Deno.stdin.isTerminal();
       for (;;) {
-        const n = await Deno.stdin.read(buffer).catch(() => null);
-        if (n === null) return; // end of input: keep the connection
-        if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
+        let n: number | null;
+        try {
+          n = await Deno.stdin.read(buffer);
+        } catch {
+          return; // no usable stdin: only a signal quits
+        }
+        if (n === null && !terminal) return;
+        if (n === null) await new Promise((resolve) => setTimeout(resolve, 100));
+        else if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
       }
     })();
   });
@@ -398,7 +428,10 @@ function describeConnectError(error: unknown, options: ClientOptions): string {
   if (error instanceof Deno.errors.TimedOut) {
     return `cannot connect to ${where}: timed out (the server does not answer)`;
   }
-  if (error instanceof Deno.errors.NetworkUnreachable || /unreachable/i.test(errorMessage(error))) {
+  if (
+    error instanceof Deno.errors.NetworkUnreachable ||
+    /unreachable|no route to host/i.test(errorMessage(error))
+  ) {
     return `cannot connect to ${where}: unreachable (${errorMessage(error)})`;
   }
   if (/lookup address/.test(errorMessage(error))) {

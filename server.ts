@@ -104,7 +104,9 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
     default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000", keepalive: true },
     unknown: (arg: string) => {
       throw new UsageError(
-        /^-[0-9]/.test(arg)
+        arg === ""
+          ? "an empty argument: every flag needs a value that is not empty"
+          : /^-[0-9]/.test(arg)
           ? `${arg} is not a valid value: no flag takes a negative number`
           : arg.startsWith("-")
           ? `unknown flag ${arg}`
@@ -119,12 +121,17 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
     json: boolean;
     help: boolean;
     watch: boolean;
+    _: unknown[];
     idle?: string;
     interval?: string;
     count?: string;
     "user-timeout"?: string;
   };
   if (flags.help) return "help";
+  // Arguments after "--" bypass the check above; this script takes none.
+  if (flags._.length > 0) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(String(flags._[0]))}`);
+  }
   const tuning = parseTuning(flags);
   if (tuning && !flags.keepalive) {
     throw new UsageError(
@@ -357,7 +364,7 @@ export function startServer(
         emit({
           event: "rejected",
           peer,
-          reason: `${open.size} connections open, the limit (--max-connections)`,
+          reason: `already ${open.size} open, the --max-connections limit`,
         });
         continue;
       }
@@ -506,10 +513,19 @@ function waitForQuit(): Promise<string> {
     for (const signal of signals) Deno.addSignalListener(signal, onSignal);
     (async () => {
       const buffer = new Uint8Array(256);
+      // Ctrl-D at a terminal ends one read, not the terminal: keep
+      // listening there. Elsewhere end of input is final: keep serving.
+      const terminal = Deno.stdin.isTerminal();
       for (;;) {
-        const n = await Deno.stdin.read(buffer).catch(() => null);
-        if (n === null) return; // end of input: keep serving
-        if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
+        let n: number | null;
+        try {
+          n = await Deno.stdin.read(buffer);
+        } catch {
+          return; // no usable stdin: only a signal quits
+        }
+        if (n === null && !terminal) return;
+        if (n === null) await new Promise((resolve) => setTimeout(resolve, 100));
+        else if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
       }
     })();
   });
