@@ -23,6 +23,7 @@
 import { type ClientEvent, formatClientEvent } from "./client.ts";
 import {
   findTcpSocket,
+  parseEndpoint,
   readKeepaliveProbesSent,
   readTcpSockets,
   type TcpSocket,
@@ -30,10 +31,28 @@ import {
 import { formatServerEvent, type ServerEvent } from "./server.ts";
 import { readKeepaliveSysctls, SysctlError } from "./sysctl.ts";
 
-const HERE = new URL(".", import.meta.url).pathname;
+const HERE = import.meta.dirname!;
 
 /** Runs the demo; returns the exit code (0, or 1 when something could not be observed). */
 export async function main(): Promise<number> {
+  // Ctrl-C or SIGTERM must not leave the two scripts running without us:
+  // they quit on Enter or a signal, and nobody would send either.
+  const children = new Set<Deno.ChildProcess>();
+  const stop = () => {
+    for (const child of children) child.kill("SIGTERM");
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  try {
+    return await runDemo(children);
+  } finally {
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
+  }
+}
+
+async function runDemo(children: Set<Deno.ChildProcess>): Promise<number> {
   // Step 1: the settings. They are the kernel's, per network namespace, and
   // every socket with SO_KEEPALIVE on uses them unless it sets its own.
   let sysctls: Record<string, number>;
@@ -60,7 +79,7 @@ export async function main(): Promise<number> {
   say(
     `\nStarting server.ts (--idle ${idle} --interval ${interval} --count ${count}) and client.ts, both with --watch:`,
   );
-  await using server = spawn("server.ts", [
+  await using server = spawn(children, "server.ts", [
     "--hostname",
     "127.0.0.1",
     "--port",
@@ -75,7 +94,7 @@ export async function main(): Promise<number> {
   ]);
   const listening = await server.next("listening");
   const port = Number(String(listening.address).match(/:(\d+)$/)![1]);
-  await using client = spawn("client.ts", ["--port", String(port), "--watch"]);
+  await using client = spawn(children, "client.ts", ["--port", String(port), "--watch"]);
   const connected = await client.next("connected");
   await server.next("accepted");
   const probesBefore = await readKeepaliveProbesSent();
@@ -84,8 +103,8 @@ export async function main(): Promise<number> {
   // Step 3: ask the kernel. /proc/net/tcp has a row per socket with the
   // timer pending on it; for an idle socket with SO_KEEPALIVE on, that is
   // the keepalive timer, and `tm->when` is how long until the first probe.
-  const clientEnd = parseEndpoint(connected.local);
-  const serverEnd = parseEndpoint(connected.remote);
+  const clientEnd = parseEndpoint(String(connected.local));
+  const serverEnd = parseEndpoint(String(connected.remote));
   const rows = await readTcpSockets();
   const serverSocket = findTcpSocket(rows, serverEnd, clientEnd);
   const clientSocket = findTcpSocket(rows, clientEnd, serverEnd);
@@ -173,16 +192,11 @@ function say(text: string) {
   console.log(text);
 }
 
-function parseEndpoint(text: unknown): { hostname: string; port: number } {
-  const [, hostname, port] = String(text).match(/^\[?(.*?)\]?:(\d+)$/)!;
-  return { hostname, port: Number(port) };
-}
-
 /**
  * Runs one of the kit's scripts with `--json`, echoes each of its events as
  * the script's own text line as soon as it arrives, and keeps them.
  */
-function spawn(script: string, args: string[]) {
+function spawn(children: Set<Deno.ChildProcess>, script: string, args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-net", "--allow-ffi", script, "--json", ...args],
     cwd: HERE,
@@ -190,6 +204,7 @@ function spawn(script: string, args: string[]) {
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
+  children.add(child);
   const label = script.replace(".ts", "").padStart(6);
   const events: Record<string, unknown>[] = [];
   let wake = () => {};

@@ -183,6 +183,22 @@ export function findTcpSocket(
 }
 
 /**
+ * Parses an address and port written the usual way, `127.0.0.1:8888` or
+ * `[::1]:8888` (as the kit's scripts print them), for {@linkcode findTcpSocket}.
+ *
+ * @example
+ * ```ts
+ * import { parseEndpoint } from "./proc_net.ts";
+ * parseEndpoint("[::1]:8888"); // { hostname: "::1", port: 8888 }
+ * ```
+ */
+export function parseEndpoint(text: string): Endpoint {
+  const match = text.match(/^\[(.+)\]:(\d+)$/) ?? text.match(/^([^:]+):(\d+)$/);
+  if (!match) throw new TypeError(`not an address and port: ${JSON.stringify(text)}`);
+  return { hostname: match[1], port: Number(match[2]) };
+}
+
+/**
  * Parses `/proc/net/netstat` (or `/proc/net/snmp`): pairs of lines, a header
  * of names and a line of numbers, each starting with the same prefix.
  *
