@@ -11,7 +11,7 @@ import { parseNetstat } from "../proc_net.ts";
 export const CI = Deno.env.get("CI") === "true";
 
 /** The repository's root directory, where the scripts and deno.json live. */
-export const ROOT_DIR = new URL("../", import.meta.url).pathname;
+export const ROOT_DIR = `${import.meta.dirname}/../`;
 
 /** Why tests that need network namespaces cannot run here, or null when they can. */
 export function netnsUnavailableReason(): string | null {
@@ -24,8 +24,36 @@ export function netnsUnavailableReason(): string | null {
   } catch {
     return "the `ip` command (Debian package iproute2) is missing";
   }
+  // Root in a container may still lack CAP_SYS_ADMIN: try making one.
+  try {
+    const { success } = new Deno.Command("unshare", {
+      args: ["--net", "true"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .outputSync();
+    if (!success) return "this root cannot create network namespaces (no CAP_SYS_ADMIN?)";
+  } catch {
+    return "the `unshare` command (Debian package util-linux) is missing";
+  }
   return null;
 }
+
+/**
+ * Deletes namespaces left by an earlier test run that was killed before it
+ * could clean up (its `finally` blocks never ran), with the processes in them.
+ */
+export async function removeStaleNamespaces(): Promise<void> {
+  const { stdout } = await run(["ip", "netns", "list"]);
+  for (const [, name, pid] of stdout.matchAll(/^(kakit-(\d+)-\d+)/gm)) {
+    if (Number(pid) === Deno.pid || (await run(["kill", "-0", pid])).code === 0) continue;
+    const pids = (await run(["ip", "netns", "pids", name])).stdout.split(/\s+/).filter(Boolean);
+    if (pids.length > 0) await run(["kill", "-KILL", ...pids]);
+    await run(["ip", "netns", "delete", name]);
+  }
+}
+
+let staleRemoved: Promise<void> | null = null;
 
 /**
  * Registers a test that needs root and `ip`. On a laptop without them it is
@@ -95,6 +123,8 @@ let netnsCounter = 0;
  * and deletes it afterwards, also when `fn` throws.
  */
 export async function withNetns<T>(fn: (ns: Netns) => Promise<T>): Promise<T> {
+  staleRemoved ??= removeStaleNamespaces();
+  await staleRemoved;
   const name = `kakit-${Deno.pid}-${++netnsCounter}`;
   await runOk(["ip", "netns", "add", name]);
   try {

@@ -4,7 +4,7 @@
  * the host's. Needs root and `ip`; skipped without them unless CI=true.
  */
 import { assert, assertEquals } from "@std/assert";
-import { findTcpSocket, parseProcNetTcp } from "../proc_net.ts";
+import { findTcpSocket, parseEndpoint, parseProcNetTcp } from "../proc_net.ts";
 import {
   type Netns,
   netnsTest,
@@ -46,15 +46,13 @@ async function probeTimes(sysctls: string[], watchSeconds: number) {
       for (; seen < now; seen++) times.push((performance.now() - start) / 1000);
     }
     // The client answered every probe: nothing unanswered, nothing ended.
-    const [local, remote] = [connected.local, connected.remote].map((text) => {
-      const [, hostname, port] = String(text).match(/^(.*):(\d+)$/)!;
-      return { hostname, port: Number(port) };
-    });
-    const serverSide = findTcpSocket(
-      parseProcNetTcp(await ns.readFile("/proc/net/tcp")),
-      remote,
-      local,
+    const [local, remote] = [connected.local, connected.remote].map((text) =>
+      parseEndpoint(String(text))
     );
+    const table = parseProcNetTcp(await ns.readFile("/proc/net/tcp"));
+    const serverSide = findTcpSocket(table, remote, local);
+    // Only the server probes: the client, like the blog's, has no keepalive timer.
+    assertEquals(findTcpSocket(table, local, remote)?.timer, "none");
     assertEquals(serverSide?.state, "ESTABLISHED");
     assertEquals(serverSide?.unansweredProbes, 0);
     assert(
@@ -160,5 +158,6 @@ netnsTest("a client with --keepalive notices a server that vanished, and exits 1
     const seconds = (performance.now() - lastTraffic) / 1000;
     assert(seconds > 3.5 && seconds < 7, `timed out after ${seconds.toFixed(2)} s`);
     assertEquals((await client.finish()).code, 1);
+    assertEquals(await probesSent(cable.client), 2);
   });
 });

@@ -123,9 +123,33 @@ Deno.test("client exits 1 with one line when the connection is refused (IPv4 and
 });
 
 Deno.test("client exits 1 with one line when the host name is not found", async () => {
-  const code = await main(["--hostname", "no-such-host.invalid"], () => Promise.resolve());
+  const client = spawnScript("client.ts", ["--hostname", "no-such-host.invalid"]);
+  const { code, stderr } = await client.finish();
   assertEquals(code, 1);
+  assertEquals(
+    stderr,
+    "client.ts: cannot connect to no-such-host.invalid:8888: host name not found\n",
+  );
 });
+
+Deno.test("client quits on Enter while a connect is still waiting for an answer", async () => {
+  // A listener whose accept queue is full drops new SYNs: the connect hangs.
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0, tcpBacklog: 0 });
+  using _filler = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const code = await main(["--port", String(listener.addr.port)], () => delay(300));
+  assertEquals(code, 0);
+  const client = spawnScript("client.ts", ["--port", String(listener.addr.port)]);
+  await delay(300);
+  await client.write("\n");
+  const { code: exitCode, stdout, stderr } = await client.finish(5_000);
+  assertEquals([exitCode, stdout, stderr], [
+    0,
+    "",
+    "client.ts: quit before the connection was made\n",
+  ]);
+});
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 Deno.test("client without --allow-net exits 1 and names the flag to add", async () => {
   const client = spawnScript("client.ts", [], { permissions: [] });
@@ -225,7 +249,9 @@ Deno.test("client quits on Enter with exit 0 and closes the connection", async (
   await client.waitForEvent("connected");
   await client.write("\n");
   await client.waitForEvent("quit");
-  assertEquals((await client.finish()).code, 0);
+  const { code, stderr } = await client.finish();
+  assertEquals([code, stderr], [0, ""]);
+  assert(!client.lines.some((line) => line.includes('"error"')), client.lines.join("\n"));
   assertEquals(await accepted.read(new Uint8Array(1)), null);
 });
 
@@ -242,5 +268,18 @@ Deno.test("client quits on SIGTERM with exit 0, and a closed stdin does not quit
   client.child.kill("SIGTERM");
   await client.waitForEvent("quit");
   assertEquals((await client.finish()).code, 0);
+  assertEquals(await accepted.read(new Uint8Array(1)), null);
+});
+
+Deno.test("client quits on Ctrl-C (SIGINT) with exit 0 and no error", async () => {
+  using listener = listen();
+  await using client = spawnScript("client.ts", ["--port", String(listener.port), "--json"]);
+  using accepted = await listener.accept();
+  await client.waitForEvent("connected");
+  client.child.kill("SIGINT");
+  await client.waitForEvent("quit");
+  const { code, stderr } = await client.finish();
+  assertEquals([code, stderr], [0, ""]);
+  assert(!client.lines.some((line) => line.includes('"error"')), client.lines.join("\n"));
   assertEquals(await accepted.read(new Uint8Array(1)), null);
 });

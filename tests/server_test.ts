@@ -96,6 +96,26 @@ Deno.test("server exits 1 with one line when the port is in use", async () => {
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const code = await main(["--hostname", "127.0.0.1", "--port", String(taken.addr.port)]);
   assertEquals(code, 1);
+  const server = spawnScript("server.ts", [
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    String(taken.addr.port),
+  ]);
+  const { stderr } = await server.finish();
+  assertEquals(
+    stderr,
+    `server.ts: cannot listen on 127.0.0.1:${taken.addr.port}: the port is already in use\n`,
+  );
+});
+
+Deno.test("server refuses arguments after --, and says what an empty value is", () => {
+  assertThrows(
+    () => parseServerArgs(["--", "--port", "0"]),
+    UsageError,
+    'unexpected argument "--port"',
+  );
+  assertThrows(() => parseServerArgs(["--hostname", ""]), UsageError, "an empty argument");
 });
 
 Deno.test("server without --allow-net exits 1 and names the flag to add", async () => {
@@ -231,8 +251,11 @@ Deno.test("server quits on Enter with exit 0, closes its connections, and prints
   await server.waitForEvent("accepted");
   await server.write("\n");
   const summary = await server.waitForEvent("summary");
-  assertEquals([summary.accepted, summary.closedOnQuit], [1, 1]);
-  assertEquals((await server.finish()).code, 0);
+  assertEquals([summary.accepted, summary.closedOnQuit, summary.errors], [1, 1, 0]);
+  const { code, stderr } = await server.finish();
+  assertEquals([code, stderr], [0, ""]);
+  // Closing its own connections is not an error, nor a close by the peer.
+  assert(!server.lines.some((line) => /"(error|peer-closed)"/.test(line)), server.lines.join("\n"));
   // The server closed our connection on its way out.
   assertEquals(await conn.read(new Uint8Array(1)), null);
 });
@@ -247,7 +270,7 @@ Deno.test("server quits on SIGTERM with exit 0 and a summary, and a closed stdin
   await server.waitForEvent("accepted");
   server.child.kill("SIGTERM");
   const summary = await server.waitForEvent("summary");
-  assertEquals(summary.accepted, 1);
+  assertEquals([summary.accepted, summary.closedOnQuit, summary.errors], [1, 1, 0]);
   assertEquals((await server.finish()).code, 0);
   assertEquals(await conn.read(new Uint8Array(1)), null);
 });
