@@ -455,3 +455,15 @@ function errorMessage(error: unknown): string {
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
+
+// Real runs (Deno 2.9.6, Linux 6.18), against the server above, quitting
+// with Enter after a few seconds:
+//
+//   $ deno run --allow-net client.ts
+//   2026-11-25T14:07:46.721Z connected from 127.0.0.1:58264 to 127.0.0.1:8888, keepalive off; Enter quits
+//   2026-11-25T14:07:49.502Z quitting: closing the connection (0 bytes received)
+//
+//   $ deno run --allow-net client.ts --port 1
+//   client.ts: cannot connect to 127.0.0.1:1: connection refused (is the server running?)
+//   $ deno run --allow-net client.ts --idle 2
+//   client.ts: --idle, --interval, --count, --user-timeout and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi client.ts

@@ -276,3 +276,56 @@ if (import.meta.main) {
     Deno.exit(1);
   }
 }
+
+// A real run (Deno 2.9.6, Linux 6.18):
+//
+//   $ deno run -A demo.ts
+//   The kernel's keepalive settings (per network namespace):
+//     net.ipv4.tcp_keepalive_time = 7200
+//     net.ipv4.tcp_keepalive_intvl = 75
+//     net.ipv4.tcp_keepalive_probes = 9
+//
+//   Starting server.ts (--idle 2 --interval 2 --count 3) and client.ts, both with --watch:
+//     server | 2026-11-25T14:08:14.803Z listening on 127.0.0.1:34807, keepalive on for accepted connections (idle 2 s, interval 2 s, 3 probes, user timeout 0 s), at most 1000 at once; Enter quits
+//     server | 2026-11-25T14:08:14.823Z accepted 127.0.0.1:57296, keepalive on (1 open)
+//     client | 2026-11-25T14:08:14.825Z connected from 127.0.0.1:57296 to 127.0.0.1:34807, keepalive off; Enter quits
+//
+//   What the kernel holds for the connection (/proc/net/tcp):
+//     server's socket 127.0.0.1:34807: keepalive timer armed, first probe due in 1.98 s
+//     client's socket 127.0.0.1:57296: no timer pending (SO_KEEPALIVE is off on this side)
+//
+//   Watching for 11 s:
+//     server | 2026-11-25T14:08:16.844Z 127.0.0.1:57296 probe answered, after 2.01 s idle
+//     client | 2026-11-25T14:08:16.845Z the server probed us; our kernel answered
+//     server | 2026-11-25T14:08:18.855Z 127.0.0.1:57296 probe answered, after 2.02 s idle
+//     client | 2026-11-25T14:08:18.856Z the server probed us; our kernel answered
+//     server | 2026-11-25T14:08:20.864Z 127.0.0.1:57296 probe answered, after 2.02 s idle
+//     client | 2026-11-25T14:08:20.867Z the server probed us; our kernel answered
+//     client | 2026-11-25T14:08:22.878Z the server probed us; our kernel answered
+//     server | 2026-11-25T14:08:22.878Z 127.0.0.1:57296 probe answered, after 2.01 s idle
+//     server | 2026-11-25T14:08:24.890Z 127.0.0.1:57296 probe answered, after 2.01 s idle
+//     client | 2026-11-25T14:08:24.892Z the server probed us; our kernel answered
+//
+//   What was seen in 11 s, and what the settings predict:
+//     - probes the server's kernel sent and the client answered: 5
+//       (predicted: one every max(idle, interval) = max(2, 2) = 2 s, so 5)
+//     - probes the client saw arrive and answered: 5
+//     - silence before each probe: 2.01 s on average
+//     - keepalive probes this network namespace counted (TcpExt TCPKeepAlive, all sockets): 5
+//
+//   What the numbers mean:
+//     - Without --idle and --interval, this connection would use the system's settings:
+//       the first probe after 7200 s of silence, then one every max(7200, 75) = 7200 s.
+//       The blog set tcp_keepalive_time=120 (intvl stayed 75), so it saw one every 2 minutes.
+//     - --idle alone is not enough for a steady cadence: with --idle 2 and the system's
+//       interval of 75 s, a healthy peer is probed every max(2, 75) = 75 s.
+//     - If the client vanished (no FIN, no RST: a pulled cable, a NAT that forgot the flow),
+//       the server would send 3 probes 2 s apart and then fail the connection
+//       with ETIMEDOUT: server.ts prints "timed out" after 2 + 3 x 2 = 8 s.
+//       With the system's settings: 7200 + 9 x 75 = 7875 s.
+//     - deno task test cuts a virtual cable in a network namespace and checks exactly that.
+//
+//   Pressing Enter in the server's terminal:
+//     client | 2026-11-25T14:08:25.835Z the server closed the connection (0 bytes received)
+//     server | 2026-11-25T14:08:25.871Z summary: 1 accepted, 0 closed by peer, 0 reset, 0 timed out, 0 errors, 0 rejected, 1 closed on quit
+//   server.ts exited 0, client.ts exited 0.

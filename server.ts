@@ -570,7 +570,29 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
 
-// Real runs (Deno 2.9.6, Linux 6.x):
+// Real runs (Deno 2.9.6, Linux 6.18). A client connected, stayed idle for one
+// probe, and quit; then Enter quit the server:
 //
-//   $ deno run --allow-net server.ts
-//   (filled in below once the output is final)
+//   $ deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 --watch
+//   2026-11-25T14:07:46.213Z listening on 0.0.0.0:8888, keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout 0 s), at most 1000 at once; Enter quits
+//   2026-11-25T14:07:46.717Z accepted 127.0.0.1:58264, keepalive on (1 open)
+//   2026-11-25T14:07:48.732Z 127.0.0.1:58264 probe answered, after 2.02 s idle
+//   2026-11-25T14:07:49.502Z 127.0.0.1:58264 closed by peer after 0 bytes
+//   2026-11-25T14:07:50.695Z summary: 1 accepted, 1 closed by peer, 0 reset, 0 timed out, 0 errors, 0 rejected, 0 closed on quit
+//
+// The same server in a network namespace, its client in another, joined by a
+// veth cable that was cut one second after the client connected:
+//
+//   $ sudo ip netns exec A deno run --allow-net --allow-ffi server.ts --hostname :: --idle 2 --interval 1 --count 3 --watch
+//   2026-11-25T14:07:55.867Z listening on [::]:8888, keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout 0 s), at most 1000 at once; Enter quits
+//   2026-11-25T14:07:56.566Z accepted [fd6b:61::2]:51670, keepalive on (1 open)
+//   2026-11-25T14:07:58.587Z [fd6b:61::2]:51670 probe 1/3 unanswered
+//   2026-11-25T14:07:59.796Z [fd6b:61::2]:51670 probe 2/3 unanswered
+//   2026-11-25T14:08:00.806Z [fd6b:61::2]:51670 probe 3/3 unanswered
+//   2026-11-25T14:08:01.657Z [fd6b:61::2]:51670 timed out: keepalive probes went unanswered, the peer is gone
+//   2026-11-25T14:08:04.548Z summary: 1 accepted, 0 closed by peer, 0 reset, 1 timed out, 0 errors, 0 rejected, 0 closed on quit
+//
+//   $ deno run --allow-net server.ts --port 99999
+//   server.ts: --port must be an integer from 0 to 65535, not "99999" (see --help)
+//   $ deno run --allow-net server.ts --watch
+//   server.ts: --idle, --interval, --count, --user-timeout and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts
