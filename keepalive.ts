@@ -280,7 +280,6 @@ export function watchKeepAlive(
   onEvent: (event: ProbeEvent) => void,
   options: { pollMs?: number } = {},
 ): { stop(): void } {
-  let settings = getKeepAlive(conn);
   let previous = getKeepAliveState(conn);
   let previousAt = performance.now();
 
@@ -313,13 +312,18 @@ export function watchKeepAlive(
         onEvent({ kind: "answered", idleMs: Math.round(silentMs - current.sinceLastAckMs) });
       } else if (answer && previous.unansweredProbes > 0) {
         onEvent({ kind: "late-answer", unanswered: previous.unansweredProbes });
-      } else {
+      } else if (current.unansweredProbes > previous.unansweredProbes) {
+        // Read the count now: it may have changed since the watch began.
+        let retries = 0;
+        try {
+          retries = getKeepAlive(conn).retries;
+        } catch { /* closed under us; the probes are still worth reporting */ }
         for (
           let probe = previous.unansweredProbes + 1;
           probe <= current.unansweredProbes;
           probe++
         ) {
-          onEvent({ kind: "unanswered", probe, of: settings.retries });
+          onEvent({ kind: "unanswered", probe, of: retries });
         }
       }
       for (let i = 0; i < peerProbes; i++) onEvent({ kind: "peer-probe" });
@@ -328,13 +332,7 @@ export function watchKeepAlive(
     previousAt = now;
   };
 
-  const timer = setInterval(() => {
-    look();
-    // Someone may change the settings while we watch.
-    try {
-      settings = getKeepAlive(conn);
-    } catch { /* closed */ }
-  }, options.pollMs ?? 200);
+  const timer = setInterval(look, options.pollMs ?? 200);
   return {
     stop() {
       clearInterval(timer);
