@@ -73,7 +73,9 @@ Per-connection keepalive (each one implies --keepalive; needs --allow-ffi, Linux
   --idle SECONDS         silence before the first probe, 1..32767 (system: tcp_keepalive_time)
   --interval SECONDS     time between unanswered probes, 1..32767 (system: tcp_keepalive_intvl)
   --count N              unanswered probes before the connection times out, 1..127 (tcp_keepalive_probes)
-  --user-timeout SECONDS how long sent data may stay unacknowledged, 0..2147483 (0: about 15 min)
+  --user-timeout SECONDS how long sent data may stay unacknowledged (0: about 15 min), and once
+                         a probe is out, how long the peer may stay silent (overrides --count);
+                         0..2147483
   --watch                print each probe: the server's, and this side's own
 
 Exit codes: 0 when you quit or the server closed the connection cleanly,

@@ -52,7 +52,9 @@ export interface KeepAliveOptions {
   /**
    * How long sent data may stay unacknowledged before the connection fails
    * with ETIMEDOUT (`TCP_USER_TIMEOUT`): 0..2147483647 ms, 0 meaning the
-   * system's retransmission limit (about 15 minutes).
+   * system's retransmission limit (about 15 minutes). With keepalive on, it
+   * also replaces `retries` (tcp(7)): once a probe is unanswered, the
+   * connection fails when the peer has been silent this long.
    */
   userTimeout?: number;
 }

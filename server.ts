@@ -78,7 +78,9 @@ Per-connection keepalive (each one turns keepalive on; needs --allow-ffi, Linux 
   --idle SECONDS         silence before the first probe, 1..32767 (system: tcp_keepalive_time)
   --interval SECONDS     time between unanswered probes, 1..32767 (system: tcp_keepalive_intvl)
   --count N              unanswered probes before the connection times out, 1..127 (tcp_keepalive_probes)
-  --user-timeout SECONDS how long sent data may stay unacknowledged, 0..2147483 (0: about 15 min)
+  --user-timeout SECONDS how long sent data may stay unacknowledged (0: about 15 min), and once
+                         a probe is out, how long the peer may stay silent (overrides --count);
+                         0..2147483
   --watch                print each probe the kernel sends, answered or not
 
 Permissions: --allow-net (to listen and accept), and --allow-ffi for the

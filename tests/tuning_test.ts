@@ -113,6 +113,36 @@ netnsTest(
 );
 
 netnsTest(
+  "--user-timeout overrides --count for an idle connection: dead after 4 s of silence, not 2 + 9 x 1",
+  async () => {
+    await withCable(async (cable) => {
+      const args = ["--hostname", "::", "--port", "8888", "--json"];
+      const tuning = ["--idle", "2", "--interval", "1", "--count", "9", "--user-timeout", "4"];
+      await using server = spawnScript("server.ts", [...args, ...tuning], {
+        netns: cable.server,
+        permissions: FFI,
+      });
+      await server.waitForEvent("listening");
+      await using client = spawnScript(
+        "client.ts",
+        ["--hostname", cable.serverAddress, "--port", "8888", "--json"],
+        { netns: cable.client },
+      );
+      await client.waitForEvent("connected");
+      await server.waitForEvent("accepted");
+      const lastTraffic = performance.now();
+      await cable.cutAtClient();
+      await server.waitForEvent("timed-out", 20_000);
+      const seconds = (performance.now() - lastTraffic) / 1000;
+      // tcp(7): with keepalive, TCP_USER_TIMEOUT decides when a silent peer
+      // is dead. Without it: 2 + 9 x 1 = 11 s.
+      assert(seconds >= 3.8 && seconds <= 5.5, `timed out after ${seconds.toFixed(2)} s`);
+      assert(await probesSent(cable.server) < 9);
+    });
+  },
+);
+
+netnsTest(
   "a dead server is noticed by a client with --idle 2 --interval 1 --count 3 after 5-6.5 s, exit 1",
   async () => {
     await withCable(async (cable) => {
