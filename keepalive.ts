@@ -77,7 +77,8 @@ export interface KeepAliveSettings {
 export type TcpSocket = Deno.TcpConn | Deno.TcpListener;
 
 // Linux constants (x86_64 and arm64 alike).
-const SOL_SOCKET = 1, SO_TYPE = 3, SO_KEEPALIVE = 9, SOCK_STREAM = 1;
+const SOL_SOCKET = 1, SO_TYPE = 3, SO_KEEPALIVE = 9, SO_ACCEPTCONN = 30, SOCK_STREAM = 1;
+const EBADF = 9;
 const IPPROTO_TCP = 6, TCP_KEEPIDLE = 4, TCP_KEEPINTVL = 5, TCP_KEEPCNT = 6;
 const TCP_INFO = 11, TCP_USER_TIMEOUT = 18;
 const TCP_ESTABLISHED = 1;
@@ -176,6 +177,10 @@ export interface KeepAliveState {
   established: boolean;
   /** Keepalive probes sent since the peer last answered (`tcpi_probes`). */
   unansweredProbes: number;
+  /** Segments sent and not yet acknowledged (`tcpi_unacked`); keepalive waits for 0. */
+  unackedSegments: number;
+  /** Bytes written but not yet sent (`tcpi_notsent_bytes`); keepalive waits for 0. */
+  notSentBytes: number;
   /** Milliseconds since the peer's last ACK, a probe's answer included (`tcpi_last_ack_recv`). */
   sinceLastAckMs: number;
   /** Milliseconds since the peer last sent data (`tcpi_last_data_recv`). */
@@ -203,11 +208,14 @@ export interface KeepAliveState {
  * ```
  */
 export function getKeepAliveState(conn: Deno.TcpConn): KeepAliveState {
+  return readTcpInfo(socketDescriptor(conn), describe(conn));
+}
+
+function readTcpInfo(fd: number, where: string): KeepAliveState {
   const info = new Uint8Array(232);
   const length = new Uint32Array([info.length]);
-  const fd = socketDescriptor(conn);
   if (libc().getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, length) !== 0) {
-    throw socketError("getsockopt TCP_INFO", describe(conn));
+    throw socketError("getsockopt TCP_INFO", where);
   }
   // Offsets of struct tcp_info in include/uapi/linux/tcp.h.
   const view = new DataView(info.buffer);
@@ -215,10 +223,12 @@ export function getKeepAliveState(conn: Deno.TcpConn): KeepAliveState {
   return {
     established: view.getUint8(0) === TCP_ESTABLISHED,
     unansweredProbes: view.getUint8(3),
+    unackedSegments: u32(24),
     sinceLastDataMs: u32(52),
     sinceLastAckMs: u32(56),
     segmentsOut: u32(136),
     segmentsIn: u32(140),
+    notSentBytes: u32(144),
     dataSegmentsIn: u32(152),
     dataSegmentsOut: u32(156),
   };
@@ -237,8 +247,13 @@ export type ProbeEvent =
     kind: "unanswered";
     /** Which unanswered probe this is, from 1. */
     probe: number;
-    /** How many unanswered probes end the connection (`TCP_KEEPCNT`). */
-    of: number;
+    /**
+     * How many unanswered probes end the connection (`TCP_KEEPCNT`), or null
+     * when a user timeout decides instead (then see `userTimeoutMs`).
+     */
+    of: number | null;
+    /** `TCP_USER_TIMEOUT` in ms: the silence after which the connection fails; 0 when unset. */
+    userTimeoutMs: number;
   }
   | {
     /** The peer answered at last, after probes already reported as unanswered. */
@@ -255,8 +270,9 @@ export type ProbeEvent =
  * Makes the kernel's keepalive probes visible without tcpdump: polls the
  * connection's `TCP_INFO` every `pollMs` (200 by default) and reports each
  * probe this side sends, answered or not, and each probe of the peer's that
- * it answers. Call `stop()` when the connection ends (it takes one last look).
- * Needs `--allow-ffi`.
+ * it answers. Call `stop()` when the connection ends (it takes one last look);
+ * a watcher whose connection has closed also stops by itself, and none keeps
+ * the process alive. Needs `--allow-ffi`.
  *
  * How it tells: a probe and its answer are segments without data, so while
  * no data moves, the segments counted in and out are probes and answers.
@@ -265,7 +281,10 @@ export type ProbeEvent =
  * received that does neither is the peer's probe. It assumes an answer comes
  * back within one look (a round trip shorter than `pollMs`) and at most one
  * probe per look (an interval longer than `pollMs`); otherwise a probe may be
- * reported unanswered and then followed by a `late-answer`.
+ * reported unanswered and then followed by a `late-answer`. Keepalive only
+ * probes a connection with nothing in flight, so a look in which data moved
+ * is skipped: a probe in the same look as data (within `pollMs` of it) is
+ * not reported.
  *
  * @example
  * ```ts ignore
@@ -275,6 +294,8 @@ export type ProbeEvent =
  * setKeepAlive(conn, { time: 2_000, interval: 1_000, retries: 3 });
  * const watcher = watchKeepAlive(conn, (event) => console.log(event));
  * // { kind: "answered", idleMs: 2003 } every 2 s while the peer answers
+ * // ... and when the connection ends:
+ * watcher.stop();
  * ```
  */
 export function watchKeepAlive(
@@ -282,32 +303,42 @@ export function watchKeepAlive(
   onEvent: (event: ProbeEvent) => void,
   options: { pollMs?: number } = {},
 ): { stop(): void } {
-  let previous = getKeepAliveState(conn);
+  // Found once: a closed connection's number may be reused, so each look
+  // checks it still is this connection instead of searching again.
+  const fd = socketDescriptor(conn);
+  const where = describe(conn);
+  const stillOurs = () => examine(fd, conn.localAddr, conn.remoteAddr) === "match";
+  let previous = readTcpInfo(fd, where);
   let previousAt = performance.now();
 
   const look = () => {
     let current: KeepAliveState;
     try {
-      current = getKeepAliveState(conn);
+      if (!stillOurs()) return clearInterval(timer);
+      current = readTcpInfo(fd, where);
     } catch {
-      return; // closed under us: nothing more to see
+      return clearInterval(timer); // closed between the two calls
     }
     const now = performance.now();
     const elapsedMs = now - previousAt;
-    // Probes are only sent on an established connection with nothing else
-    // going on; a look in which data moved or the connection began to close
-    // (a FIN is a segment without data too) has no probes to report.
+    // Keepalive only probes an established connection with nothing in
+    // flight and nothing waiting to be sent. A look in which data moved,
+    // or the connection began to close (a FIN carries no data either), or
+    // data waits (a zero-window probe looks like a keepalive probe) has no
+    // keepalive probes to report.
     const quiet = current.established && previous.established &&
+      current.unackedSegments === 0 && current.notSentBytes === 0 &&
       current.dataSegmentsIn === previous.dataSegmentsIn &&
       current.dataSegmentsOut === previous.dataSegmentsOut;
     const sent = current.segmentsOut - previous.segmentsOut;
     const received = current.segmentsIn - previous.segmentsIn;
     if (quiet && (sent > 0 || received > 0)) {
       // The answer to our probe is an ACK the kernel accepts, so it restarts
-      // tcpi_last_ack_recv. The peer's own probe does not: it repeats an old
-      // byte, and the kernel only answers it.
+      // tcpi_last_ack_recv, after at least a second of silence. The peer's
+      // own probe does not: it repeats an old byte, and the kernel only
+      // answers it. (The clock counts in kernel ticks, up to 10 ms.)
       const silentMs = previous.sinceLastAckMs + elapsedMs;
-      const answer = received > 0 && current.sinceLastAckMs + 5 < silentMs;
+      const answer = received > 0 && current.sinceLastAckMs + 500 < silentMs;
       const peerProbes = answer ? received - 1 : received;
       const ourProbes = sent - peerProbes;
       if (answer && ourProbes > 0) {
@@ -315,17 +346,21 @@ export function watchKeepAlive(
       } else if (answer && previous.unansweredProbes > 0) {
         onEvent({ kind: "late-answer", unanswered: previous.unansweredProbes });
       } else if (current.unansweredProbes > previous.unansweredProbes) {
-        // Read the count now: it may have changed since the watch began.
-        let retries = 0;
-        try {
-          retries = getKeepAlive(conn).retries;
-        } catch { /* closed under us; the probes are still worth reporting */ }
+        // Read the limits now: they may have changed since the watch began.
+        // With a user timeout the kernel ignores the probe count (tcp(7)).
+        const userTimeoutMs = getInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", where);
+        const retries = getInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT", where);
         for (
           let probe = previous.unansweredProbes + 1;
           probe <= current.unansweredProbes;
           probe++
         ) {
-          onEvent({ kind: "unanswered", probe, of: retries });
+          onEvent({
+            kind: "unanswered",
+            probe,
+            of: userTimeoutMs > 0 ? null : retries,
+            userTimeoutMs,
+          });
         }
       }
       for (let i = 0; i < peerProbes; i++) onEvent({ kind: "peer-probe" });
@@ -335,6 +370,7 @@ export function watchKeepAlive(
   };
 
   const timer = setInterval(look, options.pollMs ?? 200);
+  Deno.unrefTimer(timer);
   return {
     stop() {
       clearInterval(timer);
@@ -349,8 +385,9 @@ type CheckedOptions = KeepAliveOptions & { enabled: boolean };
 
 function validateOptions(options: boolean | KeepAliveOptions): CheckedOptions {
   if (typeof options === "boolean") return { enabled: options };
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(`keepalive options must be a boolean or an object, not ${typeof options}`);
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    const what = options === null ? "null" : Array.isArray(options) ? "an array" : typeof options;
+    throw new TypeError(`keepalive options must be a boolean or an object, not ${what}`);
   }
   const wholeSeconds = (field: "time" | "interval") => {
     const value = options[field];
@@ -460,36 +497,66 @@ export function socketDescriptor(socket: TcpSocket): number {
     ? [socket.localAddr, socket.remoteAddr]
     : [socket.addr, null];
   const cached = descriptors.get(socket);
-  if (cached !== undefined && matches(cached, local, remote)) return cached;
+  if (cached !== undefined && examine(cached, local, remote) === "match") return cached;
+  const found = (fd: number) => {
+    descriptors.set(socket, fd);
+    lastFound = fd;
+    return fd;
+  };
   // The kernel hands out the lowest free number, so on a server that keeps
-  // accepting, the next socket is usually just above the last one found:
-  // start there, and wrap around to cover the rest.
+  // accepting, the next socket is usually just above the last one found.
+  // Look there first, until 256 numbers in a row are unused (nothing is
+  // likely to lie beyond), then from 0 up; only then, rarely, the rest.
   const limit = openFileLimit();
-  for (let i = 0; i < limit; i++) {
-    const fd = (lastFound + 1 + i) % limit;
-    if (matches(fd, local, remote)) {
-      descriptors.set(socket, fd);
-      lastFound = fd;
-      return fd;
-    }
+  let fd = lastFound + 1;
+  for (let unused = 0; fd < limit && unused < 256; fd++) {
+    const what = examine(fd, local, remote);
+    if (what === "match") return found(fd);
+    unused = what === "unused" ? unused + 1 : 0;
   }
-  throw new Error(`cannot find the file descriptor of ${describe(socket)}: is it closed?`);
+  for (let low = 0; low <= lastFound && low < limit; low++) {
+    if (examine(low, local, remote) === "match") return found(low);
+  }
+  for (; fd < limit; fd++) {
+    if (examine(fd, local, remote) === "match") return found(fd);
+  }
+  throw new Deno.errors.BadResource(`cannot find the socket of ${describe(socket)}: is it closed?`);
 }
 
-function matches(fd: number, local: Deno.NetAddr, remote: Deno.NetAddr | null): boolean {
+// What one descriptor number holds, as far as the lookup cares.
+function examine(
+  fd: number,
+  local: Deno.NetAddr,
+  remote: Deno.NetAddr | null,
+): "match" | "unused" | "other" {
   const c = libc();
   const address = new Uint8Array(128);
   const length = new Uint32Array(1);
   length[0] = address.length;
-  if (c.getsockname(fd, address, length) !== 0) return false;
-  if (!sameAddress(address, local)) return false;
-  length[0] = address.length;
-  const connected = c.getpeername(fd, address, length) === 0;
-  if (remote === null ? connected : !connected || !sameAddress(address, remote)) return false;
+  if (c.getsockname(fd, address, length) !== 0) return errno() === EBADF ? "unused" : "other";
+  if (!sameAddress(address, local)) return "other";
   // A UDP socket can share the address; only a stream socket will do.
-  const type = new Int32Array(1);
-  const typeLength = new Uint32Array([4]);
-  return c.getsockopt(fd, SOL_SOCKET, SO_TYPE, type, typeLength) === 0 && type[0] === SOCK_STREAM;
+  if (getOption(fd, SOL_SOCKET, SO_TYPE) !== SOCK_STREAM) return "other";
+  if (remote === null) {
+    // An accepted socket has the listener's address too (and, once reset,
+    // no peer either): only the listening socket accepts connections.
+    return getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1 ? "match" : "other";
+  }
+  length[0] = address.length;
+  if (c.getpeername(fd, address, length) !== 0) return "other";
+  return sameAddress(address, remote) ? "match" : "other";
+}
+
+// getsockopt for an int, or null when it fails.
+function getOption(fd: number, level: number, option: number): number | null {
+  const value = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  return libc().getsockopt(fd, level, option, value, length) === 0 ? value[0] : null;
+}
+
+function errno(): number {
+  const pointer = libc().__errno_location();
+  return pointer ? new Deno.UnsafePointerView(pointer).getInt32() : 0;
 }
 
 // A struct sockaddr_in or sockaddr_in6, compared with Deno's view of it.
@@ -561,9 +628,8 @@ function libc(): Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] {
 }
 
 function socketError(operation: string, where: string): Error {
-  const errnoPointer = libc().__errno_location();
-  const errno = errnoPointer ? new Deno.UnsafePointerView(errnoPointer).getInt32() : 0;
-  const name = ERRNO_NAMES[errno] ?? `errno ${errno}`;
+  const code = errno();
+  const name = ERRNO_NAMES[code] ?? `errno ${code}`;
   return new Error(`${operation} on ${where}: ${name}`);
 }
 

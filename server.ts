@@ -448,7 +448,11 @@ function formatProbe(probe: ProbeEvent): string {
     case "answered":
       return `probe answered, after ${(probe.idleMs / 1000).toFixed(2)} s idle`;
     case "unanswered":
-      return `probe ${probe.probe}/${probe.of} unanswered`;
+      return probe.of === null
+        ? `probe ${probe.probe} unanswered (dead after ${
+          probe.userTimeoutMs / 1000
+        } s of silence: user timeout)`
+        : `probe ${probe.probe}/${probe.of} unanswered`;
     case "late-answer":
       return `answered at last, after ${probe.unanswered} unanswered probes`;
     case "peer-probe":
