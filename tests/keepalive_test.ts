@@ -1,4 +1,5 @@
-import { assertEquals, assertMatch, assertThrows } from "@std/assert";
+import { assertEquals, assertMatch, assertRejects, assertThrows } from "@std/assert";
+import net from "node:net";
 import { getKeepAlive, getKeepAliveState, setKeepAlive, socketDescriptor } from "../keepalive.ts";
 import { findTcpSocket, readTcpSockets } from "../proc_net.ts";
 import { run } from "./_helpers.ts";
@@ -122,6 +123,39 @@ Deno.test("bad values are refused with a TypeError naming the field, and leave t
   );
 });
 
+Deno.test("a listener is told from its accepted connections, even one the peer reset", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  // Look up another socket first, so that the search for the listener
+  // starts above it and meets the reset socket before the listener.
+  using other = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  socketDescriptor(other);
+  // An accepted socket that was reset keeps the listener's address and has
+  // no peer, like the listener: only SO_ACCEPTCONN tells them apart.
+  const resetting = net.connect(listener.addr.port, "127.0.0.1");
+  await new Promise((resolve) => resetting.once("connect", resolve));
+  using reset = await listener.accept();
+  resetting.resetAndDestroy();
+  await assertRejects(() => reset.read(new Uint8Array(1)), Deno.errors.ConnectionReset);
+
+  setKeepAlive(listener, { time: 3_000 });
+  assertEquals(getKeepAlive(listener).time, 3_000);
+  using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  using accepted = await listener.accept();
+  assertEquals(getKeepAlive(accepted).time, 3_000);
+  assertEquals(getKeepAlive(client).enabled, false);
+});
+
+Deno.test("a dual-stack listener passes its settings to an IPv4 client's connection", async () => {
+  using listener = Deno.listen({ hostname: "::", port: 0 });
+  setKeepAlive(listener, { time: 4_000, retries: 2 });
+  using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  using accepted = await listener.accept();
+  assertEquals(accepted.remoteAddr.hostname, "::ffff:127.0.0.1");
+  assertEquals(getKeepAlive(accepted), getKeepAlive(listener));
+  assertEquals(getKeepAlive(accepted).retries, 2);
+  assertEquals(getKeepAlive(client).enabled, false);
+});
+
 Deno.test("socketDescriptor finds a different descriptor for each end and for the listener", async () => {
   using pair = await connectedPair("::1");
   const fds = [pair.listener, pair.client, pair.server].map(socketDescriptor);
@@ -137,6 +171,11 @@ Deno.test("getKeepAliveState reports a fresh idle connection: no probes, no data
   using pair = await connectedPair("127.0.0.1");
   const state = getKeepAliveState(pair.client);
   assertEquals([state.unansweredProbes, state.dataSegmentsIn, state.dataSegmentsOut], [0, 0, 0]);
+  assertEquals([state.established, state.unackedSegments, state.notSentBytes], [true, 0, 0]);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  if (getKeepAliveState(pair.client).sinceLastDataMs < 250) {
+    throw new Error("the silence is not counted");
+  }
   await pair.server.write(new Uint8Array([1, 2, 3]));
   await pair.client.read(new Uint8Array(3));
   const after = getKeepAliveState(pair.client);
