@@ -118,7 +118,7 @@ netnsTest(
     await withCable(async (cable) => {
       const args = ["--hostname", "::", "--port", "8888", "--json"];
       const tuning = ["--idle", "2", "--interval", "1", "--count", "9", "--user-timeout", "4"];
-      await using server = spawnScript("server.ts", [...args, ...tuning], {
+      await using server = spawnScript("server.ts", [...args, ...tuning, "--watch"], {
         netns: cable.server,
         permissions: FFI,
       });
@@ -137,7 +137,12 @@ netnsTest(
       // tcp(7): with keepalive, TCP_USER_TIMEOUT decides when a silent peer
       // is dead. Without it: 2 + 9 x 1 = 11 s.
       assert(seconds >= 3.8 && seconds <= 5.5, `timed out after ${seconds.toFixed(2)} s`);
-      assert(await probesSent(cable.server) < 9);
+      const sent = await probesSent(cable.server);
+      assert(sent >= 1 && sent < 9, `${sent} probes`);
+      // --watch reports the silence limit, not a count the kernel ignores.
+      const unanswered = probeLines(server.lines, "unanswered");
+      assertEquals(unanswered.length, sent);
+      for (const event of unanswered) assertEquals([event.of, event.userTimeoutMs], [null, 4_000]);
     });
   },
 );
@@ -215,6 +220,11 @@ netnsTest(
       }
       assertEquals(probeLines(server.lines, "unanswered").length, 0);
       assertEquals(probeLines(client.lines, "peer-probe").length, sent);
+      // The server's FIN at the end is no probe: the client invents none.
+      assertEquals(
+        client.lines.filter((line) => /"kind":"(answered|unanswered|late-answer)"/.test(line)),
+        [],
+      );
     });
   },
 );
