@@ -93,7 +93,7 @@ flags (Deno cannot set them itself yet).`;
  * ```ts
  * import { parseClientArgs } from "./client.ts";
  * parseClientArgs(["--hostname", "::1", "--keepalive"]);
- * // { hostname: "::1", port: 8888, keepAlive: true, json: false }
+ * // { hostname: "::1", port: 8888, keepAlive: true, tuning: null, watch: false, json: false }
  * ```
  */
 export function parseClientArgs(args: string[]): ClientOptions | "help" {

@@ -60,6 +60,9 @@ export interface ServerOptions {
 /** Bad command-line input: the message is one line, and the exit code is 2. */
 export class UsageError extends Error {}
 
+/** The listener could not be tuned (not Linux, no FFI): the message is one line. */
+export class TuningError extends Error {}
+
 /** The `--help` text. */
 export const HELP = `Usage: deno run --allow-net server.ts [options]
 
@@ -94,7 +97,7 @@ per-connection flags (Deno cannot set them itself yet).`;
  * ```ts
  * import { parseServerArgs } from "./server.ts";
  * parseServerArgs(["--port", "0", "--hostname", "::"]);
- * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, json: false }
+ * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, json: false }
  * ```
  */
 export function parseServerArgs(args: string[]): ServerOptions | "help" {
@@ -249,7 +252,15 @@ const discardBuffer = new Uint8Array(16 * 1024);
  * ```ts ignore
  * import { startServer } from "./server.ts";
  * const server = startServer(
- *   { hostname: "127.0.0.1", port: 0, keepAlive: true, maxConnections: 10, json: false },
+ *   {
+ *     hostname: "127.0.0.1",
+ *     port: 0,
+ *     keepAlive: true,
+ *     maxConnections: 10,
+ *     tuning: { time: 60_000, interval: 10_000, retries: 3 },
+ *     watch: false,
+ *     json: false,
+ *   },
  *   (event) => console.log(event),
  * );
  * // ... later
@@ -287,7 +298,9 @@ export function startServer(
       tuning = getKeepAlive(listener);
     } catch (error) {
       listener.close();
-      throw error;
+      throw new TuningError(
+        `cannot tune keepalive on ${formatAddr(listener.addr)}: ${errorMessage(error)}`,
+      );
     }
   }
   emit({
@@ -541,6 +554,7 @@ const FFI_NEEDED = "--idle, --interval, --count, --user-timeout and --watch need
   "permission: deno run --allow-net --allow-ffi server.ts";
 
 function describeListenError(error: unknown, options: ServerOptions): string {
+  if (error instanceof TuningError) return error.message;
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
   if (error instanceof Deno.errors.NotCapable) {
     return `listening on ${where} needs the --allow-net permission: deno run --allow-net server.ts`;
