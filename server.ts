@@ -246,7 +246,8 @@ const discardBuffer = new Uint8Array(16 * 1024);
 /**
  * Listens, accepts every connection, turns keepalive on, and reads each
  * connection until it ends, calling `onEvent` for everything that happens.
- * Throws what `Deno.listen` throws (port in use, no permission).
+ * Throws what `Deno.listen` throws (port in use, no permission), or a
+ * {@linkcode TuningError} when the listener cannot be tuned.
  *
  * @example
  * ```ts ignore
