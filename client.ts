@@ -36,6 +36,7 @@ import {
   setKeepAlive,
   watchKeepAlive,
 } from "./keepalive.ts";
+export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
 
 /** What the client does, from its command-line flags. */
 export interface ClientOptions {

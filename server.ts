@@ -38,6 +38,7 @@ import {
   setKeepAlive,
   watchKeepAlive,
 } from "./keepalive.ts";
+export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
 
 /** What the server does, from its command-line flags. */
 export interface ServerOptions {
