@@ -332,3 +332,54 @@ export function withCable<T>(fn: (cable: Cable) => Promise<T>): Promise<T> {
     })
   );
 }
+
+/**
+ * Starts server.ts inside `ns` on port 8888 with `--json` and the given
+ * flags, and waits until it listens. `await using` stops it at scope exit.
+ */
+export async function startServerIn(
+  ns: Netns,
+  args: string[] = [],
+  permissions?: string[],
+): Promise<ScriptProcess> {
+  const server = spawnScript("server.ts", ["--port", "8888", "--json", ...args], {
+    netns: ns,
+    permissions,
+  });
+  return await settled(server, "listening");
+}
+
+/**
+ * Starts client.ts inside `ns`, connecting to `hostname` port 8888 with
+ * `--json` and the given flags, and waits until it is connected.
+ */
+export async function startClientIn(
+  ns: Netns,
+  hostname: string,
+  args: string[] = [],
+  permissions?: string[],
+): Promise<ScriptProcess> {
+  const client = spawnScript("client.ts", [
+    "--hostname",
+    hostname,
+    "--port",
+    "8888",
+    "--json",
+    ...args,
+  ], {
+    netns: ns,
+    permissions,
+  });
+  return await settled(client, "connected");
+}
+
+// Waits for the script's first event; stops it if that never comes.
+async function settled(script: ScriptProcess, event: string): Promise<ScriptProcess> {
+  try {
+    await script.waitForEvent(event);
+    return script;
+  } catch (error) {
+    await script[Symbol.asyncDispose]();
+    throw error;
+  }
+}

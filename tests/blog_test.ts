@@ -10,7 +10,8 @@ import {
   netnsTest,
   probesSent,
   runOk,
-  spawnScript,
+  startClientIn,
+  startServerIn,
   withCable,
   withNetns,
 } from "./_helpers.ts";
@@ -30,9 +31,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 async function probeTimes(sysctls: string[], watchSeconds: number) {
   return await withNetns(async (ns) => {
     await setSysctls(ns, sysctls);
-    await using server = spawnScript("server.ts", ["--port", "8888", "--json"], { netns: ns });
-    await server.waitForEvent("listening");
-    await using client = spawnScript("client.ts", ["--port", "8888", "--json"], { netns: ns });
+    await using server = await startServerIn(ns);
+    await using client = await startClientIn(ns, "127.0.0.1");
     const connected = await client.waitForEvent("connected");
     const start = performance.now();
     await server.waitForEvent("accepted");
@@ -92,22 +92,8 @@ netnsTest(
   async () => {
     await withCable(async (cable) => {
       await setSysctls(cable.server, ["time=2", "intvl=1", "probes=3"]);
-      await using server = spawnScript("server.ts", [
-        "--hostname",
-        "::",
-        "--port",
-        "8888",
-        "--json",
-      ], {
-        netns: cable.server,
-      });
-      await server.waitForEvent("listening");
-      await using client = spawnScript(
-        "client.ts",
-        ["--hostname", cable.serverAddress, "--port", "8888", "--json"],
-        { netns: cable.client },
-      );
-      await client.waitForEvent("connected");
+      await using server = await startServerIn(cable.server, ["--hostname", "::"]);
+      await using _client = await startClientIn(cable.client, cable.serverAddress);
       await server.waitForEvent("accepted");
       const lastTraffic = performance.now();
       await cable.cutAtClient();
@@ -120,16 +106,7 @@ netnsTest(
       assertEquals(await probesSent(cable.server), 3);
 
       // The server still serves: a new connection from inside its namespace.
-      await using second = spawnScript("client.ts", [
-        "--hostname",
-        "::1",
-        "--port",
-        "8888",
-        "--json",
-      ], {
-        netns: cable.server,
-      });
-      await second.waitForEvent("connected");
+      await using _second = await startClientIn(cable.server, "::1");
       await server.waitForLine((line) => line.includes('"accepted","peer":"[::1]'));
     });
   },
@@ -138,20 +115,8 @@ netnsTest(
 netnsTest("a client with --keepalive notices a server that vanished, and exits 1", async () => {
   await withCable(async (cable) => {
     await setSysctls(cable.client, ["time=2", "intvl=1", "probes=2"]);
-    await using server = spawnScript(
-      "server.ts",
-      ["--hostname", "::", "--port", "8888", "--json"],
-      {
-        netns: cable.server,
-      },
-    );
-    await server.waitForEvent("listening");
-    await using client = spawnScript(
-      "client.ts",
-      ["--hostname", cable.serverAddress, "--port", "8888", "--keepalive", "--json"],
-      { netns: cable.client },
-    );
-    await client.waitForEvent("connected");
+    await using _server = await startServerIn(cable.server, ["--hostname", "::"]);
+    await using client = await startClientIn(cable.client, cable.serverAddress, ["--keepalive"]);
     const lastTraffic = performance.now();
     await cable.cutAtServer();
     await client.waitForEvent("timed-out", 15_000);

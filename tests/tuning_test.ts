@@ -6,7 +6,15 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { parseProcNetTcp } from "../proc_net.ts";
-import { netnsTest, probesSent, spawnScript, withCable, withNetns } from "./_helpers.ts";
+import {
+  netnsTest,
+  probesSent,
+  spawnScript,
+  startClientIn,
+  startServerIn,
+  withCable,
+  withNetns,
+} from "./_helpers.ts";
 
 const FFI = ["--allow-net", "--allow-ffi"];
 
@@ -21,10 +29,7 @@ netnsTest(
   async () => {
     await withNetns(async (ns) => {
       const tuning = ["--idle", "7", "--interval", "3", "--count", "4", "--user-timeout", "20"];
-      await using server = spawnScript("server.ts", ["--port", "8888", "--json", ...tuning], {
-        netns: ns,
-        permissions: FFI,
-      });
+      await using server = await startServerIn(ns, tuning, FFI);
       const listening = await server.waitForEvent("listening");
       const expected = {
         enabled: true,
@@ -54,34 +59,9 @@ netnsTest(
   "a dead client is noticed 5-6.5 s after the last traffic with --idle 2 --interval 1 --count 3, and --watch shows each probe",
   async () => {
     await withCable(async (cable) => {
-      const args = [
-        "--hostname",
-        "::",
-        "--port",
-        "8888",
-        "--json",
-        "--idle",
-        "2",
-        "--interval",
-        "1",
-        "--count",
-        "3",
-      ];
-      await using server = spawnScript("server.ts", [...args, "--watch"], {
-        netns: cable.server,
-        permissions: FFI,
-      });
-      await server.waitForEvent("listening");
-      await using client = spawnScript("client.ts", [
-        "--hostname",
-        cable.serverAddress,
-        "--port",
-        "8888",
-        "--json",
-      ], {
-        netns: cable.client,
-      });
-      await client.waitForEvent("connected");
+      const args = ["--hostname", "::", "--idle", "2", "--interval", "1", "--count", "3"];
+      await using server = await startServerIn(cable.server, [...args, "--watch"], FFI);
+      await using _client = await startClientIn(cable.client, cable.serverAddress);
       await server.waitForEvent("accepted");
       const lastTraffic = performance.now();
       await cable.cutAtClient();
@@ -97,16 +77,7 @@ netnsTest(
       assertEquals(await probesSent(cable.server), 3);
 
       // One dead connection does not stop the server.
-      await using second = spawnScript("client.ts", [
-        "--hostname",
-        "::1",
-        "--port",
-        "8888",
-        "--json",
-      ], {
-        netns: cable.server,
-      });
-      await second.waitForEvent("connected");
+      await using _second = await startClientIn(cable.server, "::1");
       await server.waitForLine((line) => line.includes('"accepted","peer":"[::1]'));
     });
   },
@@ -116,19 +87,14 @@ netnsTest(
   "--user-timeout overrides --count for an idle connection: dead after 4 s of silence, not 2 + 9 x 1",
   async () => {
     await withCable(async (cable) => {
-      const args = ["--hostname", "::", "--port", "8888", "--json"];
       const tuning = ["--idle", "2", "--interval", "1", "--count", "9", "--user-timeout", "4"];
-      await using server = spawnScript("server.ts", [...args, ...tuning, "--watch"], {
-        netns: cable.server,
-        permissions: FFI,
-      });
-      await server.waitForEvent("listening");
-      await using client = spawnScript(
-        "client.ts",
-        ["--hostname", cable.serverAddress, "--port", "8888", "--json"],
-        { netns: cable.client },
-      );
-      await client.waitForEvent("connected");
+      await using server = await startServerIn(cable.server, [
+        "--hostname",
+        "::",
+        ...tuning,
+        "--watch",
+      ], FFI);
+      await using _client = await startClientIn(cable.client, cable.serverAddress);
       await server.waitForEvent("accepted");
       const lastTraffic = performance.now();
       await cable.cutAtClient();
@@ -151,32 +117,13 @@ netnsTest(
   "a dead server is noticed by a client with --idle 2 --interval 1 --count 3 after 5-6.5 s, exit 1",
   async () => {
     await withCable(async (cable) => {
-      await using server = spawnScript("server.ts", [
+      await using _server = await startServerIn(cable.server, [
         "--hostname",
         "::",
-        "--port",
-        "8888",
-        "--json",
         "--no-keepalive",
-      ], {
-        netns: cable.server,
-      });
-      await server.waitForEvent("listening");
-      const args = ["--hostname", cable.serverAddress, "--port", "8888", "--json"];
-      await using client = spawnScript("client.ts", [
-        ...args,
-        "--idle",
-        "2",
-        "--interval",
-        "1",
-        "--count",
-        "3",
-        "--watch",
-      ], {
-        netns: cable.client,
-        permissions: FFI,
-      });
-      await client.waitForEvent("connected");
+      ]);
+      const tuning = ["--idle", "2", "--interval", "1", "--count", "3", "--watch"];
+      await using client = await startClientIn(cable.client, cable.serverAddress, tuning, FFI);
       const lastTraffic = performance.now();
       await cable.cutAtServer();
       await client.waitForEvent("timed-out", 15_000);
@@ -193,18 +140,13 @@ netnsTest(
   "--watch on a healthy connection prints one answered probe per probe the kernel counted",
   async () => {
     await withNetns(async (ns) => {
-      await using server = spawnScript(
-        "server.ts",
-        ["--port", "8888", "--json", "--idle", "1", "--interval", "1", "--watch"],
-        { netns: ns, permissions: FFI },
+      await using server = await startServerIn(
+        ns,
+        ["--idle", "1", "--interval", "1", "--watch"],
+        FFI,
       );
-      await server.waitForEvent("listening");
       // The client watches too: it sees the server's probes arrive and answers them.
-      await using client = spawnScript("client.ts", ["--port", "8888", "--json", "--watch"], {
-        netns: ns,
-        permissions: FFI,
-      });
-      await client.waitForEvent("connected");
+      await using client = await startClientIn(ns, "127.0.0.1", ["--watch"], FFI);
       await new Promise((resolve) => setTimeout(resolve, 4_500));
       await server.write("\n");
       await server.waitForEvent("summary");
@@ -233,16 +175,7 @@ netnsTest(
   "TCP_USER_TIMEOUT bounds the wait for unacknowledged data: 3 s instead of about 15 minutes",
   async () => {
     await withCable(async (cable) => {
-      await using server = spawnScript("server.ts", [
-        "--hostname",
-        "::",
-        "--port",
-        "8888",
-        "--json",
-      ], {
-        netns: cable.server,
-      });
-      await server.waitForEvent("listening");
+      await using _server = await startServerIn(cable.server, ["--hostname", "::"]);
       await using writer = spawnScript("tests/fixtures/unacked_writer.ts", [
         cable.serverAddress,
         "8888",
