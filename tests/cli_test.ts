@@ -1,0 +1,254 @@
+/**
+ * Tests for cli.ts: strict flags, values shown back safely, the line writer
+ * that never blocks, and script paths in hints. All in-process.
+ */
+import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
+import {
+  type ByteSink,
+  createLineWriter,
+  parseFlags,
+  parseHostname,
+  parseInteger,
+  scriptPath,
+  shellQuote,
+  showTyped,
+  UsageError,
+} from "../cli.ts";
+import { delay } from "./_helpers.ts";
+
+const SPEC = {
+  string: ["port", "hostname"],
+  boolean: ["json", "keepalive"],
+  negatable: ["keepalive"],
+  default: { port: "8888" },
+} as const;
+
+// ## Flags
+
+Deno.test("parseFlags reads values in both spellings, defaults, booleans and --no-", () => {
+  assertEquals(parseFlags(["--port=1", "--hostname", "::1", "--json"], SPEC), {
+    port: "1",
+    hostname: "::1",
+    json: true,
+    keepalive: true,
+    help: false,
+  });
+  assertEquals(parseFlags(["--no-keepalive"], SPEC).keepalive, false);
+  assertEquals(parseFlags([], SPEC).port, "8888");
+  assertEquals(parseFlags(["-h"], SPEC).help, true);
+  // A string flag takes the next argument whatever it is, so the value is checked where it belongs.
+  assertEquals(parseFlags(["--port", "-1"], SPEC).port, "-1");
+  assertEquals(parseFlags(["--hostname=a=b"], SPEC).hostname, "a=b");
+});
+
+Deno.test("parseFlags refuses a value on a boolean flag, whatever the value", () => {
+  for (const arg of ["--keepalive=no", "--keepalive=false", "--json=0", "--json=true"]) {
+    assertThrows(() => parseFlags([arg], SPEC), UsageError, "takes no value");
+  }
+  assertThrows(
+    () => parseFlags(["--no-keepalive=yes"], SPEC),
+    UsageError,
+    "write --keepalive or --no-keepalive",
+  );
+});
+
+Deno.test("parseFlags refuses a flag given twice, even when the first value was bad", () => {
+  assertThrows(
+    () => parseFlags(["--port", "abc", "--port", "0"], SPEC),
+    UsageError,
+    "--port is given twice",
+  );
+  assertThrows(() => parseFlags(["--json", "--json"], SPEC), UsageError, "--json is given twice");
+  assertThrows(
+    () => parseFlags(["--keepalive", "--no-keepalive"], SPEC),
+    UsageError,
+    "--keepalive (or --no-keepalive) is given twice",
+  );
+  assertThrows(() => parseFlags(["-h", "--help"], SPEC), UsageError, "given twice");
+});
+
+Deno.test("parseFlags refuses unknown flags, stray arguments, empty values and anything after --", () => {
+  assertThrows(() => parseFlags(["--bogus"], SPEC), UsageError, 'unknown flag "--bogus"');
+  assertThrows(() => parseFlags(["-x"], SPEC), UsageError, 'unknown flag "-x"');
+  assertThrows(() => parseFlags(["--no-json"], SPEC), UsageError, 'unknown flag "--no-json"');
+  assertThrows(() => parseFlags(["8888"], SPEC), UsageError, 'unexpected argument "8888"');
+  assertThrows(() => parseFlags(["-1"], SPEC), UsageError, "no flag takes a negative number");
+  assertThrows(() => parseFlags([""], SPEC), UsageError, "an empty argument");
+  assertThrows(() => parseFlags(["--port"], SPEC), UsageError, "--port needs a value");
+  assertThrows(() => parseFlags(["--port", ""], SPEC), UsageError, "--port needs a value");
+  assertThrows(() => parseFlags(["--port="], SPEC), UsageError, "--port needs a value");
+  assertThrows(
+    () => parseFlags(["--", "--port", "0"], SPEC),
+    UsageError,
+    'unexpected argument "--port"',
+  );
+});
+
+Deno.test("every message shows what was typed escaped and capped, never raw", () => {
+  const nasty = `--\x1b]0;owned\x07${"x".repeat(100_000)}`;
+  const error = assertThrows(() => parseFlags([nasty], SPEC), UsageError);
+  // deno-lint-ignore no-control-regex -- control bytes are what this looks for
+  assert(!/[\x00-\x1f\x7f]/.test(error.message), JSON.stringify(error.message));
+  assert(error.message.length < 120, `${error.message.length} characters`);
+  assertMatch(error.message, new RegExp(`\\(${nasty.length} characters\\)$`));
+});
+
+Deno.test("showTyped escapes C0, DEL, C1 and bidi controls, and cuts long values", () => {
+  assertEquals(showTyped("a\x1b[2Jb"), '"a\\u001b[2Jb"');
+  assertEquals(showTyped("\x7f\x9b\u202e"), '"\\u007f\\u009b\\u202e"');
+  assertEquals(showTyped("ok"), '"ok"');
+  assertEquals(showTyped("abcdef", 3), '"abc..." (6 characters)');
+});
+
+Deno.test("parseHostname takes IPv4, IPv6 with or without brackets, and host names", () => {
+  for (
+    const [typed, expected] of [
+      ["127.0.0.1", "127.0.0.1"],
+      ["::", "::"],
+      ["[::1]", "::1"],
+      [
+        "fd6b:61::2",
+        "fd6b:61::2",
+      ],
+      ["::ffff:127.0.0.1", "::ffff:127.0.0.1"],
+      ["localhost", "localhost"],
+      [
+        "db-1.example.com.",
+        "db-1.example.com.",
+      ],
+    ]
+  ) {
+    assertEquals(parseHostname("--hostname", typed), expected);
+  }
+});
+
+Deno.test("parseHostname refuses broken IPv6, unmatched brackets and junk, showing what was typed", () => {
+  for (
+    const [typed, message] of [
+      ["::gg", '--hostname "::gg" is not an IPv6 address'],
+      [":::", '--hostname ":::" is not an IPv6 address'],
+      ["[::1", '--hostname "[::1" is not an address: unmatched bracket'],
+      ["::1]", '--hostname "::1]" is not an address: unmatched bracket'],
+      ["[localhost]", "brackets are for IPv6 addresses only"],
+      ["a b", '--hostname "a b" is not an address or host name'],
+      ["a\x1bb", '--hostname "a\\u001bb" is not an address or host name'],
+      ["-x.com", "is not an address or host name"],
+      ["x".repeat(254), "(254 characters) is not an address or host name"],
+    ]
+  ) {
+    assertThrows(() => parseHostname("--hostname", typed), UsageError, message);
+  }
+});
+
+Deno.test("parseInteger takes decimal digits in range only, and names the flag", () => {
+  assertEquals(parseInteger("--port", "0080", 0, 65535), 80);
+  for (const typed of ["65536", "-1", "1.5", "abc", " 80", "0x50", "+80", "1e3"]) {
+    assertThrows(
+      () => parseInteger("--port", typed, 0, 65535),
+      UsageError,
+      "--port must be an integer from 0 to 65535",
+    );
+  }
+});
+
+Deno.test("shellQuote leaves plain words alone and quotes the rest for a POSIX shell", () => {
+  assertEquals(shellQuote("--idle"), "--idle");
+  assertEquals(shellQuote("[::1]"), "'[::1]'");
+  assertEquals(shellQuote("it's"), `'it'\\''s'`);
+});
+
+Deno.test("scriptPath names a script from the current directory, quoted", () => {
+  assertEquals(scriptPath(new URL(`file://${Deno.cwd()}/server.ts`).href), "server.ts");
+  assertEquals(
+    scriptPath(new URL(`file://${Deno.cwd()}/my kit/server.ts`).href),
+    "'my kit/server.ts'",
+  );
+  assertEquals(scriptPath("file:///elsewhere/server.ts"), "/elsewhere/server.ts");
+});
+
+// ## The line writer
+
+/** A sink that takes nothing until released, like a pipe nobody reads. */
+function stalledSink() {
+  const written: string[] = [];
+  const release = Promise.withResolvers<void>();
+  let calls = 0;
+  const sink: ByteSink = {
+    async write(bytes) {
+      calls++;
+      await release.promise;
+      written.push(new TextDecoder().decode(bytes));
+      return bytes.length;
+    },
+  };
+  return {
+    sink,
+    release: () => release.resolve(),
+    lines: () => written.join("").split("\n").slice(0, -1),
+    calls: () => calls,
+  };
+}
+
+Deno.test("a stalled output never blocks the writer: write returns at once and flush gives up in time", async () => {
+  const output = stalledSink();
+  const out = createLineWriter({ output: output.sink, droppedNotice: (n) => `dropped ${n}` });
+  const start = performance.now();
+  for (let i = 0; i < 50_000; i++) out.write(`line ${i}`);
+  assert(performance.now() - start < 1_000, "write waited for the output");
+  const flushStart = performance.now();
+  assertEquals(await out.flush(200), false);
+  const flushMs = performance.now() - flushStart;
+  assert(flushMs >= 150 && flushMs < 1_000, `flush gave up after ${flushMs} ms`);
+  output.release();
+});
+
+Deno.test("past its bound the writer drops lines, and says how many where they went missing", async () => {
+  const output = stalledSink();
+  const out = createLineWriter({
+    output: output.sink,
+    maxQueuedLines: 100,
+    droppedNotice: (n) => `dropped ${n}`,
+  });
+  // The first line goes out at once and waits in the sink; 100 more fill the queue.
+  for (let i = 0; i < 131; i++) out.write(`line ${i}`);
+  output.release();
+  await delay(50);
+  out.write("after the gap");
+  assertEquals(await out.flush(1_000), true);
+  const lines = output.lines();
+  assertEquals(lines.length, 1 + 100 + 1 + 1);
+  assertEquals(lines.slice(0, 101), Array.from({ length: 101 }, (_, i) => `line ${i}`));
+  assertEquals(lines.slice(101), ["dropped 30", "after the gap"]);
+});
+
+Deno.test("flush reports drops that no later line came to report, and batches lines into few writes", async () => {
+  const output = stalledSink();
+  const out = createLineWriter({
+    output: output.sink,
+    maxQueuedLines: 10,
+    droppedNotice: (n) => `dropped ${n}`,
+  });
+  for (let i = 0; i < 15; i++) out.write(`line ${i}`);
+  output.release();
+  assertEquals(await out.flush(1_000), true);
+  assertEquals(output.lines().slice(-1), ["dropped 4"]);
+  assert(output.calls() <= 3, `${output.calls()} writes for 12 lines`);
+});
+
+Deno.test("an output that fails (a closed pipe) is given up quietly: writes never throw", async () => {
+  let calls = 0;
+  const out = createLineWriter({
+    output: {
+      write() {
+        calls++;
+        return Promise.reject(new Deno.errors.BrokenPipe("Broken pipe (os error 32)"));
+      },
+    },
+    droppedNotice: (n) => `dropped ${n}`,
+  });
+  out.write("one");
+  assertEquals(await out.flush(1_000), false);
+  for (let i = 0; i < 100; i++) out.write("more");
+  assertEquals(await out.flush(1_000), false);
+  assertEquals(calls, 1);
+});
