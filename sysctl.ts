@@ -2,7 +2,7 @@
  * # Read and set the kernel's TCP keepalive timers
  *
  * @run deno run -A sysctl.ts
- * @run sudo deno run -A sysctl.ts net.ipv4.tcp_keepalive_time=120 net.ipv4.tcp_keepalive_intvl=75
+ * @run sudo "$(command -v deno)" run -A sysctl.ts net.ipv4.tcp_keepalive_time=120 net.ipv4.tcp_keepalive_intvl=75
  *
  * `SO_KEEPALIVE` only turns keepalive on; when the probes go out is decided
  * by three sysctls. `net.ipv4.tcp_keepalive_time` (default 7200) is how many
@@ -32,7 +32,8 @@
  * - https://docs.deno.com/api/deno/~/Deno.errors
  *
  * Copying this file into your project? It needs `@std/cli` in your import
- * map (`deno add jsr:@std/cli`) and `-A`, nothing else.
+ * map (the README's "Copying a file into your project" has the lines) and
+ * `-A`, nothing else.
  *
  * @module
  */
@@ -70,7 +71,7 @@ export class SysctlError extends Error {
 
 /** The `--help` text. */
 export const HELP = `Usage: deno run -A sysctl.ts [--json] [KEY ...]
-       sudo deno run -A sysctl.ts [--json] KEY=VALUE ...
+       sudo "$(command -v deno)" run -A sysctl.ts [--json] KEY=VALUE ...
 
 Prints or sets the kernel's TCP keepalive sysctls, like procps sysctl.
 With no KEY it prints all three; with KEYs it prints those; with KEY=VALUE
@@ -87,7 +88,8 @@ Options:
 
 Permissions: -A (--allow-all). Deno refuses every path under /proc without it,
 even with --allow-read=/proc/sys (denoland/deno issue 27564).
-Writing needs root (sudo). The values are per network namespace.`;
+Writing needs root. sudo does not search your PATH for deno: give its full path,
+as above. The values are per network namespace.`;
 
 // ## Naming a sysctl
 //
@@ -492,22 +494,35 @@ function parseFlags(args: string[]): { json: boolean; help: boolean; _: string[]
 
 /** The command line that would work, after a failure that has one. */
 function hintFor(error: SysctlError, args: string[]): string {
-  const command = ["deno", "run", "-A", "sysctl.ts", ...args.map(shellQuote)].join(" ");
+  const script = ownPath();
+  const command = ["deno", "run", "-A", script, ...args.map(shellQuote)].join(" ");
   const writing = args.some((arg) => arg.includes("=") && !arg.startsWith("-"));
+  // sudo does not search the user's PATH (a deno installed in the home
+  // directory, or one from npx, is not found), so a command for sudo names
+  // the Deno that runs now by its full path.
+  const sudo = () =>
+    ["sudo", shellQuote(Deno.execPath()), "run", "-A", script, ...args.map(shellQuote)].join(" ");
   switch (error.hint) {
     case "help":
       return " (see --help)";
     case "allow-all":
-      return `; run: ${writing ? "sudo " : ""}${command}`;
+      return `; run: ${writing ? sudo() : command}`;
     case "sudo":
-      return `; run: sudo ${command}`;
+      return `; run: ${sudo()}`;
     default:
       return "";
   }
 }
 
+// This script's path as typed from the current directory (sudo keeps it).
+function ownPath(): string {
+  const path = decodeURIComponent(new URL(import.meta.url).pathname);
+  const here = `${Deno.cwd()}/`;
+  return shellQuote(path.startsWith(here) ? path.slice(here.length) : path);
+}
+
 function shellQuote(arg: string): string {
-  return /^[A-Za-z0-9_.,:=\/+-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+  return /^[A-Za-z0-9_.,:=\/+@%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
@@ -529,19 +544,19 @@ if (import.meta.main) Deno.exit(await main(Deno.args));
 //   (exit code 1)
 //
 //   $ deno run -A sysctl.ts time=120 intvl=120        # not root
-//   sysctl.ts: writing net.ipv4.tcp_keepalive_time needs root; run: sudo deno run -A sysctl.ts time=120 intvl=120
+//   sysctl.ts: writing net.ipv4.tcp_keepalive_time needs root; run: sudo /home/me/.deno/bin/deno run -A sysctl.ts time=120 intvl=120
 //   (exit code 1)
 //
-//   $ sudo deno run -A sysctl.ts time=120 intvl=120
+//   $ sudo "$(command -v deno)" run -A sysctl.ts time=120 intvl=120
 //   net.ipv4.tcp_keepalive_time = 120
 //   net.ipv4.tcp_keepalive_intvl = 120
 //
-//   $ sudo deno run -A sysctl.ts time=100 intvl=99999999
+//   $ sudo "$(command -v deno)" run -A sysctl.ts time=100 intvl=99999999
 //   sysctl.ts: net.ipv4.tcp_keepalive_intvl=99999999 is out of range for this kernel (it answered EINVAL)
 //   sysctl.ts: restored net.ipv4.tcp_keepalive_time to 120
 //   (exit code 2)
 //
-//   $ sudo deno run -A sysctl.ts --json
+//   $ sudo "$(command -v deno)" run -A sysctl.ts --json
 //   {"net.ipv4.tcp_keepalive_time":120,"net.ipv4.tcp_keepalive_intvl":120,"net.ipv4.tcp_keepalive_probes":9}
 //
 //   $ deno run -A sysctl.ts time=0

@@ -7,6 +7,10 @@
  */
 import { parseNetstat } from "../proc_net.ts";
 
+/** Resolves after `ms` milliseconds. */
+export const delay = (ms: number): Promise<void> =>
+  new Promise((resolve) => setTimeout(resolve, ms));
+
 /** True when the tests run in CI, where tests that need root must run, not skip. */
 export const CI = Deno.env.get("CI") === "true";
 
@@ -136,6 +140,59 @@ export async function withNetns<T>(fn: (ns: Netns) => Promise<T>): Promise<T> {
   }
 }
 
+/** The three keepalive sysctls, as the host (no `ns`) or a namespace sees them. */
+export async function keepaliveSysctls(ns?: Netns): Promise<Record<string, number>> {
+  const values: Record<string, number> = {};
+  for (const name of ["time", "intvl", "probes"]) {
+    const path = `/proc/sys/net/ipv4/tcp_keepalive_${name}`;
+    values[`net.ipv4.tcp_keepalive_${name}`] = Number(
+      (ns ? await ns.readFile(path) : await Deno.readTextFile(path)).trim(),
+    );
+  }
+  return values;
+}
+
+/**
+ * Runs `fn`, then checks that the host's keepalive sysctls (and those of
+ * each namespace in `unchanged`) read as they did before. A failure of `fn`
+ * is reported first; the host is checked even then.
+ */
+export async function assertSysctlsUnchanged<T>(
+  fn: () => Promise<T>,
+  ...unchanged: Netns[]
+): Promise<T> {
+  const hostBefore = await keepaliveSysctls();
+  const before = await Promise.all(unchanged.map((ns) => keepaliveSysctls(ns)));
+  let result: T | undefined;
+  let failure: unknown = null;
+  try {
+    result = await fn();
+  } catch (error) {
+    failure = error;
+  }
+  const hostAfter = await keepaliveSysctls();
+  if (JSON.stringify(hostAfter) !== JSON.stringify(hostBefore)) {
+    throw new Error(
+      `the HOST's keepalive sysctls changed: ${JSON.stringify(hostBefore)} -> ${
+        JSON.stringify(hostAfter)
+      }${failure ? ` (and the test failed: ${failure})` : ""}`,
+      { cause: failure },
+    );
+  }
+  if (failure) throw failure;
+  for (const [i, ns] of unchanged.entries()) {
+    const after = await keepaliveSysctls(ns);
+    if (JSON.stringify(after) !== JSON.stringify(before[i])) {
+      throw new Error(
+        `${ns.name}'s keepalive sysctls changed: ${JSON.stringify(before[i])} -> ${
+          JSON.stringify(after)
+        }`,
+      );
+    }
+  }
+  return result!;
+}
+
 /** Keepalive probes the namespace has sent so far (TcpExt TCPKeepAlive in /proc/net/netstat). */
 export async function probesSent(ns: Netns): Promise<number> {
   return parseNetstat(await ns.readFile("/proc/net/netstat")).TcpExt.TCPKeepAlive;
@@ -150,6 +207,8 @@ export interface ScriptProcess extends AsyncDisposable {
   waitForLine(match: (line: string) => boolean, timeoutMs?: number): Promise<string>;
   /** Resolves with the first `--json` event (seen or to come) named `event`. */
   waitForEvent(event: string, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** Starts reading stdout, for a script spawned with `readStdout: false`. */
+  readStdout(): void;
   /** Writes text to the script's stdin. */
   write(text: string): Promise<void>;
   /** Closes the script's stdin, as a background job or a service would have it. */
@@ -160,16 +219,20 @@ export interface ScriptProcess extends AsyncDisposable {
 
 /**
  * Spawns `deno run PERMISSIONS SCRIPT ARGS` from the repository root, inside
- * a namespace when `netns` is given. `await using` kills it at scope exit.
+ * a namespace when `netns` is given, behind `prefix` (e.g. `prlimit ...`).
+ * With `readStdout: false` nobody reads its stdout until `readStdout()`:
+ * the pipe fills, as with a paused terminal. `await using` kills it at
+ * scope exit.
  */
 export function spawnScript(
   script: string,
   args: string[],
-  options: { permissions?: string[]; netns?: Netns } = {},
+  options: { permissions?: string[]; netns?: Netns; prefix?: string[]; readStdout?: boolean } = {},
 ): ScriptProcess {
   const permissions = options.permissions ?? ["--allow-net"];
   const cmd = [
     ...(options.netns?.exec ?? []),
+    ...(options.prefix ?? []),
     Deno.execPath(),
     "run",
     ...permissions,
@@ -188,7 +251,10 @@ export function spawnScript(
   const lines: string[] = [];
   const waiters = new Set<() => void>();
   let stdoutDone = false;
+  const stdoutWanted = Promise.withResolvers<void>();
+  if (options.readStdout !== false) stdoutWanted.resolve();
   const pumpStdout = (async () => {
+    await stdoutWanted.promise;
     let partial = "";
     for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
       const parts = (partial + chunk).split("\n");
@@ -251,6 +317,7 @@ export function spawnScript(
   };
 
   const finish = async (timeoutMs = 15_000): Promise<CommandResult> => {
+    stdoutWanted.resolve();
     const timer = setTimeout(() => {
       try {
         child.kill("SIGKILL");
@@ -272,6 +339,7 @@ export function spawnScript(
     waitForLine,
     waitForEvent: async (event, timeoutMs) =>
       parseEvent(await waitForLine((line) => parseEvent(line)?.event === event, timeoutMs))!,
+    readStdout: () => stdoutWanted.resolve(),
     write: (text) => stdin.write(new TextEncoder().encode(text)),
     closeStdin,
     finish,
@@ -331,6 +399,22 @@ export function withCable<T>(fn: (cable: Cable) => Promise<T>): Promise<T> {
       });
     })
   );
+}
+
+/**
+ * Cuts one end of the cable and returns how many seconds after the cut (the
+ * last traffic: the connection was idle) `survivor` reports `event`
+ * (`timed-out` by default), waiting at most `timeoutMs`.
+ */
+export async function cutAndTimeDeath(
+  cut: () => Promise<void>,
+  survivor: ScriptProcess,
+  options: { event?: string; timeoutMs?: number } = {},
+): Promise<number> {
+  const lastTraffic = performance.now();
+  await cut();
+  await survivor.waitForEvent(options.event ?? "timed-out", options.timeoutMs ?? 15_000);
+  return (performance.now() - lastTraffic) / 1000;
 }
 
 /**

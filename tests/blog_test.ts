@@ -6,6 +6,8 @@
 import { assert, assertEquals } from "@std/assert";
 import { findTcpSocket, parseEndpoint, parseProcNetTcp } from "../proc_net.ts";
 import {
+  cutAndTimeDeath,
+  delay,
   type Netns,
   netnsTest,
   probesSent,
@@ -20,8 +22,6 @@ import {
 async function setSysctls(ns: Netns, assignments: string[]): Promise<void> {
   await runOk([...ns.exec, Deno.execPath(), "run", "-A", "sysctl.ts", ...assignments]);
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Runs server.ts and client.ts in a fresh namespace with the given sysctls,
@@ -41,7 +41,7 @@ async function probeTimes(sysctls: string[], watchSeconds: number) {
     let seen = await probesSent(ns);
     assertEquals(seen, 0, "a fresh namespace has sent no probes");
     while (performance.now() - start < watchSeconds * 1000) {
-      await sleep(100);
+      await delay(100);
       const now = await probesSent(ns);
       for (; seen < now; seen++) times.push((performance.now() - start) / 1000);
     }
@@ -95,11 +95,8 @@ netnsTest(
       await using server = await startServerIn(cable.server, ["--hostname", "::"]);
       await using _client = await startClientIn(cable.client, cable.serverAddress);
       await server.waitForEvent("accepted");
-      const lastTraffic = performance.now();
-      await cable.cutAtClient();
-
-      const timedOut = await server.waitForEvent("timed-out", 15_000);
-      const seconds = (performance.now() - lastTraffic) / 1000;
+      const seconds = await cutAndTimeDeath(cable.cutAtClient, server);
+      const timedOut = await server.waitForEvent("timed-out");
       assert(String(timedOut.peer).startsWith(`[${cable.clientAddress}]:`), String(timedOut.peer));
       // 2 s of silence, then 3 probes 1 s apart: 5 s, plus scheduling slack.
       assert(seconds > 4.5 && seconds < 8, `timed out after ${seconds.toFixed(2)} s`);
@@ -117,10 +114,7 @@ netnsTest("a client with --keepalive notices a server that vanished, and exits 1
     await setSysctls(cable.client, ["time=2", "intvl=1", "probes=2"]);
     await using _server = await startServerIn(cable.server, ["--hostname", "::"]);
     await using client = await startClientIn(cable.client, cable.serverAddress, ["--keepalive"]);
-    const lastTraffic = performance.now();
-    await cable.cutAtServer();
-    await client.waitForEvent("timed-out", 15_000);
-    const seconds = (performance.now() - lastTraffic) / 1000;
+    const seconds = await cutAndTimeDeath(cable.cutAtServer, client);
     assert(seconds > 3.5 && seconds < 7, `timed out after ${seconds.toFixed(2)} s`);
     assertEquals((await client.finish()).code, 1);
     assertEquals(await probesSent(cable.client), 2);

@@ -6,7 +6,9 @@
  */
 import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "@std/assert";
 import {
+  assertSysctlsUnchanged,
   type CommandResult,
+  keepaliveSysctls,
   type Netns,
   netnsTest,
   ROOT_DIR,
@@ -28,26 +30,6 @@ import {
 const [TIME, INTVL, PROBES] = KEEPALIVE_SYSCTLS;
 
 // ## Helpers
-
-/** What the kernel holds, read straight from /proc/sys by the test process itself. */
-async function hostValues(): Promise<Record<string, number>> {
-  const values: Record<string, number> = {};
-  for (const key of KEEPALIVE_SYSCTLS) {
-    values[key] = Number(
-      (await Deno.readTextFile(`/proc/sys/${key.replaceAll(".", "/")}`)).trim(),
-    );
-  }
-  return values;
-}
-
-/** What the kernel holds inside a namespace, read with `cat` run inside it. */
-async function namespaceValues(ns: Netns): Promise<Record<string, number>> {
-  const values: Record<string, number> = {};
-  for (const key of KEEPALIVE_SYSCTLS) {
-    values[key] = Number((await ns.readFile(`/proc/sys/${key.replaceAll(".", "/")}`)).trim());
-  }
-  return values;
-}
 
 /** Runs `deno run -A sysctl.ts ARGS` inside the namespace. */
 function sysctlIn(ns: Netns, ...args: string[]): Promise<CommandResult> {
@@ -168,13 +150,13 @@ Deno.test("formatSysctls prints procps lines or one line of JSON", () => {
 // ## The command line, in-process (nothing here can write: see the comments)
 
 Deno.test("main refuses to mix reads and writes in one call, with exit code 2 and one line", async () => {
-  const before = await hostValues();
+  const before = await keepaliveSysctls();
   // The value written, were the script to write, is the one already there.
   const result = await mainOutput(["time", `intvl=${before[INTVL]}`]);
   assertEquals(result.code, 2);
   assertStringIncludes(assertErrorLines(result.stderr)[0], "in one call");
   assertEquals(result.stdout, "");
-  assertEquals(await hostValues(), before);
+  assertEquals(await keepaliveSysctls(), before);
 });
 
 Deno.test("main refuses unknown flags, unknown keys and a key given twice with exit code 2", async () => {
@@ -223,7 +205,7 @@ Deno.test("--help and -h print usage covering every flag, the key names, -A and 
 // ## Reading on the host (no root needed, nothing written)
 
 Deno.test("sysctl.ts with no arguments prints the three sysctls in procps format, equal to /proc/sys", async () => {
-  const expected = procpsLines(await hostValues(), KEEPALIVE_SYSCTLS);
+  const expected = procpsLines(await keepaliveSysctls(), KEEPALIVE_SYSCTLS);
   const spawned = await sysctlOnHost(["-A"]);
   assertEquals(spawned, { code: 0, stdout: expected, stderr: "" });
   const inProcess = await mainOutput([]);
@@ -236,12 +218,12 @@ Deno.test("sysctl.ts --json prints one line of JSON that matches /proc/sys", asy
   assertEquals(result.code, 0);
   assertEquals(result.stdout.split("\n"), [result.stdout.trim(), ""]);
   const parsed = JSON.parse(result.stdout);
-  assertEquals(parsed, await hostValues());
+  assertEquals(parsed, await keepaliveSysctls());
   assertEquals(Object.keys(parsed), [...KEEPALIVE_SYSCTLS]);
 });
 
 Deno.test("naming keys prints only those, in the order given, whatever the spelling", async () => {
-  const host = await hostValues();
+  const host = await keepaliveSysctls();
   const result = await sysctlOnHost(["-A"], "probes", TIME);
   assertEquals(result.code, 0);
   assertEquals(result.stdout, procpsLines(host, [PROBES, TIME]));
@@ -261,13 +243,14 @@ Deno.test("without --allow-all the script exits 1 with one line that names -A an
     assertStringIncludes(line, "27564");
     assertStringIncludes(line, "run: deno run -A sysctl.ts time");
   }
-  // A write would need root as well, so the command shown has sudo.
-  const before = await hostValues();
+  // A write would need root as well, so the command shown has sudo, and the
+  // full path of Deno: sudo does not search the user's PATH.
+  const before = await keepaliveSysctls();
   const write = await sysctlOnHost(["--allow-read=/proc/sys/net/ipv4"], `time=${before[TIME]}`);
   assertEquals(write.code, 1);
   assertStringIncludes(
     assertErrorLines(write.stderr)[0],
-    `run: sudo deno run -A sysctl.ts time=${before[TIME]}`,
+    `run: sudo ${Deno.execPath()} run -A sysctl.ts time=${before[TIME]}`,
   );
 });
 
@@ -286,189 +269,198 @@ Deno.test("an unknown flag exits 2 with one line pointing to --help, also as its
 netnsTest(
   "a write in a fresh network namespace reaches the kernel, and the values read back are printed",
   async () => {
-    const host = await hostValues();
-    await withNetns(async (ns) => {
-      const before = await namespaceValues(ns);
+    await assertSysctlsUnchanged(() =>
+      withNetns(async (ns) => {
+        const before = await keepaliveSysctls(ns);
 
-      const result = await sysctlIn(ns, "time=120", "intvl=120");
-      assertEquals(result, { code: 0, stdout: `${TIME} = 120\n${INTVL} = 120\n`, stderr: "" });
-      assertEquals(await namespaceValues(ns), { ...before, [TIME]: 120, [INTVL]: 120 });
+        const result = await sysctlIn(ns, "time=120", "intvl=120");
+        assertEquals(result, { code: 0, stdout: `${TIME} = 120\n${INTVL} = 120\n`, stderr: "" });
+        assertEquals(await keepaliveSysctls(ns), { ...before, [TIME]: 120, [INTVL]: 120 });
 
-      const json = await sysctlIn(ns, "--json", "probes=5", "tcp_keepalive_time=007");
-      assertEquals(json.code, 0, json.stderr);
-      assertEquals(json.stdout, `{"${PROBES}":5,"${TIME}":7}\n`);
-      assertEquals(await namespaceValues(ns), { [TIME]: 7, [INTVL]: 120, [PROBES]: 5 });
+        const json = await sysctlIn(ns, "--json", "probes=5", "tcp_keepalive_time=007");
+        assertEquals(json.code, 0, json.stderr);
+        assertEquals(json.stdout, `{"${PROBES}":5,"${TIME}":7}\n`);
+        assertEquals(await keepaliveSysctls(ns), { [TIME]: 7, [INTVL]: 120, [PROBES]: 5 });
 
-      // Reading inside the namespace shows the namespace's values, not the host's.
-      const read = await sysctlIn(ns);
-      assertEquals(read.stdout, procpsLines(await namespaceValues(ns), KEEPALIVE_SYSCTLS));
-    });
-    assertEquals(await hostValues(), host);
+        // Reading inside the namespace shows the namespace's values, not the host's.
+        const read = await sysctlIn(ns);
+        assertEquals(read.stdout, procpsLines(await keepaliveSysctls(ns), KEEPALIVE_SYSCTLS));
+      })
+    );
   },
 );
 
 netnsTest(
   "values the script refuses exit 2 with one line and leave every sysctl unchanged",
   async () => {
-    const host = await hostValues();
-    await withNetns(async (ns) => {
-      const before = await namespaceValues(ns);
-      for (
-        const [args, expected] of [
-          [["time=0"], "breaks keepalive"],
-          [["intvl=-5"], "breaks keepalive"],
-          [["probes=256"], "u8"],
-          [["probes=0"], "drop every idle connection"],
-          [["time=120", "intvl=abc"], "not a decimal integer"],
-          [["time=120", "probes= 7 "], "not a decimal integer"],
-          [["time=120", "nope=3"], "unknown key"],
-          [["time=120", "intvl="], "malformed"],
-          [["time=120", "time=130"], "given twice"],
-          [["intvl=30", "time"], "in one call"],
-        ]
-      ) {
-        const result = await sysctlIn(ns, ...args as string[]);
-        assertEquals(result.code, 2, `${args}: ${result.stderr}`);
-        assertEquals(result.stdout, "");
-        assertStringIncludes(assertErrorLines(result.stderr)[0], expected as string);
-        assertEquals(await namespaceValues(ns), before, `${args} changed a value`);
-      }
-    });
-    assertEquals(await hostValues(), host);
+    await assertSysctlsUnchanged(() =>
+      withNetns(async (ns) => {
+        const before = await keepaliveSysctls(ns);
+        for (
+          const [args, expected] of [
+            [["time=0"], "breaks keepalive"],
+            [["intvl=-5"], "breaks keepalive"],
+            [["probes=256"], "u8"],
+            [["probes=0"], "drop every idle connection"],
+            [["time=120", "intvl=abc"], "not a decimal integer"],
+            [["time=120", "probes= 7 "], "not a decimal integer"],
+            [["time=120", "nope=3"], "unknown key"],
+            [["time=120", "intvl="], "malformed"],
+            [["time=120", "time=130"], "given twice"],
+            [["intvl=30", "time"], "in one call"],
+          ]
+        ) {
+          const result = await sysctlIn(ns, ...args as string[]);
+          assertEquals(result.code, 2, `${args}: ${result.stderr}`);
+          assertEquals(result.stdout, "");
+          assertStringIncludes(assertErrorLines(result.stderr)[0], expected as string);
+          assertEquals(await keepaliveSysctls(ns), before, `${args} changed a value`);
+        }
+      })
+    );
   },
 );
 
 netnsTest(
   "when the kernel refuses the second value the first is restored, and the script exits 2",
   async () => {
-    const host = await hostValues();
-    await withNetns(async (ns) => {
-      const before = await namespaceValues(ns);
-      const result = await sysctlIn(ns, "time=100", "intvl=99999999");
-      assertEquals(result.code, 2);
-      assertEquals(result.stdout, "");
-      const [failure, restored] = assertErrorLines(result.stderr, 2);
-      assertEquals(
-        failure,
-        `sysctl.ts: ${INTVL}=99999999 is out of range for this kernel (it answered EINVAL)`,
-      );
-      assertEquals(restored, `sysctl.ts: restored ${TIME} to ${before[TIME]}`);
-      assertEquals(await namespaceValues(ns), before);
-    });
-    assertEquals(await hostValues(), host);
+    await assertSysctlsUnchanged(() =>
+      withNetns(async (ns) => {
+        const before = await keepaliveSysctls(ns);
+        const result = await sysctlIn(ns, "time=100", "intvl=99999999");
+        assertEquals(result.code, 2);
+        assertEquals(result.stdout, "");
+        const [failure, restored] = assertErrorLines(result.stderr, 2);
+        assertEquals(
+          failure,
+          `sysctl.ts: ${INTVL}=99999999 is out of range for this kernel (it answered EINVAL)`,
+        );
+        assertEquals(restored, `sysctl.ts: restored ${TIME} to ${before[TIME]}`);
+        assertEquals(await keepaliveSysctls(ns), before);
+      })
+    );
   },
 );
 
 netnsTest(
   "writeKeepaliveSysctls returns the values it replaced, and writing them back undoes the change",
   async () => {
-    const host = await hostValues();
-    await withNetns(async (ns) => {
-      const before = await namespaceValues(ns);
-      const code = `
+    await assertSysctlsUnchanged(() =>
+      withNetns(async (ns) => {
+        const before = await keepaliveSysctls(ns);
+        const code = `
       import { writeKeepaliveSysctls } from "./sysctl.ts";
       const first = await writeKeepaliveSysctls({ time: 1, intvl: 2 });
       const inBetween = await Deno.readTextFile("/proc/sys/net/ipv4/tcp_keepalive_intvl");
       const undone = await writeKeepaliveSysctls(first.previous);
       console.log(JSON.stringify({ first, inBetween: Number(inBetween), undone }));
     `;
-      const output = JSON.parse(await runOk([...ns.exec, Deno.execPath(), "eval", code]));
-      assertEquals(output.first, {
-        values: { [TIME]: 1, [INTVL]: 2 },
-        previous: { [TIME]: before[TIME], [INTVL]: before[INTVL] },
-      });
-      assertEquals(output.inBetween, 2);
-      assertEquals(output.undone.values, output.first.previous);
-      assertEquals(await namespaceValues(ns), before);
-    });
-    assertEquals(await hostValues(), host);
+        const output = JSON.parse(await runOk([...ns.exec, Deno.execPath(), "eval", code]));
+        assertEquals(output.first, {
+          values: { [TIME]: 1, [INTVL]: 2 },
+          previous: { [TIME]: before[TIME], [INTVL]: before[INTVL] },
+        });
+        assertEquals(output.inBetween, 2);
+        assertEquals(output.undone.values, output.first.previous);
+        assertEquals(await keepaliveSysctls(ns), before);
+      })
+    );
   },
 );
 
 netnsTest(
   "writing as an unprivileged user exits 1, writes nothing, and shows the command with sudo",
-  async () => {
-    const host = await hostValues();
-    // The user `nobody` may not be able to read root's Deno cache or this
-    // checkout (a clone in a private temporary directory), so it gets a copy
-    // of the script, its config and the one npm package it imports.
-    const denoDir = JSON.parse(await runOk([Deno.execPath(), "info", "--json"])).denoDir as string;
-    const stdPackage = `${denoDir}/npm/registry.npmjs.org/deno-std`;
-    const nobodyDenoDir = await Deno.makeTempDir();
-    const kit = `${nobodyDenoDir}/kit`;
-    try {
-      await Deno.mkdir(`${nobodyDenoDir}/npm/registry.npmjs.org`, { recursive: true });
-      await runOk(["cp", "-r", stdPackage, `${nobodyDenoDir}/npm/registry.npmjs.org/`]);
-      await Deno.mkdir(kit);
-      for (const file of ["sysctl.ts", "deno.json", "deno.lock"]) {
-        await Deno.copyFile(`${ROOT_DIR}${file}`, `${kit}/${file}`);
+  () =>
+    assertSysctlsUnchanged(async () => {
+      // The user `nobody` may not be able to read root's Deno cache or this
+      // checkout (a clone in a private temporary directory), so it gets a copy
+      // of the script, its config and the one npm package it imports.
+      const denoDir = JSON.parse(await runOk([Deno.execPath(), "info", "--json"]))
+        .denoDir as string;
+      const stdPackage = `${denoDir}/npm/registry.npmjs.org/deno-std`;
+      const nobodyDenoDir = await Deno.makeTempDir();
+      const kit = `${nobodyDenoDir}/kit`;
+      try {
+        await Deno.mkdir(`${nobodyDenoDir}/npm/registry.npmjs.org`, { recursive: true });
+        await runOk(["cp", "-r", stdPackage, `${nobodyDenoDir}/npm/registry.npmjs.org/`]);
+        await Deno.mkdir(kit);
+        for (const file of ["sysctl.ts", "deno.json", "deno.lock"]) {
+          await Deno.copyFile(`${ROOT_DIR}${file}`, `${kit}/${file}`);
+        }
+        await runOk(["chown", "-R", "65534:65534", nobodyDenoDir]);
+        await withNetns(async (ns) => {
+          const before = await keepaliveSysctls(ns);
+          const asNobody = [
+            ...ns.exec,
+            "env",
+            `--chdir=${kit}`,
+            `DENO_DIR=${nobodyDenoDir}`,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            Deno.execPath(),
+            "run",
+            "-A",
+            "sysctl.ts",
+          ];
+          // Reading needs no root...
+          const read = await run([...asNobody, "--json"]);
+          assertEquals(read.code, 0, read.stderr);
+          assertEquals(JSON.parse(read.stdout), before);
+          // ...writing does.
+          const write = await run([...asNobody, "time=5", "intvl=6"]);
+          assertEquals(write.code, 1, write.stderr);
+          assertEquals(write.stdout, "");
+          const hint = `sudo ${Deno.execPath()} run -A sysctl.ts time=5 intvl=6`;
+          assertEquals(
+            assertErrorLines(write.stderr)[0],
+            `sysctl.ts: writing ${TIME} needs root; run: ${hint}`,
+          );
+          assertEquals(await keepaliveSysctls(ns), before);
+          // The command it shows works for root, word for word (this machine
+          // has no sudo: we are root already), from the same directory.
+          const asRoot = await run([
+            ...ns.exec,
+            "env",
+            `--chdir=${kit}`,
+            ...hint.split(" ").slice(1),
+          ]);
+          assertEquals(asRoot.code, 0, asRoot.stderr);
+          assertEquals(await keepaliveSysctls(ns), { ...before, [TIME]: 5, [INTVL]: 6 });
+        });
+      } finally {
+        await Deno.remove(nobodyDenoDir, { recursive: true });
       }
-      await runOk(["chown", "-R", "65534:65534", nobodyDenoDir]);
-      await withNetns(async (ns) => {
-        const before = await namespaceValues(ns);
-        const asNobody = [
-          ...ns.exec,
-          "env",
-          `--chdir=${kit}`,
-          `DENO_DIR=${nobodyDenoDir}`,
-          "setpriv",
-          "--reuid=65534",
-          "--regid=65534",
-          "--clear-groups",
-          Deno.execPath(),
-          "run",
-          "-A",
-          "sysctl.ts",
-        ];
-        // Reading needs no root...
-        const read = await run([...asNobody, "--json"]);
-        assertEquals(read.code, 0, read.stderr);
-        assertEquals(JSON.parse(read.stdout), before);
-        // ...writing does.
-        const write = await run([...asNobody, "time=5", "intvl=6"]);
-        assertEquals(write.code, 1, write.stderr);
-        assertEquals(write.stdout, "");
-        assertEquals(
-          assertErrorLines(write.stderr)[0],
-          `sysctl.ts: writing ${TIME} needs root; run: sudo deno run -A sysctl.ts time=5 intvl=6`,
-        );
-        assertEquals(await namespaceValues(ns), before);
-      });
-    } finally {
-      await Deno.remove(nobodyDenoDir, { recursive: true });
-    }
-    assertEquals(await hostValues(), host);
-  },
+    }),
 );
 
 netnsTest("a read-only /proc/sys, as in a container, exits 1 with one line saying so", async () => {
-  const host = await hostValues();
-  await withNetns(async (ns) => {
-    const before = await namespaceValues(ns);
-    // A private mount namespace with /proc/sys bind-mounted read-only, as Docker does.
-    const result = await run([
-      ...ns.exec,
-      "unshare",
-      "--mount",
-      "--propagation",
-      "private",
-      "sh",
-      "-c",
-      'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$0" "$@"',
-      Deno.execPath(),
-      "run",
-      "-A",
-      "sysctl.ts",
-      "time=5",
-    ]);
-    assertEquals(result.code, 1);
-    assertEquals(result.stdout, "");
-    const [line] = assertErrorLines(result.stderr);
-    assertStringIncludes(line, "read-only");
-    assertStringIncludes(line, "container");
-    assertEquals(await namespaceValues(ns), before);
-  });
-  assertEquals(await hostValues(), host);
+  await withNetns((ns) =>
+    assertSysctlsUnchanged(async () => {
+      // A private mount namespace with /proc/sys bind-mounted read-only, as Docker does.
+      const result = await run([
+        ...ns.exec,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$0" "$@"',
+        Deno.execPath(),
+        "run",
+        "-A",
+        "sysctl.ts",
+        "time=5",
+      ]);
+      assertEquals(result.code, 1);
+      assertEquals(result.stdout, "");
+      const [line] = assertErrorLines(result.stderr);
+      assertStringIncludes(line, "read-only");
+      assertStringIncludes(line, "container");
+    }, ns)
+  );
 });
 
 netnsTest(

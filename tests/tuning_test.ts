@@ -7,6 +7,8 @@
 import { assert, assertEquals } from "@std/assert";
 import { parseProcNetTcp } from "../proc_net.ts";
 import {
+  cutAndTimeDeath,
+  delay,
   netnsTest,
   probesSent,
   spawnScript,
@@ -63,11 +65,7 @@ netnsTest(
       await using server = await startServerIn(cable.server, [...args, "--watch"], FFI);
       await using _client = await startClientIn(cable.client, cable.serverAddress);
       await server.waitForEvent("accepted");
-      const lastTraffic = performance.now();
-      await cable.cutAtClient();
-
-      await server.waitForEvent("timed-out", 15_000);
-      const seconds = (performance.now() - lastTraffic) / 1000;
+      const seconds = await cutAndTimeDeath(cable.cutAtClient, server);
       assert(seconds >= 4.8 && seconds <= 6.5, `timed out after ${seconds.toFixed(2)} s`);
 
       // --watch saw every probe the kernel sent, and invented none.
@@ -96,10 +94,7 @@ netnsTest(
       ], FFI);
       await using _client = await startClientIn(cable.client, cable.serverAddress);
       await server.waitForEvent("accepted");
-      const lastTraffic = performance.now();
-      await cable.cutAtClient();
-      await server.waitForEvent("timed-out", 20_000);
-      const seconds = (performance.now() - lastTraffic) / 1000;
+      const seconds = await cutAndTimeDeath(cable.cutAtClient, server, { timeoutMs: 20_000 });
       // tcp(7): with keepalive, TCP_USER_TIMEOUT decides when a silent peer
       // is dead. Without it: 2 + 9 x 1 = 11 s.
       assert(seconds >= 3.8 && seconds <= 5.5, `timed out after ${seconds.toFixed(2)} s`);
@@ -124,10 +119,7 @@ netnsTest(
       ]);
       const tuning = ["--idle", "2", "--interval", "1", "--count", "3", "--watch"];
       await using client = await startClientIn(cable.client, cable.serverAddress, tuning, FFI);
-      const lastTraffic = performance.now();
-      await cable.cutAtServer();
-      await client.waitForEvent("timed-out", 15_000);
-      const seconds = (performance.now() - lastTraffic) / 1000;
+      const seconds = await cutAndTimeDeath(cable.cutAtServer, client);
       assert(seconds >= 4.8 && seconds <= 6.5, `timed out after ${seconds.toFixed(2)} s`);
       assertEquals((await client.finish()).code, 1);
       assertEquals(probeLines(client.lines, "unanswered").length, 3);
@@ -147,7 +139,7 @@ netnsTest(
       );
       // The client watches too: it sees the server's probes arrive and answers them.
       await using client = await startClientIn(ns, "127.0.0.1", ["--watch"], FFI);
-      await new Promise((resolve) => setTimeout(resolve, 4_500));
+      await delay(4_500);
       await server.write("\n");
       await server.waitForEvent("summary");
       await client.finish();
