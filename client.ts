@@ -1,7 +1,7 @@
 /**
  * # A TCP client that connects and stays idle
  *
- * @run deno run --allow-net client.ts [--hostname 127.0.0.1] [--port 8888] [--keepalive] [--json]
+ * @run deno run --allow-net client.ts [--hostname 127.0.0.1] [--port 8888] [--keepalive] [--connect-timeout 10] [--json]
  * @run deno run --allow-net --allow-ffi client.ts --idle 2 --interval 1 --count 3 [--user-timeout 10] --watch
  *
  * The Deno version of the C client in the blog post "套接字选项SO_KEEPALIVE":
@@ -20,15 +20,27 @@
  * prints the probes: the server's (which this side's kernel answers) and,
  * with keepalive on here, this side's own.
  *
- * Copying this file into your project? It needs `@std/cli` in your import
- * map (`deno add jsr:@std/cli`), `keepalive.ts` beside it, and `--allow-net`
- * (plus `--allow-ffi` for the tuning flags).
+ * The file reads top to bottom as the story: connecting, keepalive on this
+ * side, the read and what each ending means; then the command line; then
+ * printing, which never waits for the terminal (`cli.ts`).
+ *
+ * Copying this file into your project? Copy `keepalive.ts`,
+ * `keepalive_flags.ts` and `cli.ts` beside it and map `@std/cli` in your
+ * `deno.json` (the README's "Copying a file into your project" has the
+ * lines). It needs `--allow-net`, plus `--allow-ffi` for the tuning flags.
  *
  * @module
  */
-import { parseArgs } from "@std/cli/parse-args";
 import {
-  describeKeepAlive,
+  type ByteSink,
+  createLineWriter,
+  parseFlags,
+  parseHostname,
+  parseInteger,
+  scriptPath,
+  waitForQuit,
+} from "./cli.ts";
+import {
   getKeepAlive,
   type KeepAliveOptions,
   type KeepAliveSettings,
@@ -36,7 +48,16 @@ import {
   setKeepAlive,
   watchKeepAlive,
 } from "./keepalive.ts";
+import {
+  describeKeepAlive,
+  describeProbe,
+  missingFfiPermission,
+  parseTuningFlags,
+  TUNING_FLAGS,
+  TUNING_HELP,
+} from "./keepalive_flags.ts";
 export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
+export { UsageError } from "./cli.ts";
 
 /** What the client does, from its command-line flags. */
 export interface ClientOptions {
@@ -44,9 +65,11 @@ export interface ClientOptions {
   hostname: string;
   /** The server's port. */
   port: number;
-  /** Whether to turn `SO_KEEPALIVE` on for this side too (the C client did not). */
+  /** Whether to turn `SO_KEEPALIVE` on for this side too (the C client did not). Implied by tuning. */
   keepAlive: boolean;
-  /** Per-connection keepalive times (milliseconds); null for the system's. Implies keepAlive. */
+  /** How long a connect may take before the client gives up, in ms; null to wait as long as the kernel does. */
+  connectTimeoutMs: number | null;
+  /** Per-connection keepalive times (milliseconds); null for the system's. */
   tuning: KeepAliveOptions | null;
   /** Report every keepalive probe on the connection. */
   watch: boolean;
@@ -54,143 +77,60 @@ export interface ClientOptions {
   json: boolean;
 }
 
-/** Bad command-line input: the message is one line, and the exit code is 2. */
-export class UsageError extends Error {}
-
-/** The `--help` text. */
-export const HELP = `Usage: deno run --allow-net client.ts [options]
-
-Connects to a TCP server, sends nothing, and reports how the connection ends.
-Quit with Enter, Ctrl-C or SIGTERM.
-
-Options:
-  --hostname ADDRESS   server address or host name (default 127.0.0.1; ::1 for IPv6)
-  --port N             server port, 1..65535 (default 8888)
-  --keepalive          turn SO_KEEPALIVE on for this side too (default off, like the C client)
-  --json               print one JSON object per event instead of text
-  -h, --help           show this help
-
-Per-connection keepalive (each one implies --keepalive; needs --allow-ffi, Linux only):
-  --idle SECONDS         silence before the first probe, 1..32767 (system: tcp_keepalive_time)
-  --interval SECONDS     time between unanswered probes, 1..32767 (system: tcp_keepalive_intvl)
-  --count N              unanswered probes before the connection times out, 1..127 (tcp_keepalive_probes)
-  --user-timeout SECONDS how long sent data may stay unacknowledged (0: about 15 min), and once
-                         a probe is out, how long the peer may stay silent (overrides --count);
-                         0..2147483
-  --watch                print each probe: the server's, and this side's own
-
-Exit codes: 0 when you quit or the server closed the connection cleanly,
-1 when the connection was lost (reset, timed out) or could not be made,
-2 for bad flags.
-
-Permissions: --allow-net (to connect), and --allow-ffi for the per-connection
-flags (Deno cannot set them itself yet).`;
+// ## Connecting
+//
+// The C client: socket, connect to 127.0.0.1:8888, then getchar(). A connect
+// to an address that never answers waits for the kernel's SYN retries
+// (tcp_syn_retries: about two minutes); the user may quit meanwhile, and
+// --connect-timeout bounds it.
 
 /**
- * Parses the command-line flags. Throws {@linkcode UsageError} for anything
- * it cannot use; returns `"help"` for `--help`.
+ * Connects to the server, or gives up: `"quit"` when `quitting` resolves
+ * first, `"timeout"` after `connectTimeoutMs`. Throws what `Deno.connect`
+ * throws (refused, unreachable, host not found, no permission).
  *
  * @example
- * ```ts
- * import { parseClientArgs } from "./client.ts";
- * parseClientArgs(["--hostname", "::1", "--keepalive"]);
- * // { hostname: "::1", port: 8888, keepAlive: true, tuning: null, watch: false, json: false }
+ * ```ts ignore
+ * import { connect } from "./client.ts";
+ * const conn = await connect({ hostname: "::1", port: 8888, connectTimeoutMs: 5_000 }, new Promise(() => {}));
  * ```
  */
-export function parseClientArgs(args: string[]): ClientOptions | "help" {
-  const flags = parseArgs(args, {
-    string: ["hostname", "port", "idle", "interval", "count", "user-timeout"],
-    boolean: ["keepalive", "json", "help", "watch"],
-    alias: { h: "help" },
-    default: { hostname: "127.0.0.1", port: "8888" },
-    unknown: (arg: string) => {
-      throw new UsageError(
-        arg === ""
-          ? "an empty argument: every flag needs a value that is not empty"
-          : /^-[0-9]/.test(arg)
-          ? `${arg} is not a valid value: no flag takes a negative number`
-          : arg.startsWith("-")
-          ? `unknown flag ${arg}`
-          : `unexpected argument ${JSON.stringify(arg)}`,
-      );
-    },
-  }) as {
-    hostname: string;
-    port: string;
-    keepalive: boolean;
-    json: boolean;
-    help: boolean;
-    watch: boolean;
-    _: unknown[];
-    idle?: string;
-    interval?: string;
-    count?: string;
-    "user-timeout"?: string;
-  };
-  if (flags.help) return "help";
-  // Arguments after "--" bypass the check above; this script takes none.
-  if (flags._.length > 0) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(String(flags._[0]))}`);
+export async function connect(
+  options: Pick<ClientOptions, "hostname" | "port" | "connectTimeoutMs">,
+  quitting: Promise<unknown>,
+): Promise<Deno.TcpConn | "quit" | "timeout"> {
+  const giveUp = new AbortController();
+  quitting.then(() => giveUp.abort("quit"));
+  const timer = options.connectTimeoutMs === null
+    ? undefined
+    : setTimeout(() => giveUp.abort("timeout"), options.connectTimeoutMs);
+  try {
+    return await Deno.connect({
+      hostname: options.hostname,
+      port: options.port,
+      signal: giveUp.signal,
+    });
+  } catch (error) {
+    if (giveUp.signal.aborted) return giveUp.signal.reason;
+    throw error;
+  } finally {
+    clearTimeout(timer);
   }
-  if (flags.hostname === "") throw new UsageError("--hostname needs a value");
-  const tuning = parseTuning(flags);
-  return {
-    // Accept "[::1]" as well as "::1": brackets are how IPv6 is written next to a port.
-    hostname: flags.hostname.replace(/^\[(.*)\]$/, "$1"),
-    port: parseInteger("--port", flags.port, 1, 65535),
-    keepAlive: flags.keepalive || tuning !== null,
-    tuning,
-    watch: flags.watch,
-    json: flags.json,
-  };
 }
 
-// The flags are in seconds, like the sysctls; the library takes milliseconds,
-// like Deno's proposed setKeepAlive({ time, interval, retries }).
-function parseTuning(
-  flags: { idle?: string; interval?: string; count?: string; "user-timeout"?: string },
-): KeepAliveOptions | null {
-  const tuning: KeepAliveOptions = {};
-  if (flags.idle !== undefined) tuning.time = parseInteger("--idle", flags.idle, 1, 32767) * 1000;
-  if (flags.interval !== undefined) {
-    tuning.interval = parseInteger("--interval", flags.interval, 1, 32767) * 1000;
-  }
-  if (flags.count !== undefined) tuning.retries = parseInteger("--count", flags.count, 1, 127);
-  if (flags["user-timeout"] !== undefined) {
-    tuning.userTimeout = parseInteger("--user-timeout", flags["user-timeout"], 0, 2147483) * 1000;
-  }
-  return Object.keys(tuning).length > 0 ? tuning : null;
+// ## Keepalive on this side
+//
+// The C client left SO_KEEPALIVE off: only the server probes, and this
+// side's kernel answers. Turn it on here to have the client notice a server
+// that vanished, too; the tuning flags also set when and how often it probes.
+
+function turnOnKeepAlive(conn: Deno.TcpConn, options: ClientOptions): KeepAliveSettings | null {
+  if (options.keepAlive) conn.setKeepAlive(true);
+  if (options.tuning) setKeepAlive(conn, options.tuning);
+  return options.tuning || options.watch ? getKeepAlive(conn) : null;
 }
 
-function parseInteger(flag: string, value: string, min: number, max: number): number {
-  if (value === "") throw new UsageError(`${flag} needs a value`);
-  if (!/^[0-9]+$/.test(value) || Number(value) < min || Number(value) > max) {
-    throw new UsageError(
-      `${flag} must be an integer from ${min} to ${max}, not ${JSON.stringify(value)}`,
-    );
-  }
-  return Number(value);
-}
-
-/** Everything the client reports, one object per event. `--json` prints these as they are. */
-export type ClientEvent =
-  & { time: string }
-  & (
-    | {
-      event: "connected";
-      local: string;
-      remote: string;
-      keepAlive: boolean;
-      /** What the kernel holds for the connection (ms), with --watch or tuning; null otherwise. */
-      tuning: KeepAliveSettings | null;
-    }
-    | ({ event: "probe" } & ProbeEvent)
-    | { event: "server-closed"; bytes: number }
-    | { event: "reset"; bytes: number }
-    | { event: "timed-out"; bytes: number }
-    | { event: "error"; message: string }
-    | { event: "quit"; bytes: number }
-  );
+// ## Holding the connection until it ends
 
 /** How a connection ended. */
 export type ClientOutcome = "quit" | "server-closed" | "reset" | "timed-out" | "error";
@@ -206,167 +146,260 @@ export async function holdConnection(
   onEvent: (event: ClientEvent) => void,
   options: { watch?: boolean } = {},
 ): Promise<ClientOutcome> {
-  const emit = (event: DistributiveOmit<ClientEvent, "time">) =>
-    onEvent({ time: new Date().toISOString(), ...event } as ClientEvent);
+  const emit = (event: ClientEventBody) => onEvent({ time: new Date().toISOString(), ...event });
   // --watch: the kernel's probes on this connection, from TCP_INFO.
   const watcher = options.watch
     ? watchKeepAlive(conn, (probe) => emit({ event: "probe", ...probe }))
     : null;
-  let bytes = 0;
-  let quitting = false;
-
-  // The read is what makes the kernel's verdict visible: end of stream when
-  // the server closes, ConnectionReset for a reset, and TimedOut (ETIMEDOUT)
-  // when our own keepalive probes go unanswered. A small buffer is enough:
-  // the bytes are only counted.
-  const reading = (async (): Promise<ClientOutcome> => {
-    const buffer = new Uint8Array(4096);
-    try {
-      for (;;) {
-        const n = await conn.read(buffer);
-        if (n === null) break;
-        bytes += n;
-      }
-      emit({ event: "server-closed", bytes });
-      return "server-closed";
-    } catch (error) {
-      if (quitting) return "quit";
-      if (error instanceof Deno.errors.ConnectionReset) {
-        emit({ event: "reset", bytes });
-        return "reset";
-      }
-      if (error instanceof Deno.errors.TimedOut) {
-        emit({ event: "timed-out", bytes });
-        return "timed-out";
-      }
-      emit({ event: "error", message: errorMessage(error) });
-      return "error";
-    }
-  })();
-
+  const progress = { bytes: 0 };
+  const reading = readUntilEnd(conn, progress);
   const outcome = await Promise.race([reading, quit.then(() => "quit" as const)]);
   watcher?.stop();
   if (outcome === "quit") {
-    quitting = true;
-    emit({ event: "quit", bytes });
+    emit({ event: "quit", bytes: progress.bytes });
+    conn.close();
+    await reading; // it ends now, with the close
+  } else if (outcome.ending === "error") {
+    emit({ event: "error", message: outcome.message });
+  } else {
+    emit({ event: outcome.ending, bytes: progress.bytes });
   }
   try {
     conn.close();
   } catch { /* already closed */ }
-  await reading;
-  return outcome;
+  return outcome === "quit" ? "quit" : outcome.ending;
 }
+
+// The read is what makes the kernel's verdict visible: end of stream when
+// the server closes, ConnectionReset for a reset, and TimedOut (ETIMEDOUT)
+// when this side's keepalive probes go unanswered. A small buffer is enough:
+// the bytes are only counted, in `progress`.
+async function readUntilEnd(
+  conn: Deno.TcpConn,
+  progress: { bytes: number },
+): Promise<
+  { ending: "server-closed" | "reset" | "timed-out" } | { ending: "error"; message: string }
+> {
+  const buffer = new Uint8Array(4096);
+  try {
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) return { ending: "server-closed" };
+      progress.bytes += n;
+    }
+  } catch (error) {
+    if (error instanceof Deno.errors.ConnectionReset) return { ending: "reset" };
+    if (error instanceof Deno.errors.TimedOut) return { ending: "timed-out" };
+    return { ending: "error", message: errorMessage(error) };
+  }
+}
+
+// ## The command line
+
+/** The `--help` text. */
+export const HELP = `Usage: deno run --allow-net client.ts [options]
+
+Connects to a TCP server, sends nothing, and reports how the connection ends.
+Quit with Enter, Ctrl-C or SIGTERM.
+
+Options:
+  --hostname ADDRESS        server address or host name (default 127.0.0.1; ::1 for IPv6)
+  --port N                  server port, 1..65535 (default 8888)
+  --keepalive               turn SO_KEEPALIVE on for this side too (default off, like the C client)
+  --connect-timeout SECONDS give up connecting after this long, 1..86400 (default: when the
+                            kernel gives up, about 2 minutes for an address that never answers)
+  --json                    print one JSON object per event instead of text
+  -h, --help                show this help
+
+${TUNING_HELP}
+  (Each tuning flag implies --keepalive.)
+
+Exit codes: 0 when you quit or the server closed the connection cleanly,
+1 when the connection was lost (reset, timed out) or could not be made,
+2 for bad flags.
+
+Permissions: --allow-net (to connect), and --allow-ffi for the per-connection
+flags (Deno cannot set them itself yet).`;
+
+/**
+ * Parses the command-line flags. Throws a `UsageError` for anything it
+ * cannot use; returns `"help"` for `--help`.
+ *
+ * @example
+ * ```ts
+ * import { parseClientArgs } from "./client.ts";
+ * parseClientArgs(["--hostname", "::1", "--keepalive"]);
+ * // { hostname: "::1", port: 8888, keepAlive: true, connectTimeoutMs: null, tuning: null, watch: false, json: false }
+ * ```
+ */
+export function parseClientArgs(args: string[]): ClientOptions | "help" {
+  const flags = parseFlags(args, {
+    string: ["hostname", "port", "connect-timeout", ...TUNING_FLAGS],
+    boolean: ["keepalive", "json", "watch"],
+    default: { hostname: "127.0.0.1", port: "8888" },
+  });
+  if (flags.help) return "help";
+  const tuning = parseTuningFlags(flags);
+  const connectTimeout = flags["connect-timeout"];
+  return {
+    hostname: parseHostname("--hostname", flags.hostname!),
+    port: parseInteger("--port", flags.port!, 1, 65535),
+    keepAlive: flags.keepalive || tuning !== null,
+    connectTimeoutMs: connectTimeout === undefined
+      ? null
+      : parseInteger("--connect-timeout", connectTimeout, 1, 86400) * 1000,
+    tuning,
+    watch: flags.watch,
+    json: flags.json,
+  };
+}
+
+// ## Printing
+
+/** Everything the client reports, one object per event. `--json` prints these as they are. */
+export type ClientEvent = { time: string } & ClientEventBody;
+
+/** A {@linkcode ClientEvent} before it is stamped with the time. */
+export type ClientEventBody =
+  | {
+    event: "connected";
+    local: string;
+    remote: string;
+    keepAlive: boolean;
+    /** What the kernel holds for the connection (ms), with --watch or tuning; null otherwise. */
+    tuning: KeepAliveSettings | null;
+  }
+  | ({ event: "probe" } & ProbeEvent)
+  | { event: "server-closed"; bytes: number }
+  | { event: "reset"; bytes: number }
+  | { event: "timed-out"; bytes: number }
+  | { event: "error"; message: string }
+  | { event: "quit"; bytes: number }
+  | { event: "output-dropped"; lines: number };
 
 /** Formats a client event as one line of text, for people. */
 export function formatClientEvent(event: ClientEvent): string {
-  const text = (() => {
-    switch (event.event) {
-      case "connected":
-        return `connected from ${event.local} to ${event.remote}, keepalive ${
-          event.keepAlive ? "on" : "off"
-        }${
-          event.tuning && event.keepAlive ? ` (${describeKeepAlive(event.tuning)})` : ""
-        }; Enter quits`;
-      case "probe":
-        return formatProbe(event);
-      case "server-closed":
-        return `the server closed the connection (${event.bytes} bytes received)`;
-      case "reset":
-        return `the connection was reset (${event.bytes} bytes received)`;
-      case "timed-out":
-        return `the connection timed out: keepalive probes went unanswered, the server is gone`;
-      case "error":
-        return `connection error: ${event.message}`;
-      case "quit":
-        return `quitting: closing the connection (${event.bytes} bytes received)`;
-    }
-  })();
-  return `${event.time} ${text}`;
+  return `${event.time} ${describeClientEvent(event)}`;
 }
 
-function formatProbe(probe: ProbeEvent): string {
-  switch (probe.kind) {
-    case "answered":
-      return `probe answered, after ${(probe.idleMs / 1000).toFixed(2)} s idle`;
-    case "unanswered":
-      return probe.of === null
-        ? `probe ${probe.probe} unanswered (dead after ${
-          probe.userTimeoutMs / 1000
-        } s of silence: user timeout)`
-        : `probe ${probe.probe}/${probe.of} unanswered`;
-    case "late-answer":
-      return `the server answered at last, after ${probe.unanswered} unanswered probes`;
-    case "peer-probe":
-      return "the server probed us; our kernel answered";
+function describeClientEvent(event: ClientEventBody): string {
+  switch (event.event) {
+    case "connected":
+      return `connected from ${event.local} to ${event.remote}, keepalive ${
+        event.keepAlive ? "on" : "off"
+      }${
+        event.tuning && event.keepAlive ? ` (${describeKeepAlive(event.tuning)})` : ""
+      }; Enter quits`;
+    case "probe":
+      return describeProbe(event);
+    case "server-closed":
+      return `the server closed the connection (${event.bytes} bytes received)`;
+    case "reset":
+      return `the connection was reset (${event.bytes} bytes received)`;
+    case "timed-out":
+      return `the connection timed out: keepalive probes went unanswered, the server is gone`;
+    case "error":
+      return `connection error: ${event.message}`;
+    case "quit":
+      return `quitting: closing the connection (${event.bytes} bytes received)`;
+    case "output-dropped":
+      return `${event.lines} lines of output dropped: stdout was not being read`;
   }
 }
+
+// ## The command
+
+/** Where `main` reads and writes; tests pass their own. */
+export interface MainIO {
+  /** Resolves when the user asks to quit (default: Enter, Ctrl-C or SIGTERM). */
+  quit?: () => Promise<unknown>;
+  /** Where event lines go (default: stdout); it may stall, the client does not. */
+  stdout?: ByteSink;
+  /** Where error lines go (default: stderr). */
+  stderr?: (line: string) => void;
+}
+
+// On exit, how long the output may take to write the last lines.
+const QUIT_FLUSH_MS = 500;
 
 /**
  * The command: parse flags, connect, hold the connection until the user
  * quits or the connection ends. Returns the exit code: 0 when the user quit
  * or the server closed cleanly, 1 when the connection was lost or could not
- * be made, 2 for bad flags. `quit` replaces "Enter, Ctrl-C or SIGTERM" (for tests).
+ * be made, 2 for bad flags.
  */
-export async function main(
-  args: string[],
-  quit: () => Promise<unknown> = waitForQuit,
-): Promise<number> {
+export async function main(args: string[], io: MainIO = {}): Promise<number> {
+  const stderr = io.stderr ?? ((line: string) => console.error(line));
   let options: ClientOptions | "help";
   try {
     options = parseClientArgs(args);
   } catch (error) {
-    console.error(`client.ts: ${errorMessage(error)} (see --help)`);
+    stderr(`client.ts: ${errorMessage(error)} (see --help)`);
     return 2;
   }
+  const json = options !== "help" && options.json;
+  const line = (event: ClientEvent) => json ? JSON.stringify(event) : formatClientEvent(event);
+  const out = createLineWriter({
+    output: io.stdout,
+    droppedNotice: (lines) =>
+      line({ time: new Date().toISOString(), event: "output-dropped", lines }),
+  });
   if (options === "help") {
-    console.log(HELP);
+    out.write(HELP);
+    await out.flush(QUIT_FLUSH_MS);
     return 0;
   }
-  const print = options.json
-    ? (event: ClientEvent) => console.log(JSON.stringify(event))
-    : (event: ClientEvent) => console.log(formatClientEvent(event));
-
   // Ask before connecting: a missing permission should stop us before the
   // server sees a connection.
-  if (
-    (options.tuning || options.watch) &&
-    Deno.permissions.querySync({ name: "ffi" }).state !== "granted"
-  ) {
-    console.error(`client.ts: ${FFI_NEEDED}`);
+  const ffi = missingFfiPermission(
+    options.tuning !== null || options.watch,
+    scriptPath(import.meta.url),
+    args,
+  );
+  if (ffi) {
+    stderr(`client.ts: ${ffi}`);
     return 1;
   }
-  // Listen for Enter and signals from the start: a connect to an address
-  // that never answers takes about two minutes of SYN retries to fail, and
-  // the user may not want to wait for it.
-  const quitting = quit();
-  const connecting = new AbortController();
-  quitting.then(() => connecting.abort());
-  let conn: Deno.TcpConn;
+  // Listen for Enter and signals from the start, so the user can quit a
+  // connect that hangs.
+  const quitting = (io.quit ?? waitForQuit)();
+  const code = await connectAndHold(options, quitting, (event) => out.write(line(event)), stderr);
+  await out.flush(QUIT_FLUSH_MS);
+  return code;
+}
+
+async function connectAndHold(
+  options: ClientOptions,
+  quitting: Promise<unknown>,
+  print: (event: ClientEvent) => void,
+  stderr: (line: string) => void,
+): Promise<number> {
+  const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
+  let conn: Deno.TcpConn | "quit" | "timeout";
   try {
-    conn = await Deno.connect({
-      hostname: options.hostname,
-      port: options.port,
-      signal: connecting.signal,
-    });
+    conn = await connect(options, quitting);
   } catch (error) {
-    if (connecting.signal.aborted) {
-      console.error(`client.ts: quit before the connection was made`);
-      return 0;
-    }
-    console.error(`client.ts: ${describeConnectError(error, options)}`);
+    stderr(`client.ts: ${describeConnectError(error, where)}`);
     return 1;
   }
-  // The C client left SO_KEEPALIVE off: only the server probes. Turn it on
-  // here to have the client notice a server that vanished, too; the tuning
-  // flags also set when and how often this side probes.
-  let tuning: KeepAliveSettings | null = null;
+  if (conn === "quit") {
+    stderr("client.ts: quit before the connection was made");
+    return 0;
+  }
+  if (conn === "timeout") {
+    stderr(
+      `client.ts: cannot connect to ${where}: no answer within ${
+        options.connectTimeoutMs! / 1000
+      } s (--connect-timeout)`,
+    );
+    return 1;
+  }
+  let tuning: KeepAliveSettings | null;
   try {
-    if (options.keepAlive) conn.setKeepAlive(true);
-    if (options.tuning) setKeepAlive(conn, options.tuning);
-    if (options.tuning || options.watch) tuning = getKeepAlive(conn);
+    tuning = turnOnKeepAlive(conn, options);
   } catch (error) {
     conn.close();
-    console.error(`client.ts: ${describeTuningError(error)}`);
+    stderr(`client.ts: cannot set keepalive: ${errorMessage(error)}`);
     return 1;
   }
   print({
@@ -381,48 +414,9 @@ export async function main(
   return outcome === "quit" || outcome === "server-closed" ? 0 : 1;
 }
 
-// Quit the way the C client's getchar() did: on Enter. Ctrl-C and SIGTERM
-// quit too, cleanly. A closed stdin (the client runs in the background) is
-// not a request to quit: then only a signal, or the connection's end, stops it.
-function waitForQuit(): Promise<string> {
-  return new Promise((resolve) => {
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    const onSignal = () => done("signal");
-    const done = (why: string) => {
-      for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
-      resolve(why);
-    };
-    for (const signal of signals) Deno.addSignalListener(signal, onSignal);
-    (async () => {
-      const buffer = new Uint8Array(256);
-      // Ctrl-D at a terminal ends one read, not the terminal: keep
-      // listening there. Elsewhere end of input is final: keep the connection.
-      const terminal = Deno.stdin.isTerminal();
-      for (;;) {
-        let n: number | null;
-        try {
-          n = await Deno.stdin.read(buffer);
-        } catch {
-          return; // no usable stdin: only a signal quits
-        }
-        if (n === null && !terminal) return;
-        if (n === null) await new Promise((resolve) => setTimeout(resolve, 100));
-        else if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
-      }
-    })();
-  });
-}
-
-const FFI_NEEDED = "--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi " +
-  "permission: deno run --allow-net --allow-ffi client.ts";
-
-function describeTuningError(error: unknown): string {
-  if (error instanceof Deno.errors.NotCapable) return FFI_NEEDED;
-  return `cannot set keepalive: ${errorMessage(error)}`;
-}
-
-function describeConnectError(error: unknown, options: ClientOptions): string {
-  const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
+// `where` is the address as the user gave it, already checked by parseHostname.
+function describeConnectError(error: unknown, where: string): string {
+  const message = errorMessage(error);
   if (error instanceof Deno.errors.NotCapable) {
     return `connecting to ${where} needs the --allow-net permission: deno run --allow-net client.ts`;
   }
@@ -435,21 +429,24 @@ function describeConnectError(error: unknown, options: ClientOptions): string {
   if (error instanceof Deno.errors.TimedOut) {
     return `cannot connect to ${where}: timed out (the server does not answer)`;
   }
-  if (
-    error instanceof Deno.errors.NetworkUnreachable ||
-    /unreachable|no route to host/i.test(errorMessage(error))
-  ) {
-    return `cannot connect to ${where}: unreachable (${errorMessage(error)})`;
+  if (error instanceof Deno.errors.NetworkUnreachable || /unreachable|no route/i.test(message)) {
+    return `cannot connect to ${where}: unreachable (${message})`;
   }
-  if (/lookup address/.test(errorMessage(error))) {
-    return `cannot connect to ${where}: host name not found`;
+  // getaddrinfo's EAI_AGAIN: the name server did not answer (or not in
+  // time). That is not "no such host": trying again may work.
+  if (/temporary failure in name resolution/i.test(message)) {
+    return `cannot connect to ${where}: the name server did not answer ` +
+      `(a temporary failure in name resolution; try again, or give an IP address)`;
   }
-  return `cannot connect to ${where}: ${errorMessage(error)}`;
+  if (/lookup address/.test(message)) return `cannot connect to ${where}: host name not found`;
+  return `cannot connect to ${where}: ${message}`;
 }
 
+// Small helpers that server.ts repeats on purpose, so that each script reads
+// on its own.
+
 /** `host:port`, with IPv6 hosts in brackets. */
-function formatAddr(addr: Deno.Addr): string {
-  if (addr.transport !== "tcp" && addr.transport !== "udp") return addr.transport;
+function formatAddr(addr: Deno.NetAddr): string {
   return addr.hostname.includes(":")
     ? `[${addr.hostname}]:${addr.port}`
     : `${addr.hostname}:${addr.port}`;
@@ -459,18 +456,4 @@ function errorMessage(error: unknown): string {
   return (error instanceof Error ? error.message : String(error)).split("\n")[0];
 }
 
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
 if (import.meta.main) Deno.exit(await main(Deno.args));
-
-// Real runs (Deno 2.9.6, Linux 6.18), against the server above, quitting
-// with Enter after a few seconds:
-//
-//   $ deno run --allow-net client.ts
-//   2026-11-25T14:07:46.721Z connected from 127.0.0.1:58264 to 127.0.0.1:8888, keepalive off; Enter quits
-//   2026-11-25T14:07:49.502Z quitting: closing the connection (0 bytes received)
-//
-//   $ deno run --allow-net client.ts --port 1
-//   client.ts: cannot connect to 127.0.0.1:1: connection refused (is the server running?)
-//   $ deno run --allow-net client.ts --idle 2
-//   client.ts: --idle, --interval, --count, --user-timeout and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi client.ts

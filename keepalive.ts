@@ -93,11 +93,96 @@ const ERRNO_NAMES: Record<number, string> = {
   107: "ENOTCONN",
 };
 
-// The per-socket limits of Linux (include/net/tcp.h: MAX_TCP_KEEPIDLE,
-// MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT). Outside them setsockopt fails with EINVAL.
-const MAX_KEEPALIVE_SECONDS = 32767;
-const MAX_KEEPALIVE_RETRIES = 127;
-const MAX_USER_TIMEOUT_MS = 2 ** 31 - 1;
+/**
+ * The values each option may take, in the options' own units: the per-socket
+ * limits of Linux (include/net/tcp.h: `MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`,
+ * `MAX_TCP_KEEPCNT`; `TCP_USER_TIMEOUT` is an int of milliseconds). Outside
+ * them `setsockopt` fails with EINVAL. The kernel counts keepalive times in
+ * whole seconds, so `time` and `interval` must be multiples of 1000 ms.
+ *
+ * @example
+ * ```ts
+ * import { KEEPALIVE_LIMITS } from "./keepalive.ts";
+ * KEEPALIVE_LIMITS.retries; // { min: 1, max: 127, multipleOf: 1 }
+ * ```
+ */
+export const KEEPALIVE_LIMITS = {
+  time: { min: 1_000, max: 32_767_000, multipleOf: 1_000 },
+  interval: { min: 1_000, max: 32_767_000, multipleOf: 1_000 },
+  retries: { min: 1, max: 127, multipleOf: 1 },
+  userTimeout: { min: 0, max: 2_147_483_647, multipleOf: 1 },
+} as const;
+
+/** The name of one keepalive option: `time`, `interval`, `retries` or `userTimeout`. */
+export type KeepAliveOption = keyof typeof KEEPALIVE_LIMITS;
+
+/**
+ * Whether `value` is one the kernel takes for `option`: an integer within
+ * {@linkcode KEEPALIVE_LIMITS}, whole seconds for the times. This is the one
+ * range check of the kit: {@linkcode setKeepAlive} uses it, and so do the
+ * command-line flags in `keepalive_flags.ts`.
+ *
+ * @example
+ * ```ts
+ * import { isValidKeepAliveValue } from "./keepalive.ts";
+ * isValidKeepAliveValue("time", 1_500); // false: the kernel counts whole seconds
+ * ```
+ */
+export function isValidKeepAliveValue(option: KeepAliveOption, value: unknown): boolean {
+  const { min, max, multipleOf } = KEEPALIVE_LIMITS[option];
+  return typeof value === "number" && Number.isInteger(value) && value % multipleOf === 0 &&
+    value >= min && value <= max;
+}
+
+/**
+ * A system call on a socket failed: `syscall` (with the option it set or
+ * read) and the errno it answered, as `code` (`"EINVAL"`) and `errno` (22).
+ */
+export class SyscallError extends Error {
+  /** Makes the error for `syscall` from the errno the C library left. */
+  constructor(
+    /** The call and its option, e.g. `setsockopt TCP_KEEPIDLE=5`. */
+    readonly syscall: string,
+    /** The errno number. */
+    readonly errno: number,
+    /** The errno's name, e.g. `EINVAL`. */
+    readonly code: string = ERRNO_NAMES[errno] ?? `errno ${errno}`,
+  ) {
+    super(`${syscall}: ${code}${errno > 0 ? ` (${strerror(errno)})` : ""}`);
+    this.name = "SyscallError";
+  }
+}
+
+/**
+ * A keepalive call failed on one socket: like Go's `net.OpError`, the
+ * message says what was done (`op`), on which socket (its local and remote
+ * addresses), and why; `cause` holds the error underneath (a
+ * {@linkcode SyscallError} for a failed system call) and `code` its errno
+ * name, so `error.code === "EINVAL"` works without parsing the message.
+ */
+export class KeepAliveError extends Error {
+  /** The errno name of the cause (`EINVAL`, `EBADF`...), or `""` when it has none. */
+  readonly code: string;
+  /** Wraps `cause`, which happened while doing `op` on `socket`. */
+  constructor(
+    /** What was being done: `set keepalive`, `get keepalive`, `read TCP_INFO`, `watch keepalive`. */
+    readonly op: string,
+    /** The socket's local address, `host:port`. */
+    readonly local: string,
+    /** The socket's peer, `host:port`, or null for a listener. */
+    readonly remote: string | null,
+    cause: Error,
+  ) {
+    super(
+      `${op} ${remote === null ? `listener ${local}` : `${local}->${remote}`}: ${cause.message}`,
+      {
+        cause,
+      },
+    );
+    this.name = "KeepAliveError";
+    this.code = String((cause as { code?: unknown }).code ?? "");
+  }
+}
 
 /**
  * Turns keepalive on (or off, with `false`) for a connection or a listener,
@@ -121,15 +206,16 @@ const MAX_USER_TIMEOUT_MS = 2 ** 31 - 1;
  */
 export function setKeepAlive(socket: TcpSocket, options: boolean | KeepAliveOptions = true): void {
   const settings = validateOptions(options);
-  const fd = socketDescriptor(socket);
-  const where = describe(socket);
-  // One setter per option, in an order that is safe to stop in: the times
-  // first, so that keepalive never runs with half of them.
-  if (settings.time !== undefined) setKeepAliveIdle(fd, settings.time / 1000, where);
-  if (settings.interval !== undefined) setKeepAliveInterval(fd, settings.interval / 1000, where);
-  if (settings.retries !== undefined) setKeepAliveCount(fd, settings.retries, where);
-  if (settings.userTimeout !== undefined) setUserTimeout(fd, settings.userTimeout, where);
-  setKeepAliveEnabled(fd, settings.enabled, where);
+  onSocket("set keepalive", socket, (fd) => {
+    // One setter per option, in an order that is safe to stop in: the times
+    // first, so that keepalive never runs with half of them. The kernel
+    // takes the keepalive times in seconds and the user timeout in ms.
+    if (settings.time !== undefined) setKeepAliveIdle(fd, settings.time / 1000);
+    if (settings.interval !== undefined) setKeepAliveInterval(fd, settings.interval / 1000);
+    if (settings.retries !== undefined) setKeepAliveCount(fd, settings.retries);
+    if (settings.userTimeout !== undefined) setUserTimeout(fd, settings.userTimeout);
+    setKeepAliveEnabled(fd, settings.enabled);
+  });
 }
 
 /**
@@ -145,30 +231,13 @@ export function setKeepAlive(socket: TcpSocket, options: boolean | KeepAliveOpti
  * ```
  */
 export function getKeepAlive(socket: TcpSocket): KeepAliveSettings {
-  const fd = socketDescriptor(socket);
-  const where = describe(socket);
-  return {
-    enabled: getInt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE", where) !== 0,
-    time: getInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE", where) * 1000,
-    interval: getInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL", where) * 1000,
-    retries: getInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT", where),
-    userTimeout: getInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", where),
-  };
-}
-
-/**
- * Describes settings the way the sysctls would: seconds and a probe count.
- *
- * @example
- * ```ts
- * import { describeKeepAlive } from "./keepalive.ts";
- * describeKeepAlive({ enabled: true, time: 2_000, interval: 1_000, retries: 3, userTimeout: 0 });
- * // "idle 2 s, interval 1 s, 3 probes, user timeout 0 s"
- * ```
- */
-export function describeKeepAlive(settings: KeepAliveSettings): string {
-  return `idle ${settings.time / 1000} s, interval ${settings.interval / 1000} s, ` +
-    `${settings.retries} probes, user timeout ${settings.userTimeout / 1000} s`;
+  return onSocket("get keepalive", socket, (fd) => ({
+    enabled: getInt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE") !== 0,
+    time: getInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE") * 1000,
+    interval: getInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL") * 1000,
+    retries: getInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT"),
+    userTimeout: getInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"),
+  }));
 }
 
 /** Live keepalive state of a connection, from `TCP_INFO`. */
@@ -208,14 +277,14 @@ export interface KeepAliveState {
  * ```
  */
 export function getKeepAliveState(conn: Deno.TcpConn): KeepAliveState {
-  return readTcpInfo(socketDescriptor(conn), describe(conn));
+  return onSocket("read TCP_INFO", conn, readTcpInfo);
 }
 
-function readTcpInfo(fd: number, where: string): KeepAliveState {
+function readTcpInfo(fd: number): KeepAliveState {
   const info = new Uint8Array(232);
   const length = new Uint32Array([info.length]);
   if (libc().getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, length) !== 0) {
-    throw socketError("getsockopt TCP_INFO", where);
+    throw new SyscallError("getsockopt TCP_INFO", errno());
   }
   // Offsets of struct tcp_info in include/uapi/linux/tcp.h.
   const view = new DataView(info.buffer);
@@ -305,17 +374,16 @@ export function watchKeepAlive(
 ): { stop(): void } {
   // Found once: a closed connection's number may be reused, so each look
   // checks it still is this connection instead of searching again.
-  const fd = socketDescriptor(conn);
-  const where = describe(conn);
+  const fd = onSocket("watch keepalive", conn, (fd) => fd);
   const stillOurs = () => examine(fd, conn.localAddr, conn.remoteAddr) === "match";
-  let previous = readTcpInfo(fd, where);
+  let previous = onSocket("watch keepalive", conn, readTcpInfo);
   let previousAt = performance.now();
 
   const look = () => {
     let current: KeepAliveState;
     try {
       if (!stillOurs()) return clearInterval(timer);
-      current = readTcpInfo(fd, where);
+      current = readTcpInfo(fd);
     } catch {
       return clearInterval(timer); // closed between the two calls
     }
@@ -348,8 +416,8 @@ export function watchKeepAlive(
       } else if (current.unansweredProbes > previous.unansweredProbes) {
         // Read the limits now: they may have changed since the watch began.
         // With a user timeout the kernel ignores the probe count (tcp(7)).
-        const userTimeoutMs = getInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", where);
-        const retries = getInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT", where);
+        const userTimeoutMs = getInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT");
+        const retries = getInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT");
         for (
           let probe = previous.unansweredProbes + 1;
           probe <= current.unansweredProbes;
@@ -389,85 +457,83 @@ function validateOptions(options: boolean | KeepAliveOptions): CheckedOptions {
     const what = options === null ? "null" : Array.isArray(options) ? "an array" : typeof options;
     throw new TypeError(`keepalive options must be a boolean or an object, not ${what}`);
   }
-  const wholeSeconds = (field: "time" | "interval") => {
-    const value = options[field];
-    if (value === undefined) return;
-    if (
-      typeof value !== "number" || !Number.isInteger(value) || value % 1000 !== 0 ||
-      value < 1000 || value > MAX_KEEPALIVE_SECONDS * 1000
-    ) {
-      throw new TypeError(
-        `${field} must be whole seconds in milliseconds, 1000..${MAX_KEEPALIVE_SECONDS * 1000} ` +
-          `(a multiple of 1000), not ${show(value)}`,
-      );
+  for (const [option, value] of Object.entries(options)) {
+    if (!(option in KEEPALIVE_LIMITS)) {
+      throw new TypeError(`unknown keepalive option ${JSON.stringify(option)}`);
     }
-  };
-  wholeSeconds("time");
-  wholeSeconds("interval");
-  const integerIn = (field: "retries" | "userTimeout", min: number, max: number) => {
-    const value = options[field];
-    if (value === undefined) return;
-    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-      throw new TypeError(
-        `${field} must be an integer from ${min} to ${max}, not ${show(value)}`,
-      );
-    }
-  };
-  integerIn("retries", 1, MAX_KEEPALIVE_RETRIES);
-  integerIn("userTimeout", 0, MAX_USER_TIMEOUT_MS);
-  const known = new Set(["time", "interval", "retries", "userTimeout"]);
-  for (const field of Object.keys(options)) {
-    if (!known.has(field)) throw new TypeError(`unknown keepalive option ${JSON.stringify(field)}`);
+    if (value === undefined || isValidKeepAliveValue(option as KeepAliveOption, value)) continue;
+    const { min, max, multipleOf } = KEEPALIVE_LIMITS[option as KeepAliveOption];
+    const shown = typeof value === "string" ? JSON.stringify(value) : String(value);
+    throw new TypeError(
+      multipleOf === 1000
+        ? `${option} must be whole seconds in milliseconds, ${min}..${max} (a multiple of 1000), not ${shown}`
+        : `${option} must be an integer from ${min} to ${max}, not ${shown}`,
+    );
   }
   return { enabled: true, ...options };
 }
 
-function show(value: unknown): string {
-  return typeof value === "string" ? JSON.stringify(value) : String(value);
-}
-
 // --- One setter per option ---------------------------------------------------
+//
+// Each reports the system call and its errno; the public calls above add the
+// operation and the socket's addresses, once (onSocket).
 
-function setKeepAliveEnabled(fd: number, enabled: boolean, where: string) {
-  setInt(fd, SOL_SOCKET, SO_KEEPALIVE, enabled ? 1 : 0, "SO_KEEPALIVE", where);
+function setKeepAliveEnabled(fd: number, enabled: boolean) {
+  setInt(fd, SOL_SOCKET, SO_KEEPALIVE, enabled ? 1 : 0, "SO_KEEPALIVE");
 }
 
-function setKeepAliveIdle(fd: number, seconds: number, where: string) {
-  setInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, seconds, "TCP_KEEPIDLE", where);
+function setKeepAliveIdle(fd: number, seconds: number) {
+  setInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, seconds, "TCP_KEEPIDLE");
 }
 
-function setKeepAliveInterval(fd: number, seconds: number, where: string) {
-  setInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, seconds, "TCP_KEEPINTVL", where);
+function setKeepAliveInterval(fd: number, seconds: number) {
+  setInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, seconds, "TCP_KEEPINTVL");
 }
 
-function setKeepAliveCount(fd: number, count: number, where: string) {
-  setInt(fd, IPPROTO_TCP, TCP_KEEPCNT, count, "TCP_KEEPCNT", where);
+function setKeepAliveCount(fd: number, count: number) {
+  setInt(fd, IPPROTO_TCP, TCP_KEEPCNT, count, "TCP_KEEPCNT");
 }
 
-function setUserTimeout(fd: number, milliseconds: number, where: string) {
-  setInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, milliseconds, "TCP_USER_TIMEOUT", where);
+function setUserTimeout(fd: number, milliseconds: number) {
+  setInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, milliseconds, "TCP_USER_TIMEOUT");
 }
 
-function setInt(
-  fd: number,
-  level: number,
-  option: number,
-  value: number,
-  name: string,
-  where: string,
-) {
+function setInt(fd: number, level: number, option: number, value: number, name: string) {
   if (libc().setsockopt(fd, level, option, new Int32Array([value]), 4) !== 0) {
-    throw socketError(`setsockopt ${name}=${value}`, where);
+    throw new SyscallError(`setsockopt ${name}=${value}`, errno());
   }
 }
 
-function getInt(fd: number, level: number, option: number, name: string, where: string): number {
+function getInt(fd: number, level: number, option: number, name: string): number {
   const value = new Int32Array(1);
   const length = new Uint32Array([4]);
   if (libc().getsockopt(fd, level, option, value, length) !== 0) {
-    throw socketError(`getsockopt ${name}`, where);
+    throw new SyscallError(`getsockopt ${name}`, errno());
   }
   return value[0];
+}
+
+// Runs `fn` on the socket's descriptor. Whatever fails about this socket is
+// wrapped once, here, with the operation and the socket's addresses (Go's
+// net.OpError); a missing --allow-ffi or an unsupported system is about the
+// process, not the socket, and passes through as it is.
+function onSocket<T>(op: string, socket: TcpSocket, fn: (fd: number) => T): T {
+  try {
+    return fn(findDescriptor(socket));
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof UnsupportedSystemError) {
+      throw error;
+    }
+    const [local, remote] = "remoteAddr" in socket
+      ? [formatAddr(socket.localAddr), formatAddr(socket.remoteAddr)]
+      : [formatAddr(socket.addr), null];
+    throw new KeepAliveError(
+      op,
+      local,
+      remote,
+      error instanceof Error ? error : new Error(String(error)),
+    );
+  }
 }
 
 // --- Finding the descriptor ----------------------------------------------------
@@ -493,6 +559,10 @@ let lastFound = -1;
  * ```
  */
 export function socketDescriptor(socket: TcpSocket): number {
+  return onSocket("find descriptor", socket, (fd) => fd);
+}
+
+function findDescriptor(socket: TcpSocket): number {
   const [local, remote] = "remoteAddr" in socket
     ? [socket.localAddr, socket.remoteAddr]
     : [socket.addr, null];
@@ -520,7 +590,7 @@ export function socketDescriptor(socket: TcpSocket): number {
   for (; fd < limit; fd++) {
     if (examine(fd, local, remote) === "match") return found(fd);
   }
-  throw new Deno.errors.BadResource(`cannot find the socket of ${describe(socket)}: is it closed?`);
+  throw new SyscallError("getsockname on every descriptor: none is this socket (closed?)", EBADF);
 }
 
 // What one descriptor number holds, as far as the lookup cares.
@@ -602,6 +672,7 @@ const LIBC_SYMBOLS = {
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
 } as const;
 
 let loaded: Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] | undefined;
@@ -611,9 +682,7 @@ let loaded: Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] | undefined;
 // still runs with --allow-net alone.
 function libc(): Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] {
   if (loaded) return loaded;
-  if (Deno.build.os !== "linux") {
-    throw new Error(`per-connection keepalive tuning is Linux only (this is ${Deno.build.os})`);
-  }
+  if (Deno.build.os !== "linux") throw new UnsupportedSystemError();
   try {
     loaded = Deno.dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
   } catch (error) {
@@ -627,19 +696,24 @@ function libc(): Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] {
   return loaded;
 }
 
-function socketError(operation: string, where: string): Error {
-  const code = errno();
-  const name = ERRNO_NAMES[code] ?? `errno ${code}`;
-  return new Error(`${operation} on ${where}: ${name}`);
+/** Thrown on a system other than Linux: the socket options and TCP_INFO here are Linux's. */
+export class UnsupportedSystemError extends Error {
+  /** Says which system this is, and which one the module needs. */
+  constructor() {
+    super(`per-connection keepalive tuning is Linux only (this is ${Deno.build.os})`);
+    this.name = "UnsupportedSystemError";
+  }
 }
 
-function describe(socket: TcpSocket): string {
-  const format = (addr: Deno.NetAddr) =>
-    addr.hostname.includes(":")
-      ? `[${addr.hostname}]:${addr.port}`
-      : `${addr.hostname}:${addr.port}`;
-  if ("remoteAddr" in socket) {
-    return `${format(socket.localAddr)}->${format(socket.remoteAddr)}`;
-  }
-  return `listener ${format(socket.addr)}`;
+// The C library's text for an errno, e.g. "Invalid argument".
+function strerror(code: number): string {
+  const pointer = libc().strerror(code);
+  return pointer ? Deno.UnsafePointerView.getCString(pointer) : `errno ${code}`;
+}
+
+/** `host:port`, with IPv6 hosts in brackets. (server.ts and client.ts each have their own copy.) */
+function formatAddr(addr: Deno.NetAddr): string {
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
 }

@@ -22,15 +22,29 @@
  * connections only, through `keepalive.ts` (FFI, so `--allow-ffi`), and
  * `--watch` prints each probe the kernel sends and whether it was answered.
  *
- * Copying this file into your project? It needs `@std/cli` in your import
- * map (`deno add jsr:@std/cli`), `keepalive.ts` beside it, and `--allow-net`
- * (plus `--allow-ffi` for the tuning flags).
+ * The file reads top to bottom as the story: listening and keepalive, the
+ * accept loop, the read loop and what each ending means; then the command
+ * line; then printing, which never waits for the terminal (`cli.ts`).
+ *
+ * Copying this file into your project? Copy `keepalive.ts`,
+ * `keepalive_flags.ts` and `cli.ts` beside it and map `@std/cli` in your
+ * `deno.json` (the README's "Copying a file into your project" has the
+ * lines). It needs `--allow-net`, plus `--allow-ffi` for the tuning flags.
  *
  * @module
  */
-import { parseArgs } from "@std/cli/parse-args";
 import {
-  describeKeepAlive,
+  type ByteSink,
+  createLineWriter,
+  parseFlags,
+  parseHostname,
+  parseInteger,
+  scriptPath,
+  showTyped,
+  UsageError,
+  waitForQuit,
+} from "./cli.ts";
+import {
   getKeepAlive,
   type KeepAliveOptions,
   type KeepAliveSettings,
@@ -38,7 +52,16 @@ import {
   setKeepAlive,
   watchKeepAlive,
 } from "./keepalive.ts";
+import {
+  describeKeepAlive,
+  describeProbe,
+  missingFfiPermission,
+  parseTuningFlags,
+  TUNING_FLAGS,
+  TUNING_HELP,
+} from "./keepalive_flags.ts";
 export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
+export { UsageError } from "./cli.ts";
 
 /** What the server does, from its command-line flags. */
 export interface ServerOptions {
@@ -58,176 +81,10 @@ export interface ServerOptions {
   json: boolean;
 }
 
-/** Bad command-line input: the message is one line, and the exit code is 2. */
-export class UsageError extends Error {}
-
-/** The listener could not be tuned (not Linux, no FFI): the message is one line. */
-export class TuningError extends Error {}
-
-/** The `--help` text. */
-export const HELP = `Usage: deno run --allow-net server.ts [options]
-
-Listens for TCP connections, turns keepalive on for each one, and reports how
-each connection ends. Quit with Enter, Ctrl-C or SIGTERM.
-
-Options:
-  --hostname ADDRESS     address to listen on (default 0.0.0.0; :: for IPv6 too)
-  --port N               port to listen on, 0..65535 (default 8888; 0 picks a free port)
-  --no-keepalive         leave SO_KEEPALIVE off on accepted connections
-  --max-connections N    close connections beyond N open ones at once (default 1000)
-  --json                 print one JSON object per event instead of text
-  -h, --help             show this help
-
-Per-connection keepalive (each one turns keepalive on; needs --allow-ffi, Linux only):
-  --idle SECONDS         silence before the first probe, 1..32767 (system: tcp_keepalive_time)
-  --interval SECONDS     time between unanswered probes, 1..32767 (system: tcp_keepalive_intvl)
-  --count N              unanswered probes before the connection times out, 1..127 (tcp_keepalive_probes)
-  --user-timeout SECONDS how long sent data may stay unacknowledged (0: about 15 min), and once
-                         a probe is out, how long the peer may stay silent (overrides --count);
-                         0..2147483
-  --watch                print each probe the kernel sends, answered or not
-
-Permissions: --allow-net (to listen and accept), and --allow-ffi for the
-per-connection flags (Deno cannot set them itself yet).`;
-
-/**
- * Parses the command-line flags. Throws {@linkcode UsageError} for anything
- * it cannot use; returns `"help"` for `--help`.
- *
- * @example
- * ```ts
- * import { parseServerArgs } from "./server.ts";
- * parseServerArgs(["--port", "0", "--hostname", "::"]);
- * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, json: false }
- * ```
- */
-export function parseServerArgs(args: string[]): ServerOptions | "help" {
-  const flags = parseArgs(args, {
-    string: ["hostname", "port", "max-connections", "idle", "interval", "count", "user-timeout"],
-    boolean: ["keepalive", "json", "help", "watch"],
-    negatable: ["keepalive"],
-    alias: { h: "help" },
-    default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000", keepalive: true },
-    unknown: (arg: string) => {
-      throw new UsageError(
-        arg === ""
-          ? "an empty argument: every flag needs a value that is not empty"
-          : /^-[0-9]/.test(arg)
-          ? `${arg} is not a valid value: no flag takes a negative number`
-          : arg.startsWith("-")
-          ? `unknown flag ${arg}`
-          : `unexpected argument ${JSON.stringify(arg)}`,
-      );
-    },
-  }) as {
-    hostname: string;
-    port: string;
-    "max-connections": string;
-    keepalive: boolean;
-    json: boolean;
-    help: boolean;
-    watch: boolean;
-    _: unknown[];
-    idle?: string;
-    interval?: string;
-    count?: string;
-    "user-timeout"?: string;
-  };
-  if (flags.help) return "help";
-  // Arguments after "--" bypass the check above; this script takes none.
-  if (flags._.length > 0) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(String(flags._[0]))}`);
-  }
-  const tuning = parseTuning(flags);
-  if (tuning && !flags.keepalive) {
-    throw new UsageError(
-      "--no-keepalive cannot be combined with --idle, --interval, --count or --user-timeout",
-    );
-  }
-  return {
-    hostname: parseHostname(flags.hostname),
-    port: parseInteger("--port", flags.port, 0, 65535),
-    keepAlive: flags.keepalive,
-    maxConnections: parseInteger("--max-connections", flags["max-connections"], 1, 1_000_000),
-    tuning,
-    watch: flags.watch,
-    json: flags.json,
-  };
-}
-
-// The flags are in seconds, like the sysctls; the library takes milliseconds,
-// like Deno's proposed setKeepAlive({ time, interval, retries }).
-function parseTuning(
-  flags: { idle?: string; interval?: string; count?: string; "user-timeout"?: string },
-): KeepAliveOptions | null {
-  const tuning: KeepAliveOptions = {};
-  if (flags.idle !== undefined) tuning.time = parseInteger("--idle", flags.idle, 1, 32767) * 1000;
-  if (flags.interval !== undefined) {
-    tuning.interval = parseInteger("--interval", flags.interval, 1, 32767) * 1000;
-  }
-  if (flags.count !== undefined) tuning.retries = parseInteger("--count", flags.count, 1, 127);
-  if (flags["user-timeout"] !== undefined) {
-    tuning.userTimeout = parseInteger("--user-timeout", flags["user-timeout"], 0, 2147483) * 1000;
-  }
-  return Object.keys(tuning).length > 0 ? tuning : null;
-}
-
-function parseHostname(value: string): string {
-  if (value === "") throw new UsageError("--hostname needs a value");
-  // Accept "[::1]" as well as "::1": brackets are how IPv6 is written next to a port.
-  return value.replace(/^\[(.*)\]$/, "$1");
-}
-
-function parseInteger(flag: string, value: string, min: number, max: number): number {
-  if (value === "") throw new UsageError(`${flag} needs a value`);
-  if (!/^[0-9]+$/.test(value) || Number(value) < min || Number(value) > max) {
-    throw new UsageError(
-      `${flag} must be an integer from ${min} to ${max}, not ${JSON.stringify(value)}`,
-    );
-  }
-  return Number(value);
-}
-
-/** Everything the server reports, one object per event. `--json` prints these as they are. */
-export type ServerEvent =
-  & { time: string }
-  & (
-    | {
-      event: "listening";
-      address: string;
-      keepAlive: boolean;
-      maxConnections: number;
-      /** What the kernel holds for the listener (ms), with --watch or tuning; null otherwise. */
-      tuning: KeepAliveSettings | null;
-    }
-    | { event: "accepted"; peer: string; keepAlive: boolean; open: number }
-    | { event: "rejected"; peer: string; reason: string }
-    | { event: "peer-closed"; peer: string; bytes: number }
-    | { event: "reset"; peer: string; bytes: number }
-    | { event: "timed-out"; peer: string; bytes: number }
-    | { event: "error"; peer: string; message: string }
-    | { event: "accept-error"; message: string }
-    | ({ event: "probe"; peer: string } & ProbeEvent)
-    | ({ event: "summary" } & ServerSummary)
-  );
-
-/** How many connections ended which way, printed when the server quits. */
-export interface ServerSummary {
-  /** Connections accepted (and kept: rejected ones are not counted here). */
-  accepted: number;
-  /** Connections the peer closed with a FIN. */
-  peerClosed: number;
-  /** Connections the peer reset (RST). */
-  reset: number;
-  /** Connections that timed out: keepalive probes went unanswered. */
-  timedOut: number;
-  /** Connections that failed otherwise, and failed accepts. */
-  errors: number;
-  /** Connections closed at once because --max-connections were open. */
-  rejected: number;
-  /** Connections still open when the server quit, and closed by it. */
-  closedOnQuit: number;
-}
+// ## Listening, with keepalive on every connection
+//
+// The C server: socket, bind, listen(fd, 5), accept, setsockopt(SO_KEEPALIVE).
+// Deno's Deno.listen does the first three; the rest is below.
 
 /** A server started by {@linkcode startServer}. */
 export interface RunningServer {
@@ -237,12 +94,8 @@ export interface RunningServer {
   close(): Promise<ServerSummary>;
 }
 
-// The server never looks at what peers send, it only counts the bytes, so
-// every connection reads into this one buffer. Reads overwrite each other's
-// bytes, which is harmless here, and an idle connection then costs no buffer
-// of its own: a 16 KiB buffer per connection would cost 16 KiB of memory per
-// idle connection.
-const discardBuffer = new Uint8Array(16 * 1024);
+/** The listener could not be tuned (not Linux, no FFI): the message is one line. */
+export class TuningError extends Error {}
 
 /**
  * Listens, accepts every connection, turns keepalive on, and reads each
@@ -273,287 +126,469 @@ export function startServer(
   options: ServerOptions,
   onEvent: (event: ServerEvent) => void,
 ): RunningServer {
-  const emit = (event: DistributiveOmit<ServerEvent, "time">) =>
-    onEvent({ time: new Date().toISOString(), ...event } as ServerEvent);
-  const summary: ServerSummary = {
-    accepted: 0,
-    peerClosed: 0,
-    reset: 0,
-    timedOut: 0,
-    errors: 0,
-    rejected: 0,
-    closedOnQuit: 0,
-  };
-  const open = new Set<Deno.TcpConn>();
-  const readers = new Set<Promise<void>>();
-  let closing = false;
-
   const listener = Deno.listen({ hostname: options.hostname, port: options.port });
-  // Per-connection times go on the listener, once: every connection it
-  // accepts inherits them, so accepting costs nothing extra.
-  // (--watch alone only reads them back: that proves FFI works before any
-  // connection depends on it.)
-  let tuning: KeepAliveSettings | null = null;
-  if (options.tuning || options.watch) {
-    try {
-      if (options.tuning) setKeepAlive(listener, options.tuning);
-      tuning = getKeepAlive(listener);
-    } catch (error) {
-      listener.close();
-      throw new TuningError(
-        `cannot tune keepalive on ${formatAddr(listener.addr)}: ${errorMessage(error)}`,
-      );
-    }
+  let tuning: KeepAliveSettings | null;
+  try {
+    tuning = tuneListener(listener, options);
+  } catch (error) {
+    listener.close();
+    throw new TuningError(`cannot tune keepalive: ${errorMessage(error)}`, { cause: error });
   }
-  emit({
+  const server: Server = {
+    options,
+    emit: (event) => onEvent({ time: new Date().toISOString(), ...event }),
+    summary: {
+      accepted: 0,
+      rejected: 0,
+      resetBeforeAccept: 0,
+      peerClosed: 0,
+      reset: 0,
+      timedOut: 0,
+      errors: 0,
+      closedOnQuit: 0,
+      acceptPauses: 0,
+    },
+    open: new Set(),
+    readers: new Set(),
+    closing: false,
+  };
+  server.emit({
     event: "listening",
     address: formatAddr(listener.addr),
     keepAlive: options.keepAlive,
     maxConnections: options.maxConnections,
     tuning,
   });
-
-  // Read a connection until it ends. The reads are what make the kernel's
-  // verdict visible: a peer that closes shows up as end of stream, a reset as
-  // ConnectionReset, and unanswered keepalive probes as TimedOut (ETIMEDOUT).
-  // This server never writes, so nothing else can time a connection out.
-  async function readUntilEnd(conn: Deno.TcpConn, peer: string) {
-    let bytes = 0;
-    // --watch: the kernel's probes on this connection, from TCP_INFO.
-    let watcher: { stop(): void } | null = null;
-    if (options.watch) {
-      try {
-        watcher = watchKeepAlive(conn, (probe) => emit({ event: "probe", peer, ...probe }));
-      } catch (error) {
-        emit({ event: "error", peer, message: `cannot watch: ${errorMessage(error)}` });
-      }
-    }
-    try {
-      for (;;) {
-        const n = await conn.read(discardBuffer);
-        if (n === null) break;
-        bytes += n;
-      }
-      summary.peerClosed++;
-      emit({ event: "peer-closed", peer, bytes });
-    } catch (error) {
-      if (closing) return; // we closed it ourselves, on quit
-      if (error instanceof Deno.errors.ConnectionReset) {
-        summary.reset++;
-        emit({ event: "reset", peer, bytes });
-      } else if (error instanceof Deno.errors.TimedOut) {
-        summary.timedOut++;
-        emit({ event: "timed-out", peer, bytes });
-      } else {
-        summary.errors++;
-        emit({ event: "error", peer, message: errorMessage(error) });
-      }
-    } finally {
-      watcher?.stop();
-      if (open.delete(conn)) conn.close();
-    }
-  }
-
-  const acceptLoop = (async () => {
-    while (!closing) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (closing) return;
-        summary.errors++;
-        emit({ event: "accept-error", message: errorMessage(error) });
-        // A connection reset while it waited in the backlog fails accept()
-        // with ENOTCONN; the next one is fine. Running out of file
-        // descriptors (EMFILE) fails every accept() until a connection
-        // closes: wait a little instead of spinning.
-        if (!(error instanceof Deno.errors.NotConnected)) {
-          await new Promise((resolve) => setTimeout(resolve, 100));
-        }
-        continue;
-      }
-      const peer = formatAddr(conn.remoteAddr);
-      // A bound on open connections keeps a flood of clients from taking
-      // every file descriptor (and with them, the listener).
-      if (open.size >= options.maxConnections) {
-        conn.close();
-        summary.rejected++;
-        emit({
-          event: "rejected",
-          peer,
-          reason: `already ${open.size} open, the --max-connections limit`,
-        });
-        continue;
-      }
-      // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
-      // kernel arms the keepalive timer right away; the first probe goes out
-      // after tcp_keepalive_time seconds without traffic.
-      try {
-        if (options.keepAlive) conn.setKeepAlive(true);
-      } catch (error) {
-        conn.close();
-        summary.errors++;
-        emit({ event: "error", peer, message: errorMessage(error) });
-        continue;
-      }
-      open.add(conn);
-      summary.accepted++;
-      emit({ event: "accepted", peer, keepAlive: options.keepAlive, open: open.size });
-      const reader = readUntilEnd(conn, peer);
-      readers.add(reader);
-      reader.finally(() => readers.delete(reader));
-    }
-  })();
-
+  const accepting = acceptLoop(listener, server);
   return {
     addr: listener.addr,
     async close() {
-      closing = true;
+      server.closing = true;
       listener.close();
-      await acceptLoop;
-      summary.closedOnQuit = open.size;
-      for (const conn of open) conn.close();
-      open.clear();
-      await Promise.all(readers);
-      emit({ event: "summary", ...summary });
-      return { ...summary };
+      await accepting;
+      server.summary.closedOnQuit = server.open.size;
+      for (const conn of server.open) conn.close();
+      server.open.clear();
+      await Promise.all(server.readers);
+      const { accepted, rejected, resetBeforeAccept } = server.summary;
+      const summary = { connections: accepted + rejected + resetBeforeAccept, ...server.summary };
+      server.emit({ event: "summary", ...summary });
+      return summary;
     },
   };
 }
 
-/** Formats a server event as one line of text, for people. */
-export function formatServerEvent(event: ServerEvent): string {
-  const text = (() => {
-    switch (event.event) {
-      case "listening":
-        return `listening on ${event.address}, keepalive ${
-          event.keepAlive ? "on" : "off"
-        } for accepted connections${
-          event.tuning ? ` (${describeKeepAlive(event.tuning)})` : ""
-        }, at most ${event.maxConnections} at once; Enter quits`;
-      case "accepted":
-        return `accepted ${event.peer}, keepalive ${
-          event.keepAlive ? "on" : "off"
-        } (${event.open} open)`;
-      case "rejected":
-        return `rejected ${event.peer}: ${event.reason}`;
-      case "peer-closed":
-        return `${event.peer} closed by peer after ${event.bytes} bytes`;
-      case "reset":
-        return `${event.peer} reset by peer after ${event.bytes} bytes`;
-      case "timed-out":
-        return `${event.peer} timed out: keepalive probes went unanswered, the peer is gone`;
-      case "error":
-        return `${event.peer} error: ${event.message}`;
-      case "accept-error":
-        return `accept failed: ${event.message}`;
-      case "probe":
-        return `${event.peer} ${formatProbe(event)}`;
-      case "summary":
-        return `summary: ${event.accepted} accepted, ${event.peerClosed} closed by peer, ${event.reset} reset, ` +
-          `${event.timedOut} timed out, ${event.errors} errors, ${event.rejected} rejected, ` +
-          `${event.closedOnQuit} closed on quit`;
-    }
-  })();
-  return `${event.time} ${text}`;
+// What the loops below share for one running server. No globals: a test
+// can run several servers in one process.
+interface Server {
+  options: ServerOptions;
+  emit: (event: ServerEventBody) => void;
+  summary: Omit<ServerSummary, "connections">;
+  open: Set<Deno.TcpConn>;
+  readers: Set<Promise<void>>;
+  closing: boolean;
 }
 
-function formatProbe(probe: ProbeEvent): string {
-  switch (probe.kind) {
-    case "answered":
-      return `probe answered, after ${(probe.idleMs / 1000).toFixed(2)} s idle`;
-    case "unanswered":
-      return probe.of === null
-        ? `probe ${probe.probe} unanswered (dead after ${
-          probe.userTimeoutMs / 1000
-        } s of silence: user timeout)`
-        : `probe ${probe.probe}/${probe.of} unanswered`;
-    case "late-answer":
-      return `answered at last, after ${probe.unanswered} unanswered probes`;
-    case "peer-probe":
-      return "probed us; answered";
+// Per-connection times go on the listener, once: every connection it
+// accepts inherits them, so accepting costs nothing extra. (--watch alone
+// only reads them back: that proves FFI works before any connection
+// depends on it.)
+function tuneListener(listener: Deno.TcpListener, options: ServerOptions) {
+  if (!options.tuning && !options.watch) return null;
+  if (options.tuning) setKeepAlive(listener, options.tuning);
+  return getKeepAlive(listener);
+}
+
+// ## Accepting
+
+async function acceptLoop(listener: Deno.TcpListener, server: Server): Promise<void> {
+  const trouble = acceptTrouble(server);
+  while (!server.closing) {
+    let conn: Deno.TcpConn;
+    try {
+      conn = await listener.accept();
+    } catch (error) {
+      if (server.closing) break;
+      if (wasResetInBacklog(error)) {
+        // The peer reset the connection while it waited in the backlog: the
+        // kernel had completed it, and it was gone before we saw who it was.
+        server.summary.resetBeforeAccept++;
+        server.emit({ event: "reset-before-accept" });
+        trouble.succeeded();
+      } else {
+        // Meanwhile the kernel keeps completing connections into the backlog.
+        trouble.failed(error);
+        await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
+      }
+      continue;
+    }
+    trouble.succeeded();
+    admit(conn, server);
+  }
+  trouble.stop();
+}
+
+// While accept() fails for a reason that lasts (EMFILE: the process is out of
+// file descriptors until a connection closes), try again this often...
+const ACCEPT_RETRY_MS = 100;
+// ...and call it over once accepting has worked this long without failing:
+// descriptors come back one at a time as connections close, and each lets one
+// accept through before the next fails, all in the same episode.
+const ACCEPT_RECOVERED_MS = 1000;
+
+// One line when accepting stops working and one when it works again, not one
+// per retry. It is not a connection failing, so it is not counted with them.
+function acceptTrouble(server: Server) {
+  let episode: { sinceMs: number; lastFailureMs: number; retries: number } | null = null;
+  let recovering: ReturnType<typeof setTimeout> | undefined;
+  return {
+    failed(error: unknown) {
+      clearTimeout(recovering);
+      recovering = undefined;
+      if (episode) {
+        episode.retries++;
+        episode.lastFailureMs = performance.now();
+        return;
+      }
+      episode = { sinceMs: performance.now(), lastFailureMs: performance.now(), retries: 0 };
+      server.summary.acceptPauses++;
+      server.emit({ event: "accept-error", message: errorMessage(error) });
+    },
+    succeeded() {
+      if (!episode || recovering !== undefined) return;
+      const { sinceMs, lastFailureMs, retries } = episode;
+      recovering = setTimeout(() => {
+        const failedMs = Math.round(lastFailureMs - sinceMs);
+        server.emit({ event: "accept-resumed", failedMs, retries });
+        episode = null;
+        recovering = undefined;
+      }, ACCEPT_RECOVERED_MS);
+    },
+    stop: () => clearTimeout(recovering),
+  };
+}
+
+// Deno reads the peer's address right after accept(); a connection reset in
+// the backlog has none (ENOTCONN), or the kernel says so itself (ECONNABORTED).
+function wasResetInBacklog(error: unknown): boolean {
+  return error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.ConnectionAborted;
+}
+
+function admit(conn: Deno.TcpConn, server: Server): void {
+  const peer = formatAddr(conn.remoteAddr);
+  // A bound on open connections keeps a flood of clients from taking every
+  // file descriptor (and with them, the listener).
+  if (server.open.size >= server.options.maxConnections) {
+    conn.close();
+    server.summary.rejected++;
+    server.emit({ event: "rejected", peer, open: server.open.size });
+    return;
+  }
+  server.open.add(conn);
+  server.summary.accepted++;
+  server.emit({
+    event: "accepted",
+    peer,
+    keepAlive: server.options.keepAlive,
+    open: server.open.size,
+  });
+  const reader = readUntilEnd(conn, peer, server);
+  server.readers.add(reader);
+  reader.finally(() => server.readers.delete(reader));
+}
+
+// ## Reading until the end
+//
+// The reads are what make the kernel's verdict visible: a peer that closes
+// shows up as the end of the stream, a reset as ConnectionReset, and
+// unanswered keepalive probes as TimedOut (ETIMEDOUT). This server never
+// writes, so nothing else can time a connection out.
+
+// The server never looks at what peers send, it only counts the bytes, so
+// every connection reads into this one buffer. Reads overwrite each other's
+// bytes, which is harmless here, and an idle connection then costs no buffer
+// of its own (a 16 KiB buffer each would be 16 KiB per idle connection).
+const discardBuffer = new Uint8Array(16 * 1024);
+
+async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): Promise<void> {
+  const { options, summary } = server;
+  let bytes = 0;
+  let watcher: { stop(): void } | null = null;
+  try {
+    // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
+    // kernel arms the keepalive timer right away; the first probe goes out
+    // after tcp_keepalive_time seconds (or --idle) without traffic.
+    if (options.keepAlive) conn.setKeepAlive(true);
+    if (options.watch) watcher = watchProbes(conn, peer, server);
+    for (;;) {
+      const n = await conn.read(discardBuffer);
+      if (n === null) break;
+      bytes += n;
+    }
+    summary.peerClosed++;
+    server.emit({ event: "peer-closed", peer, bytes });
+  } catch (error) {
+    if (server.closing) return; // we closed it ourselves, on quit
+    if (error instanceof Deno.errors.ConnectionReset) {
+      summary.reset++;
+      server.emit({ event: "reset", peer, bytes });
+    } else if (error instanceof Deno.errors.TimedOut) {
+      summary.timedOut++;
+      server.emit({ event: "timed-out", peer, bytes });
+    } else {
+      summary.errors++;
+      server.emit({ event: "error", peer, message: errorMessage(error) });
+    }
+  } finally {
+    watcher?.stop();
+    if (server.open.delete(conn)) conn.close();
   }
 }
+
+// --watch: the kernel's probes on this connection, read from TCP_INFO.
+function watchProbes(conn: Deno.TcpConn, peer: string, server: Server) {
+  try {
+    return watchKeepAlive(conn, (probe) => server.emit({ event: "probe", peer, ...probe }));
+  } catch (error) {
+    server.emit({ event: "watch-error", peer, message: errorMessage(error) });
+    return null;
+  }
+}
+
+// ## The command line
+
+/** The `--help` text. */
+export const HELP = `Usage: deno run --allow-net server.ts [options]
+
+Listens for TCP connections, turns keepalive on for each one, and reports how
+each connection ends. Quit with Enter, Ctrl-C or SIGTERM.
+
+Options:
+  --hostname ADDRESS      address to listen on (default 0.0.0.0; :: for IPv6 too)
+  --port N                port to listen on, 0..65535 (default 8888; 0 picks a free port)
+  --no-keepalive          leave SO_KEEPALIVE off on accepted connections
+  --max-connections N     close connections beyond N open ones at once (default 1000)
+  --json                  print one JSON object per event instead of text
+  -h, --help              show this help
+
+${TUNING_HELP}
+
+Permissions: --allow-net (to listen and accept), and --allow-ffi for the
+per-connection flags (Deno cannot set them itself yet).`;
+
+/**
+ * Parses the command-line flags. Throws a {@linkcode UsageError} for
+ * anything it cannot use; returns `"help"` for `--help`.
+ *
+ * @example
+ * ```ts
+ * import { parseServerArgs } from "./server.ts";
+ * parseServerArgs(["--port", "0", "--hostname", "::"]);
+ * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, json: false }
+ * ```
+ */
+export function parseServerArgs(args: string[]): ServerOptions | "help" {
+  const flags = parseFlags(args, {
+    string: ["hostname", "port", "max-connections", ...TUNING_FLAGS],
+    boolean: ["keepalive", "json", "watch"],
+    negatable: ["keepalive"],
+    default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000" },
+  });
+  if (flags.help) return "help";
+  const tuning = parseTuningFlags(flags);
+  if (tuning && !flags.keepalive) {
+    throw new UsageError(
+      "--no-keepalive cannot be combined with --idle, --interval, --count or --user-timeout",
+    );
+  }
+  return {
+    hostname: parseHostname("--hostname", flags.hostname!),
+    port: parseInteger("--port", flags.port!, 0, 65535),
+    keepAlive: flags.keepalive,
+    maxConnections: parseInteger("--max-connections", flags["max-connections"]!, 1, 1_000_000),
+    tuning,
+    watch: flags.watch,
+    json: flags.json,
+  };
+}
+
+// ## Printing
+
+/** Everything the server reports, one object per event. `--json` prints these as they are. */
+export type ServerEvent = { time: string } & ServerEventBody;
+
+/** A {@linkcode ServerEvent} before it is stamped with the time. */
+export type ServerEventBody =
+  | {
+    event: "listening";
+    address: string;
+    keepAlive: boolean;
+    maxConnections: number;
+    /** What the kernel holds for the listener (ms), with --watch or tuning; null otherwise. */
+    tuning: KeepAliveSettings | null;
+  }
+  | { event: "accepted"; peer: string; keepAlive: boolean; open: number }
+  | { event: "rejected"; peer: string; open: number }
+  | { event: "reset-before-accept" }
+  | { event: "peer-closed"; peer: string; bytes: number }
+  | { event: "reset"; peer: string; bytes: number }
+  | { event: "timed-out"; peer: string; bytes: number }
+  | { event: "error"; peer: string; message: string }
+  | { event: "watch-error"; peer: string; message: string }
+  | { event: "accept-error"; message: string }
+  | { event: "accept-resumed"; failedMs: number; retries: number }
+  | ({ event: "probe"; peer: string } & ProbeEvent)
+  | { event: "output-dropped"; lines: number }
+  | ({ event: "summary" } & ServerSummary);
+
+/**
+ * What happened to every connection, printed when the server quits. Each
+ * connection the kernel completed and the server took from its backlog was
+ * accepted, rejected, or reset before it could be accepted; each accepted
+ * one ended one way.
+ */
+export interface ServerSummary {
+  /** accepted + rejected + resetBeforeAccept. */
+  connections: number;
+  /** Connections accepted and kept. */
+  accepted: number;
+  /** Connections closed at once because --max-connections were open. */
+  rejected: number;
+  /** Connections the peer reset while they waited in the backlog. */
+  resetBeforeAccept: number;
+  /** Accepted connections the peer closed with a FIN. */
+  peerClosed: number;
+  /** Accepted connections the peer reset (RST). */
+  reset: number;
+  /** Accepted connections that timed out: keepalive probes went unanswered. */
+  timedOut: number;
+  /** Accepted connections that failed otherwise. */
+  errors: number;
+  /** Accepted connections still open when the server quit, and closed by it. */
+  closedOnQuit: number;
+  /** Times accepting stopped working for a while (out of descriptors) and resumed. */
+  acceptPauses: number;
+}
+
+/** Formats a server event as one line of text, for people. */
+export function formatServerEvent(event: ServerEvent): string {
+  return `${event.time} ${describeServerEvent(event)}`;
+}
+
+function describeServerEvent(event: ServerEventBody): string {
+  switch (event.event) {
+    case "listening":
+      return `listening on ${event.address}, keepalive ${
+        event.keepAlive ? "on" : "off"
+      } for accepted connections${
+        event.tuning ? ` (${describeKeepAlive(event.tuning)})` : ""
+      }, at most ${event.maxConnections} at once; Enter quits`;
+    case "accepted":
+      return `accepted ${event.peer}, keepalive ${
+        event.keepAlive ? "on" : "off"
+      } (${event.open} open)`;
+    case "rejected":
+      return `rejected ${event.peer}: already ${event.open} open (--max-connections)`;
+    case "reset-before-accept":
+      return "a connection was reset by its peer while it waited to be accepted";
+    case "peer-closed":
+      return `${event.peer} closed by peer after ${event.bytes} bytes`;
+    case "reset":
+      return `${event.peer} reset by peer after ${event.bytes} bytes`;
+    case "timed-out":
+      return `${event.peer} timed out: keepalive probes went unanswered, the peer is gone`;
+    case "error":
+      return `${event.peer} error: ${event.message}`;
+    case "watch-error":
+      return `${event.peer} cannot watch probes: ${event.message}`;
+    case "accept-error":
+      return `accept failed: ${event.message}; retrying every ${ACCEPT_RETRY_MS} ms, ` +
+        `connections wait in the backlog meanwhile`;
+    case "accept-resumed":
+      return `accepting again after ${
+        (event.failedMs / 1000).toFixed(2)
+      } s and ${event.retries} retries`;
+    case "probe":
+      return `${event.peer} ${describeProbe(event)}`;
+    case "output-dropped":
+      return `${event.lines} lines of output dropped: stdout was not being read`;
+    case "summary":
+      return `summary: ${plural(event.connections, "connection")}: ${event.accepted} accepted, ` +
+        `${event.rejected} rejected, ${event.resetBeforeAccept} reset before accept; of the accepted, ` +
+        `${event.peerClosed} closed by peer, ${event.reset} reset, ${event.timedOut} timed out, ` +
+        `${event.errors} errors, ${event.closedOnQuit} closed on quit` +
+        (event.acceptPauses
+          ? `; accepting failed for a while ${plural(event.acceptPauses, "time")}`
+          : "");
+  }
+}
+
+// ## The command
+
+/** Where `main` reads and writes; tests pass their own. */
+export interface MainIO {
+  /** Resolves when the user asks to quit (default: Enter, Ctrl-C or SIGTERM). */
+  quit?: () => Promise<unknown>;
+  /** Where event lines go (default: stdout); it may stall, the server does not. */
+  stdout?: ByteSink;
+  /** Where error lines go before the server runs (default: stderr). */
+  stderr?: (line: string) => void;
+}
+
+// On quit, how long the output may take to write the summary; a stalled
+// stdout must not keep the server from quitting.
+const QUIT_FLUSH_MS = 500;
 
 /**
  * The command: parse flags, listen, report events until the user quits,
  * then close everything and print the summary. Returns the exit code: 0 after
  * a normal quit, 1 when the server cannot listen, 2 for bad flags.
- * `quit` replaces "Enter, Ctrl-C or SIGTERM" (for tests).
  */
-export async function main(
-  args: string[],
-  quit: () => Promise<unknown> = waitForQuit,
-): Promise<number> {
+export async function main(args: string[], io: MainIO = {}): Promise<number> {
+  const stderr = io.stderr ?? ((line: string) => console.error(line));
   let options: ServerOptions | "help";
   try {
     options = parseServerArgs(args);
   } catch (error) {
-    console.error(`server.ts: ${errorMessage(error)} (see --help)`);
+    stderr(`server.ts: ${errorMessage(error)} (see --help)`);
     return 2;
   }
+  const json = options !== "help" && options.json;
+  const line = (event: ServerEvent) => json ? JSON.stringify(event) : formatServerEvent(event);
+  const out = createLineWriter({
+    output: io.stdout,
+    droppedNotice: (lines) =>
+      line({ time: new Date().toISOString(), event: "output-dropped", lines }),
+  });
   if (options === "help") {
-    console.log(HELP);
+    out.write(HELP);
+    await out.flush(QUIT_FLUSH_MS);
     return 0;
   }
-  const print = options.json
-    ? (event: ServerEvent) => console.log(JSON.stringify(event))
-    : (event: ServerEvent) => console.log(formatServerEvent(event));
   // Ask before listening: a missing permission should stop us before any
   // client connects, not after.
-  if (
-    (options.tuning || options.watch) &&
-    Deno.permissions.querySync({ name: "ffi" }).state !== "granted"
-  ) {
-    console.error(`server.ts: ${FFI_NEEDED}`);
+  const ffi = missingFfiPermission(
+    options.tuning !== null || options.watch,
+    scriptPath(import.meta.url),
+    args,
+  );
+  if (ffi) {
+    stderr(`server.ts: ${ffi}`);
     return 1;
   }
   let server: RunningServer;
   try {
-    server = startServer(options, print);
+    server = startServer(options, (event) => out.write(line(event)));
   } catch (error) {
-    console.error(`server.ts: ${describeListenError(error, options)}`);
+    stderr(`server.ts: ${describeListenError(error, options)}`);
     return 1;
   }
-  await quit();
+  await (io.quit ?? waitForQuit)();
   await server.close();
+  await out.flush(QUIT_FLUSH_MS);
   return 0;
 }
-
-// Quit the way the C server's getchar() did: on Enter. Ctrl-C and SIGTERM
-// quit too, cleanly. A closed stdin (the server runs in the background, or
-// as a service) is not a request to quit: then only a signal stops it.
-function waitForQuit(): Promise<string> {
-  return new Promise((resolve) => {
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    const onSignal = () => done("signal");
-    const done = (why: string) => {
-      for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
-      resolve(why);
-    };
-    for (const signal of signals) Deno.addSignalListener(signal, onSignal);
-    (async () => {
-      const buffer = new Uint8Array(256);
-      // Ctrl-D at a terminal ends one read, not the terminal: keep
-      // listening there. Elsewhere end of input is final: keep serving.
-      const terminal = Deno.stdin.isTerminal();
-      for (;;) {
-        let n: number | null;
-        try {
-          n = await Deno.stdin.read(buffer);
-        } catch {
-          return; // no usable stdin: only a signal quits
-        }
-        if (n === null && !terminal) return;
-        if (n === null) await new Promise((resolve) => setTimeout(resolve, 100));
-        else if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
-      }
-    })();
-  });
-}
-
-const FFI_NEEDED = "--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi " +
-  "permission: deno run --allow-net --allow-ffi server.ts";
 
 function describeListenError(error: unknown, options: ServerOptions): string {
   if (error instanceof TuningError) return error.message;
@@ -571,50 +606,27 @@ function describeListenError(error: unknown, options: ServerOptions): string {
     return `cannot listen on ${where}: ports below 1024 need root (or CAP_NET_BIND_SERVICE)`;
   }
   if (/lookup address/.test(errorMessage(error))) {
-    return `cannot listen on ${where}: cannot resolve ${JSON.stringify(options.hostname)}`;
+    return `cannot listen on ${where}: cannot resolve ${showTyped(options.hostname)}`;
   }
   return `cannot listen on ${where}: ${errorMessage(error)}`;
 }
 
+// Small helpers that client.ts repeats on purpose, so that each script reads
+// on its own.
+
 /** `host:port`, with IPv6 hosts in brackets. */
-function formatAddr(addr: Deno.Addr): string {
-  if (addr.transport !== "tcp" && addr.transport !== "udp") return addr.transport;
+function formatAddr(addr: Deno.NetAddr): string {
   return addr.hostname.includes(":")
     ? `[${addr.hostname}]:${addr.port}`
     : `${addr.hostname}:${addr.port}`;
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 function errorMessage(error: unknown): string {
   return (error instanceof Error ? error.message : String(error)).split("\n")[0];
 }
 
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
 if (import.meta.main) Deno.exit(await main(Deno.args));
-
-// Real runs (Deno 2.9.6, Linux 6.18). A client connected, stayed idle for one
-// probe, and quit; then Enter quit the server:
-//
-//   $ deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 --watch
-//   2026-11-25T14:07:46.213Z listening on 0.0.0.0:8888, keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout 0 s), at most 1000 at once; Enter quits
-//   2026-11-25T14:07:46.717Z accepted 127.0.0.1:58264, keepalive on (1 open)
-//   2026-11-25T14:07:48.732Z 127.0.0.1:58264 probe answered, after 2.02 s idle
-//   2026-11-25T14:07:49.502Z 127.0.0.1:58264 closed by peer after 0 bytes
-//   2026-11-25T14:07:50.695Z summary: 1 accepted, 1 closed by peer, 0 reset, 0 timed out, 0 errors, 0 rejected, 0 closed on quit
-//
-// The same server in a network namespace, its client in another, joined by a
-// veth cable that was cut one second after the client connected:
-//
-//   $ sudo ip netns exec A deno run --allow-net --allow-ffi server.ts --hostname :: --idle 2 --interval 1 --count 3 --watch
-//   2026-11-25T14:07:55.867Z listening on [::]:8888, keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout 0 s), at most 1000 at once; Enter quits
-//   2026-11-25T14:07:56.566Z accepted [fd6b:61::2]:51670, keepalive on (1 open)
-//   2026-11-25T14:07:58.587Z [fd6b:61::2]:51670 probe 1/3 unanswered
-//   2026-11-25T14:07:59.796Z [fd6b:61::2]:51670 probe 2/3 unanswered
-//   2026-11-25T14:08:00.806Z [fd6b:61::2]:51670 probe 3/3 unanswered
-//   2026-11-25T14:08:01.657Z [fd6b:61::2]:51670 timed out: keepalive probes went unanswered, the peer is gone
-//   2026-11-25T14:08:04.548Z summary: 1 accepted, 0 closed by peer, 0 reset, 1 timed out, 0 errors, 0 rejected, 0 closed on quit
-//
-//   $ deno run --allow-net server.ts --port 99999
-//   server.ts: --port must be an integer from 0 to 65535, not "99999" (see --help)
-//   $ deno run --allow-net server.ts --watch
-//   server.ts: --idle, --interval, --count, --user-timeout and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts

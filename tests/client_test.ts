@@ -2,7 +2,7 @@ import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
 import net from "node:net";
 import { main, parseClientArgs, UsageError } from "../client.ts";
 import { findTcpSocket, readTcpSockets } from "../proc_net.ts";
-import { spawnScript } from "./_helpers.ts";
+import { delay, netnsTest, run, spawnScript, withNetns } from "./_helpers.ts";
 
 // --- Flags -----------------------------------------------------------------
 
@@ -11,6 +11,7 @@ Deno.test("client flags default to the C client: 127.0.0.1, port 8888, keepalive
     hostname: "127.0.0.1",
     port: 8888,
     keepAlive: false,
+    connectTimeoutMs: null,
     tuning: null,
     watch: false,
     json: false,
@@ -24,6 +25,7 @@ Deno.test("client flags take an IPv6 hostname with or without brackets, --keepal
       hostname: "::1",
       port: 9000,
       keepAlive: true,
+      connectTimeoutMs: null,
       tuning: null,
       watch: false,
       json: true,
@@ -33,11 +35,23 @@ Deno.test("client flags take an IPv6 hostname with or without brackets, --keepal
     hostname: "::1",
     port: 8888,
     keepAlive: false,
+    connectTimeoutMs: null,
     tuning: null,
     watch: false,
     json: false,
   });
   assertEquals(parseClientArgs(["--help"]), "help");
+  assertEquals(
+    (parseClientArgs(["--connect-timeout", "5"]) as { connectTimeoutMs: number }).connectTimeoutMs,
+    5_000,
+  );
+  for (const value of ["0", "-1", "1.5", "86401", ""]) {
+    assertThrows(
+      () => parseClientArgs([`--connect-timeout=${value}`]),
+      UsageError,
+      "--connect-timeout",
+    );
+  }
 });
 
 Deno.test("client tuning flags are seconds, become milliseconds, and imply --keepalive", () => {
@@ -56,6 +70,7 @@ Deno.test("client tuning flags are seconds, become milliseconds, and imply --kee
       hostname: "127.0.0.1",
       port: 8888,
       keepAlive: true,
+      connectTimeoutMs: null,
       tuning: { time: 2_000, interval: 1_000, retries: 3, userTimeout: 10_000 },
       watch: true,
       json: false,
@@ -80,13 +95,37 @@ Deno.test("client flags refuse ports outside 1..65535, non-integers, unknown fla
   for (const port of ["0", "65536", "1.5", "abc", "", "+80"]) {
     assertThrows(() => parseClientArgs([`--port=${port}`]), UsageError, "--port");
   }
-  assertThrows(() => parseClientArgs(["--port", "-1"]), UsageError, "-1 is not a valid value");
+  assertThrows(
+    () => parseClientArgs(["--port", "-1"]),
+    UsageError,
+    '--port must be an integer from 1 to 65535, not "-1"',
+  );
   assertThrows(
     () => parseClientArgs(["--no-such-flag"]),
     UsageError,
-    "unknown flag --no-such-flag",
+    'unknown flag "--no-such-flag"',
   );
   assertThrows(() => parseClientArgs(["localhost"]), UsageError, "unexpected argument");
+  assertThrows(
+    () => parseClientArgs(["--hostname", "::gg"]),
+    UsageError,
+    '"::gg" is not an IPv6 address',
+  );
+  assertThrows(() => parseClientArgs(["--hostname", "[::1"]), UsageError, "unmatched bracket");
+});
+
+Deno.test("client boolean flags take no value, and no flag may be given twice", () => {
+  for (const arg of ["--keepalive=no", "--keepalive=maybe", "--json=0", "--watch=yes"]) {
+    assertThrows(() => parseClientArgs([arg]), UsageError, "takes no value");
+  }
+  assertThrows(
+    () => parseClientArgs(["--port", "1", "--port", "2"]),
+    UsageError,
+    "--port is given twice",
+  );
+  assertThrows(() => parseClientArgs(["--keepalive", "--keepalive"]), UsageError, "given twice");
+  // There is no --no-keepalive on the client: leaving --keepalive out says no.
+  assertThrows(() => parseClientArgs(["--no-keepalive"]), UsageError, "unknown flag");
 });
 
 Deno.test("client exits 2 with one line and a hint for bad flags", async () => {
@@ -132,13 +171,45 @@ Deno.test("client exits 1 with one line when the host name is not found", async 
   );
 });
 
+/**
+ * A port on loopback where a connect hangs: a listener whose accept queue
+ * is full drops new SYNs, as a blackholed address would.
+ */
+async function hangingPort() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, tcpBacklog: 0 });
+  const filler = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  return {
+    port: listener.addr.port,
+    [Symbol.dispose]() {
+      filler.close();
+      listener.close();
+    },
+  };
+}
+
+/** Whether a connection to `port` is still in SYN_SENT. */
+async function connecting(port: number): Promise<boolean> {
+  return (await readTcpSockets()).some((socket) =>
+    socket.remotePort === port && socket.state === "SYN_SENT"
+  );
+}
+
 Deno.test("client quits on Enter while a connect is still waiting for an answer", async () => {
-  // A listener whose accept queue is full drops new SYNs: the connect hangs.
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0, tcpBacklog: 0 });
-  using _filler = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const code = await main(["--port", String(listener.addr.port)], () => delay(300));
-  assertEquals(code, 0);
-  const client = spawnScript("client.ts", ["--port", String(listener.addr.port)]);
+  using hanging = await hangingPort();
+  const errors: string[] = [];
+  let connectWasPending = false;
+  const code = await main(["--port", String(hanging.port)], {
+    quit: async () => {
+      await delay(300);
+      connectWasPending = await connecting(hanging.port);
+    },
+    stderr: (line) => errors.push(line),
+  });
+  assert(connectWasPending, "the connect did not hang: this test proves nothing");
+  assertEquals([code, errors], [0, ["client.ts: quit before the connection was made"]]);
+  assert(!(await connecting(hanging.port)), "the connect was left pending");
+
+  const client = spawnScript("client.ts", ["--port", String(hanging.port)]);
   await delay(300);
   await client.write("\n");
   const { code: exitCode, stdout, stderr } = await client.finish(5_000);
@@ -149,7 +220,108 @@ Deno.test("client quits on Enter while a connect is still waiting for an answer"
   ]);
 });
 
-const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+Deno.test("client --connect-timeout gives up on a connect that hangs, with exit 1 and its own words", async () => {
+  using hanging = await hangingPort();
+  const start = performance.now();
+  const client = spawnScript("client.ts", [
+    "--port",
+    String(hanging.port),
+    "--connect-timeout",
+    "1",
+  ]);
+  await client.closeStdin();
+  const { code, stderr } = await client.finish(10_000);
+  const seconds = (performance.now() - start) / 1000;
+  assertEquals([code, stderr], [
+    1,
+    `client.ts: cannot connect to 127.0.0.1:${hanging.port}: no answer within 1 s (--connect-timeout)\n`,
+  ]);
+  // Deno starts in about 0.1-0.5 s; the kernel alone would retry its SYN for minutes.
+  assert(seconds > 1 && seconds < 4, `gave up after ${seconds.toFixed(2)} s`);
+});
+
+const SILENT_DNS_SERVER = `
+  const socket = require("node:dgram").createSocket("udp4");
+  socket.on("message", () => {});
+  socket.bind(53, "127.0.0.1", () => console.log("bound"));`;
+
+netnsTest(
+  "a name server that never answers is reported as such, not as a host that does not exist",
+  async () => {
+    await withNetns(async (ns) => {
+      // A name server that takes every query and answers none: a UDP socket on
+      // port 53 that never replies (Node is here: Deno comes from npx).
+      const silent = new Deno.Command(ns.exec[0], {
+        args: [...ns.exec.slice(1), "node", "-e", SILENT_DNS_SERVER],
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn();
+      await using _silent = {
+        async [Symbol.asyncDispose]() {
+          silent.kill("SIGKILL");
+          await silent.status;
+        },
+      };
+      await new Response(silent.stdout).body!.getReader().read(); // "bound"
+      const resolvConf = await Deno.makeTempFile();
+      try {
+        await Deno.writeTextFile(
+          resolvConf,
+          "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        );
+        // A private mount namespace sees that file as /etc/resolv.conf; the host's is untouched.
+        const start = performance.now();
+        const result = await run([
+          ...ns.exec,
+          "unshare",
+          "--mount",
+          "--propagation",
+          "private",
+          "sh",
+          "-c",
+          'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+          resolvConf,
+          Deno.execPath(),
+          "run",
+          "--allow-net",
+          "client.ts",
+          "--hostname",
+          "keepalive-kit.example",
+        ]);
+        const seconds = (performance.now() - start) / 1000;
+        assertEquals(result.code, 1, result.stderr);
+        // The resolver waited out its 1 s timeout: the server took the query and kept quiet.
+        assert(seconds >= 0.9, `answered after ${seconds.toFixed(2)} s: not a silent server`);
+        assertEquals(
+          result.stderr,
+          "client.ts: cannot connect to keepalive-kit.example:8888: the name server did not answer " +
+            "(a temporary failure in name resolution; try again, or give an IP address)\n",
+        );
+      } finally {
+        await Deno.remove(resolvConf);
+      }
+    });
+  },
+);
+
+Deno.test("a client whose stdout never drains still connects, holds and quits at once", async () => {
+  using listener = listen();
+  let written = 0;
+  const stalled = { write: () => (written++, new Promise<number>(() => {})) };
+  const quit = Promise.withResolvers<void>();
+  const running = main(["--port", String(listener.port), "--json"], {
+    stdout: stalled,
+    quit: () => quit.promise,
+  });
+  using accepted = await listener.accept();
+  await delay(200);
+  quit.resolve();
+  const start = performance.now();
+  assertEquals(await running, 0);
+  assert(performance.now() - start < 2_000, "quitting waited for stdout");
+  assertEquals(written, 1, "the connected line was handed to stdout");
+  assertEquals(await accepted.read(new Uint8Array(1)), null, "the connection was closed");
+});
 
 Deno.test("client without --allow-net exits 1 and names the flag to add", async () => {
   const client = spawnScript("client.ts", [], { permissions: [] });
@@ -261,7 +433,7 @@ Deno.test("client quits on SIGTERM with exit 0, and a closed stdin does not quit
   using accepted = await listener.accept();
   await client.waitForEvent("connected");
   await client.closeStdin();
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  await delay(500);
   assert(!client.lines.some((line) => line.includes('"quit"')), "quit after stdin closed");
   const socket = findTcpSocket(await readTcpSockets(), accepted.localAddr, accepted.remoteAddr);
   assertEquals(socket?.state, "ESTABLISHED");

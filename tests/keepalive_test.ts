@@ -1,8 +1,18 @@
-import { assertEquals, assertMatch, assertRejects, assertThrows } from "@std/assert";
+import { assert, assertEquals, assertMatch, assertRejects, assertThrows } from "@std/assert";
 import net from "node:net";
-import { getKeepAlive, getKeepAliveState, setKeepAlive, socketDescriptor } from "../keepalive.ts";
+import {
+  getKeepAlive,
+  getKeepAliveState,
+  isValidKeepAliveValue,
+  KEEPALIVE_LIMITS,
+  KeepAliveError,
+  type KeepAliveOption,
+  setKeepAlive,
+  socketDescriptor,
+  SyscallError,
+} from "../keepalive.ts";
 import { findTcpSocket, readTcpSockets } from "../proc_net.ts";
-import { run } from "./_helpers.ts";
+import { delay, run } from "./_helpers.ts";
 
 /** A connected pair on loopback: the accepted end and the connecting end. */
 async function connectedPair(
@@ -172,7 +182,7 @@ Deno.test("getKeepAliveState reports a fresh idle connection: no probes, no data
   const state = getKeepAliveState(pair.client);
   assertEquals([state.unansweredProbes, state.dataSegmentsIn, state.dataSegmentsOut], [0, 0, 0]);
   assertEquals([state.established, state.unackedSegments, state.notSentBytes], [true, 0, 0]);
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  await delay(300);
   if (getKeepAliveState(pair.client).sinceLastDataMs < 250) {
     throw new Error("the silence is not counted");
   }
@@ -205,4 +215,61 @@ Deno.test("without --allow-ffi, tuning fails with a message naming the flag, and
   } finally {
     await Deno.remove(script);
   }
+});
+
+Deno.test("a failure names the operation and the socket's addresses, and keeps the cause and its errno code", async () => {
+  const pair = await connectedPair("::1");
+  const [local, remote] = [pair.client.localAddr, pair.client.remoteAddr];
+  pair[Symbol.dispose]();
+  // Closed: no descriptor of this process is that socket any more.
+  for (
+    const [call, op] of [
+      [() => setKeepAlive(pair.client, { time: 2_000 }), "set keepalive"],
+      [() => getKeepAlive(pair.client), "get keepalive"],
+      [() => getKeepAliveState(pair.client), "read TCP_INFO"],
+      [() => socketDescriptor(pair.client), "find descriptor"],
+    ] as const
+  ) {
+    const error = assertThrows(call, KeepAliveError);
+    assertEquals(
+      [error.op, error.local, error.remote, error.code],
+      [op, `[::1]:${local.port}`, `[::1]:${remote.port}`, "EBADF"],
+    );
+    assertMatch(
+      error.message,
+      new RegExp(`^${op} \\[::1\\]:${local.port}->\\[::1\\]:${remote.port}: `),
+    );
+    assert(error.cause instanceof SyscallError, String(error.cause));
+    assertEquals((error.cause as SyscallError).code, "EBADF");
+  }
+  // A listener is named as one.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  listener.close();
+  const error = assertThrows(() => getKeepAlive(listener), KeepAliveError);
+  assertEquals([
+    error.remote,
+    error.message.startsWith(`get keepalive listener 127.0.0.1:${listener.addr.port}: `),
+  ], [
+    null,
+    true,
+  ]);
+});
+
+Deno.test("the range check refuses what the kernel would refuse, and the kernel takes what it passes", async () => {
+  using pair = await connectedPair("127.0.0.1");
+  for (const [option, { min, max }] of Object.entries(KEEPALIVE_LIMITS)) {
+    for (const value of [min, max]) {
+      assert(isValidKeepAliveValue(option as KeepAliveOption, value));
+      setKeepAlive(pair.client, { [option]: value });
+    }
+    assert(!isValidKeepAliveValue(option as KeepAliveOption, max + 1));
+    assert(!isValidKeepAliveValue(option as KeepAliveOption, min - 1));
+  }
+  assertEquals(getKeepAlive(pair.client), {
+    enabled: true,
+    time: KEEPALIVE_LIMITS.time.max,
+    interval: KEEPALIVE_LIMITS.interval.max,
+    retries: KEEPALIVE_LIMITS.retries.max,
+    userTimeout: KEEPALIVE_LIMITS.userTimeout.max,
+  });
 });

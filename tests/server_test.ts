@@ -1,8 +1,13 @@
+/**
+ * Tests for server.ts: its flags, what the kernel does with its sockets, how
+ * connections end, how it quits, and that it never stalls on its own output
+ * or on a descriptor table that ran out. On loopback; no root needed.
+ */
 import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
 import net from "node:net";
 import { main, parseServerArgs, UsageError } from "../server.ts";
 import { findTcpSocket, readTcpSockets, type TcpSocket } from "../proc_net.ts";
-import { spawnScript } from "./_helpers.ts";
+import { delay, type ScriptProcess, spawnScript } from "./_helpers.ts";
 
 // --- Flags -----------------------------------------------------------------
 
@@ -73,49 +78,112 @@ Deno.test("server tuning flags are seconds, become milliseconds, and contradict 
 });
 
 Deno.test("server flags refuse ports outside 0..65535, non-integers, unknown flags and stray arguments", () => {
-  for (const port of ["65536", "-1", "1.5", "abc", "", " 80", "0x50"]) {
-    assertThrows(() => parseServerArgs([`--port=${port}`]), UsageError, "--port");
+  for (const port of ["65536", "-1", "1.5", "abc", " 80", "0x50"]) {
+    assertThrows(
+      () => parseServerArgs([`--port=${port}`]),
+      UsageError,
+      "--port must be an integer",
+    );
   }
-  assertThrows(() => parseServerArgs(["--port"]), UsageError, "--port needs a value");
-  assertThrows(() => parseServerArgs(["--port", "-1"]), UsageError, "-1 is not a valid value");
-  assertThrows(() => parseServerArgs(["--max-connections", "0"]), UsageError, "--max-connections");
-  assertThrows(() => parseServerArgs(["--bogus"]), UsageError, "unknown flag --bogus");
-  assertThrows(() => parseServerArgs(["8888"]), UsageError, "unexpected argument");
-  assertThrows(() => parseServerArgs(["--hostname="]), UsageError, "--hostname needs a value");
-});
-
-Deno.test("server exits 2 with one line and a hint for bad flags", async () => {
-  const server = spawnScript("server.ts", ["--port", "99999"]);
-  const { code, stderr } = await server.finish();
-  assertEquals(code, 2);
-  assertEquals(stderr.trim().split("\n").length, 1);
-  assertMatch(stderr, /--port must be an integer from 0 to 65535.*see --help/);
-});
-
-Deno.test("server exits 1 with one line when the port is in use", async () => {
-  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const code = await main(["--hostname", "127.0.0.1", "--port", String(taken.addr.port)]);
-  assertEquals(code, 1);
-  const server = spawnScript("server.ts", [
-    "--hostname",
-    "127.0.0.1",
-    "--port",
-    String(taken.addr.port),
-  ]);
-  const { stderr } = await server.finish();
-  assertEquals(
-    stderr,
-    `server.ts: cannot listen on 127.0.0.1:${taken.addr.port}: the port is already in use\n`,
+  assertThrows(
+    () => parseServerArgs(["--port", "-1"]),
+    UsageError,
+    '--port must be an integer from 0 to 65535, not "-1"',
   );
-});
-
-Deno.test("server refuses arguments after --, and says what an empty value is", () => {
+  for (const args of [["--port"], ["--port", ""], ["--port="]]) {
+    assertThrows(() => parseServerArgs(args), UsageError, "--port needs a value");
+  }
+  assertThrows(() => parseServerArgs(["--max-connections", "0"]), UsageError, "--max-connections");
+  assertThrows(() => parseServerArgs(["--bogus"]), UsageError, 'unknown flag "--bogus"');
+  assertThrows(() => parseServerArgs(["8888"]), UsageError, "unexpected argument");
   assertThrows(
     () => parseServerArgs(["--", "--port", "0"]),
     UsageError,
     'unexpected argument "--port"',
   );
-  assertThrows(() => parseServerArgs(["--hostname", ""]), UsageError, "an empty argument");
+  for (const args of [["--hostname="], ["--hostname", ""]]) {
+    assertThrows(() => parseServerArgs(args), UsageError, "--hostname needs a value");
+  }
+});
+
+Deno.test("server boolean flags take no value: --keepalive=no, --json=0, --watch=yes are misuse", () => {
+  for (
+    const arg of [
+      "--keepalive=no",
+      "--keepalive=false",
+      "--json=0",
+      "--watch=yes",
+      "--no-keepalive=1",
+    ]
+  ) {
+    assertThrows(() => parseServerArgs([arg]), UsageError, "takes no value");
+  }
+});
+
+Deno.test("server refuses a flag given twice, even when the last value would do", () => {
+  assertThrows(
+    () => parseServerArgs(["--port", "abc", "--port", "0"]),
+    UsageError,
+    "--port is given twice",
+  );
+  assertThrows(() => parseServerArgs(["--keepalive", "--no-keepalive"]), UsageError, "given twice");
+  assertThrows(
+    () => parseServerArgs(["--idle", "2", "--idle=3"]),
+    UsageError,
+    "--idle is given twice",
+  );
+});
+
+Deno.test("server refuses addresses that are not ones, showing what was typed", () => {
+  for (
+    const [typed, message] of [
+      ["::gg", '--hostname "::gg" is not an IPv6 address'],
+      ["[::1", '--hostname "[::1" is not an address: unmatched bracket'],
+      ["a\x1b[2Jb", '--hostname "a\\u001b[2Jb" is not an address or host name'],
+    ]
+  ) {
+    assertThrows(() => parseServerArgs(["--hostname", typed]), UsageError, message);
+  }
+});
+
+/** Runs server.ts with these arguments to its end and checks it was one line of misuse. */
+async function assertMisuse(args: string[], message: RegExp): Promise<string> {
+  const { code, stderr } = await spawnScript("server.ts", args).finish();
+  assertEquals(code, 2, stderr);
+  assertEquals(stderr.split("\n").length, 2, `one line expected:\n${stderr}`);
+  assertMatch(stderr, message);
+  // deno-lint-ignore no-control-regex -- control bytes are what this looks for
+  assert(!/[\x00-\x09\x0b-\x1f\x7f]/.test(stderr), `raw control bytes: ${JSON.stringify(stderr)}`);
+  return stderr;
+}
+
+Deno.test("server exits 2 with one line and a hint for bad flags", async () => {
+  await assertMisuse(["--port", "99999"], /--port must be an integer from 0 to 65535.*see --help/);
+  await assertMisuse(["--port", ""], /^server\.ts: --port needs a value \(see --help\)$/m);
+  await assertMisuse(["--keepalive=no"], /--keepalive takes no value, not "no"/);
+  await assertMisuse(["--port", "abc", "--port", "0"], /--port is given twice/);
+  await assertMisuse(["--hostname", "::gg"], /"::gg" is not an IPv6 address/);
+  await assertMisuse(["--hostname", "[::1"], /"\[::1" is not an address: unmatched bracket/);
+});
+
+Deno.test("a hostile --hostname reaches the terminal escaped and short", async () => {
+  const stderr = await assertMisuse(
+    ["--hostname", `\x1b]0;owned\x07${"x".repeat(100_000)}`],
+    /is not an address or host name/,
+  );
+  assert(stderr.length < 200, `${stderr.length} characters`);
+  assertMatch(stderr, /\\u001b\]0;owned\\u0007x+\.\.\." \(100010 characters\)/);
+});
+
+Deno.test("server exits 1 with one line when the port is in use", async () => {
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const errors: string[] = [];
+  const code = await main(["--hostname", "127.0.0.1", "--port", String(taken.addr.port)], {
+    stderr: (line) => errors.push(line),
+  });
+  assertEquals([code, errors], [1, [
+    `server.ts: cannot listen on 127.0.0.1:${taken.addr.port}: the port is already in use`,
+  ]]);
 });
 
 Deno.test("server without --allow-net exits 1 and names the flag to add", async () => {
@@ -132,18 +200,18 @@ const keepaliveTimeSeconds = Number(
   await Deno.readTextFile("/proc/sys/net/ipv4/tcp_keepalive_time"),
 );
 
-/** The kernel's row for a connection, found from Deno's view of it. */
+/** The kernel's row for the server's end of a connection, found from the client's view of it. */
 async function kernelSocket(conn: Deno.Conn): Promise<TcpSocket> {
   const socket = findTcpSocket(await readTcpSockets(), conn.remoteAddr, conn.localAddr);
   if (!socket) throw new Error(`no /proc/net/tcp row for ${JSON.stringify(conn.remoteAddr)}`);
   return socket;
 }
 
-function startServer(args: string[]) {
-  return spawnScript("server.ts", ["--port", "0", "--json", ...args]);
+function startServer(args: string[], options: Parameters<typeof spawnScript>[2] = {}) {
+  return spawnScript("server.ts", ["--port", "0", "--json", ...args], options);
 }
 
-async function listeningPort(server: ReturnType<typeof startServer>): Promise<number> {
+async function listeningPort(server: ScriptProcess): Promise<number> {
   const listening = await server.waitForEvent("listening");
   return Number(String(listening.address).match(/:(\d+)$/)![1]);
 }
@@ -237,11 +305,14 @@ Deno.test("server closes connections over --max-connections at once and says so"
   await server.waitForEvent("accepted");
   const second = await Deno.connect({ hostname: "127.0.0.1", port: port });
   const rejected = await server.waitForEvent("rejected");
-  assertEquals(rejected.peer, `127.0.0.1:${second.localAddr.port}`);
+  assertEquals([rejected.peer, rejected.open], [`127.0.0.1:${second.localAddr.port}`, 1]);
   // The rejected connection is closed by the server: our read sees its end.
   assertEquals(await second.read(new Uint8Array(1)), null);
   second.close();
   assertEquals((await kernelSocket(first)).state, "ESTABLISHED");
+  await server.write("\n");
+  const summary = await server.waitForEvent("summary");
+  assertEquals([summary.connections, summary.accepted, summary.rejected], [2, 1, 1]);
 });
 
 Deno.test("server quits on Enter with exit 0, closes its connections, and prints a summary", async () => {
@@ -264,7 +335,7 @@ Deno.test("server quits on SIGTERM with exit 0 and a summary, and a closed stdin
   await using server = startServer(["--hostname", "127.0.0.1"]);
   const port = await listeningPort(server);
   await server.closeStdin();
-  await new Promise((resolve) => setTimeout(resolve, 500));
+  await delay(500);
   // Still serving after its stdin closed:
   using conn = await Deno.connect({ hostname: "127.0.0.1", port: port });
   await server.waitForEvent("accepted");
@@ -290,7 +361,187 @@ Deno.test("server prints one line of text per event, with a timestamp and the pe
   );
   server.child.kill("SIGINT");
   await server.waitForLine((line) =>
-    /summary: 1 accepted, 1 closed by peer, 0 reset, 0 timed out/.test(line)
+    line.endsWith(
+      "summary: 1 connection: 1 accepted, 0 rejected, 0 reset before accept; of the accepted, " +
+        "1 closed by peer, 0 reset, 0 timed out, 0 errors, 0 closed on quit",
+    )
   );
   assertEquals((await server.finish()).code, 0);
+});
+
+Deno.test('server with --watch says "user timeout off", not "0 s", and JSON keeps 0', async () => {
+  const permissions = ["--allow-net", "--allow-ffi"];
+  await using text = spawnScript("server.ts", ["--port", "0", "--hostname", "::1", "--watch"], {
+    permissions,
+  });
+  const line = await text.waitForLine((line) => line.includes("listening on"));
+  assertMatch(line, /\(idle \d+ s, interval \d+ s, \d+ probes, user timeout off\)/);
+  await using json = startServer(["--hostname", "::1", "--watch"], { permissions });
+  assertEquals(
+    ((await json.waitForEvent("listening")).tuning as { userTimeout: number }).userTimeout,
+    0,
+  );
+});
+
+// --- Never stalled: not by its own output, not by a full descriptor table -----
+
+/** Opens `count` connections, `batch` at a time, each given up after 3 s; resolves with the ones made. */
+async function openConnections(port: number, count: number, batch = 250): Promise<net.Socket[]> {
+  const sockets: net.Socket[] = [];
+  for (let done = 0; done < count; done += batch) {
+    const made = await Promise.all(
+      Array.from(
+        { length: Math.min(batch, count - done) },
+        () =>
+          new Promise<net.Socket | null>((resolve) => {
+            const socket = net.connect(port, "127.0.0.1");
+            const timer = setTimeout(() => (socket.destroy(), resolve(null)), 3_000);
+            socket.once("connect", () => (clearTimeout(timer), resolve(socket)));
+            socket.once("error", () => (clearTimeout(timer), resolve(null)));
+          }),
+      ),
+    );
+    sockets.push(...made.filter((socket) => socket !== null));
+  }
+  return sockets;
+}
+
+/** The server's sockets on `port` that are not closed yet, from the kernel's table. */
+async function serverSockets(port: number): Promise<TcpSocket[]> {
+  return (await readTcpSockets()).filter((socket) =>
+    socket.localPort === port && socket.state !== "LISTEN" && socket.state !== "TIME_WAIT"
+  );
+}
+
+Deno.test("a server whose stdout nobody reads keeps accepting and reading, and quits on SIGTERM at once", async () => {
+  // A pipe holds 64 KiB: 1500 accepted lines and 1500 closed lines are more
+  // than four times that. console.log would stop the server at the first
+  // full pipe, with about 600 accepted and the backlog (511) full after.
+  await using server = startServer(["--hostname", "127.0.0.1", "--max-connections", "5000"], {
+    readStdout: false,
+  });
+  const port = await waitForListener(server);
+  const sockets = await openConnections(port, 1500);
+  assertEquals(sockets.length, 1500, "connects timed out: the server stopped accepting");
+  // Each client sends a byte and closes; the server must read each to its end
+  // and close its side, leaving nothing in CLOSE_WAIT.
+  for (const socket of sockets) socket.end("x");
+  let left = await serverSockets(port);
+  for (let tries = 0; left.length > 0 && tries < 100; tries++) {
+    await delay(100);
+    left = await serverSockets(port);
+  }
+  assertEquals(left.length, 0, `${left.length} connections not read to their end`);
+
+  const start = performance.now();
+  server.child.kill("SIGTERM");
+  const status = await server.child.status;
+  const seconds = (performance.now() - start) / 1000;
+  assertEquals(status.code, 0);
+  assert(seconds < 3, `SIGTERM took ${seconds.toFixed(2)} s with stdout stalled`);
+});
+
+Deno.test("a server whose stdout stalls and then drains reports every connection, and the summary adds up", async () => {
+  await using server = startServer(["--hostname", "127.0.0.1", "--max-connections", "5000"], {
+    readStdout: false,
+  });
+  const port = await waitForListener(server);
+  const sockets = await openConnections(port, 1200);
+  for (const socket of sockets) socket.end("x");
+  while ((await serverSockets(port)).length > 0) await delay(100);
+  server.readStdout();
+  server.child.kill("SIGTERM");
+  const summary = await server.waitForEvent("summary");
+  assertEquals((await server.finish()).code, 0);
+  assertEquals(
+    [summary.connections, summary.accepted, summary.peerClosed, summary.errors],
+    [1200, 1200, 1200, 0],
+  );
+  const events = server.lines.map((line) => JSON.parse(line).event);
+  assertEquals(events.filter((event) => event === "accepted").length, 1200);
+  assertEquals(events.filter((event) => event === "peer-closed").length, 1200);
+});
+
+/** The port of a server whose stdout is not read: from the kernel's table, by its pid. */
+async function waitForListener(server: ScriptProcess): Promise<number> {
+  for (let tries = 0; tries < 100; tries++) {
+    const inodes = await socketInodes(server.child.pid);
+    const listener = (await readTcpSockets()).find((socket) =>
+      socket.state === "LISTEN" && inodes.has(socket.inode)
+    );
+    if (listener) return listener.localPort;
+    await delay(100);
+  }
+  throw new Error("the server did not listen");
+}
+
+async function socketInodes(pid: number): Promise<Set<number>> {
+  const inodes = new Set<number>();
+  try {
+    for await (const entry of Deno.readDir(`/proc/${pid}/fd`)) {
+      const link = await Deno.readLink(`/proc/${pid}/fd/${entry.name}`).catch(() => "");
+      const inode = link.match(/^socket:\[(\d+)\]$/)?.[1];
+      if (inode) inodes.add(Number(inode));
+    }
+  } catch { /* not started yet */ }
+  return inodes;
+}
+
+Deno.test("out of descriptors: one line when accepting fails, one when it works again, and no errors", async () => {
+  // A descriptor table of 48: Deno takes about 20, so about 25 connections fit.
+  await using server = startServer(["--hostname", "127.0.0.1"], {
+    prefix: ["prlimit", "--nofile=48:48", "--"],
+  });
+  const port = await listeningPort(server);
+  const sockets = await openConnections(port, 60);
+  assertEquals(sockets.length, 60, "the kernel completes connections into the backlog meanwhile");
+  await server.waitForEvent("accept-error");
+  await delay(1_000); // ten retries or so, each of which used to print a line
+  // Five of those waiting in the backlog reset before the server gets to them.
+  const accepted = new Set(
+    server.lines.filter((line) => line.includes('"accepted"')).map((line) => JSON.parse(line).peer),
+  );
+  const waiting = sockets.filter((socket) => !accepted.has(`127.0.0.1:${socket.localPort}`));
+  assert(waiting.length >= 5, `${waiting.length} waiting`);
+  for (const socket of waiting.slice(0, 5)) socket.resetAndDestroy();
+  await delay(200);
+  // Closing the accepted ones gives descriptors back: the rest are accepted.
+  for (const socket of sockets) if (!socket.destroyed) socket.end();
+  const resumed = await server.waitForEvent("accept-resumed");
+  assert(Number(resumed.retries) >= 5, `${resumed.retries} retries`);
+  await server.write("\n");
+  const summary = await server.waitForEvent("summary");
+  assertEquals((await server.finish()).code, 0);
+  const count = (event: string) =>
+    server.lines.filter((line) => line.includes(`"event":"${event}"`)).length;
+  assertEquals([count("accept-error"), count("accept-resumed")], [1, 1]);
+  assertEquals(count("reset-before-accept"), 5);
+  assertEquals(
+    [summary.connections, summary.accepted, summary.resetBeforeAccept, summary.errors],
+    [60, 55, 5, 0],
+  );
+  assertEquals(summary.acceptPauses, 1);
+});
+
+Deno.test("a connection reset while it waits in the backlog is counted as such, not as an error", async () => {
+  await using server = startServer(["--hostname", "127.0.0.1"]);
+  const port = await listeningPort(server);
+  // Stop the server, so that connections wait in its backlog; reset two there.
+  server.child.kill("SIGSTOP");
+  try {
+    const sockets = await openConnections(port, 3);
+    for (const socket of sockets.slice(0, 2)) socket.resetAndDestroy();
+    await delay(200);
+  } finally {
+    server.child.kill("SIGCONT");
+  }
+  await server.waitForEvent("accepted");
+  await delay(300);
+  await server.write("\n");
+  const summary = await server.waitForEvent("summary");
+  assertEquals(
+    [summary.connections, summary.accepted, summary.resetBeforeAccept, summary.errors],
+    [3, 1, 2, 0],
+  );
+  assert(!server.lines.some((line) => line.includes('"accept-error"')), server.lines.join("\n"));
 });
