@@ -30,11 +30,41 @@ import {
 } from "./proc_net.ts";
 import { formatServerEvent, type ServerEvent } from "./server.ts";
 import { readKeepaliveSysctls, SysctlError } from "./sysctl.ts";
+import { parseFlags } from "./cli.ts";
 
 const HERE = import.meta.dirname!;
 
-/** Runs the demo; returns the exit code (0, or 1 when something could not be observed). */
-export async function main(): Promise<number> {
+/** The `--help` text. */
+export const HELP = `Usage: deno run -A demo.ts     (or: deno task demo)
+
+Runs server.ts and client.ts on loopback with a 2 s keepalive idle time and
+interval set on the server's sockets (no root, no sysctl changed), shows the
+kernel's keepalive timer and every probe for 11 s, compares what it saw with
+what the settings predict, and exits by itself (0 when the probes came as
+predicted, 1 otherwise). Ctrl-C stops it and both scripts.
+
+Options:
+  -h, --help   show this help
+
+Permissions: -A. Deno refuses every path under /proc without --allow-all,
+even with --allow-read=/proc (denoland/deno issue 27564).`;
+
+/**
+ * Runs the demo; returns the exit code: 0, 1 when something could not be
+ * observed, 2 for arguments it does not take.
+ */
+export async function main(args: string[] = []): Promise<number> {
+  try {
+    if (parseFlags(args, { string: [], boolean: [] }).help) {
+      console.log(HELP);
+      return 0;
+    }
+  } catch (error) {
+    console.error(
+      `demo.ts: ${error instanceof Error ? error.message : String(error)} (see --help)`,
+    );
+    return 2;
+  }
   // Ctrl-C or SIGTERM must not leave the two scripts running without us:
   // they quit on Enter or a signal, and nobody would send either.
   const children = new Set<Deno.ChildProcess>();
@@ -142,7 +172,8 @@ What was seen in ${watchSeconds} s, and what the settings predict:
   })
   - probes the client saw arrive and answered: ${answeredByClient.length}
   - silence before each probe: ${silences.length ? `${meanSilence.toFixed(2)} s on average` : "n/a"}
-  - keepalive probes this network namespace counted (TcpExt TCPKeepAlive, all sockets): ${probesCounted}`);
+  - keepalive probes the kernel counted for every socket in this network namespace
+    (TcpExt TCPKeepAlive): ${probesCounted}; ${explainProbeCount(answered.length, probesCounted)}`);
 
   const time = sysctls["net.ipv4.tcp_keepalive_time"];
   const intvl = sysctls["net.ipv4.tcp_keepalive_intvl"];
@@ -178,6 +209,30 @@ What the numbers mean:
     return 1;
   }
   return serverCode === 0 && clientCode === 0 ? 0 : 1;
+}
+
+/**
+ * Says why the kernel's probe counter, which counts every socket in the
+ * network namespace, may differ from the probes the server's watcher saw.
+ *
+ * @example
+ * ```ts
+ * import { explainProbeCount } from "./demo.ts";
+ * explainProbeCount(5, 5); // "the same as the server's: no other socket here sent a probe meanwhile"
+ * ```
+ */
+export function explainProbeCount(seen: number, counted: number): string {
+  if (counted === seen) {
+    return "the same as the server's: no other socket here sent a probe meanwhile";
+  }
+  if (counted > seen) {
+    return `${counted - seen} more than the server's: the counter is per namespace, and other ` +
+      `sockets in it with keepalive on (other programs' connections) sent ${
+        counted - seen === 1 ? "that one" : "those"
+      }`;
+  }
+  return `${seen - counted} fewer than the server's watcher reported, which should not happen: ` +
+    `it reports only what the kernel's TCP_INFO shows (please report this)`;
 }
 
 function describeTimer(socket: TcpSocket): string {
@@ -270,7 +325,7 @@ async function* readEvents(stream: ReadableStream<Uint8Array>) {
 
 if (import.meta.main) {
   try {
-    Deno.exit(await main());
+    Deno.exit(await main(Deno.args));
   } catch (error) {
     console.error(`demo.ts: ${error instanceof Error ? error.message : String(error)}`);
     Deno.exit(1);
