@@ -366,6 +366,97 @@ export function createLineWriter(options: {
   };
 }
 
+// ## The start of a command
+
+/** Where a command reads and writes; tests pass their own. */
+export interface CommandIO {
+  /** Resolves when the user asks to quit (default: {@linkcode waitForQuit}). */
+  quit?: () => Promise<unknown>;
+  /** Where event lines go (default: stdout). It may stall; the command does not. */
+  stdout?: ByteSink;
+  /** Where error lines go (default: stderr); only used before the command runs. */
+  stderr?: (line: string) => void;
+}
+
+/**
+ * Parses a command line with `parse`, the way every script of the kit
+ * starts: returns the options, or the exit code to return at once, 0 after
+ * printing `help` for `--help`, 2 after one line of misuse on stderr
+ * (`server.ts: --port is given twice (see --help)`).
+ *
+ * @example
+ * ```ts ignore
+ * import { parseCommandLine } from "./cli.ts";
+ * const options = parseCommandLine("server.ts", Deno.args, parseServerArgs, HELP);
+ * if (typeof options === "number") Deno.exit(options);
+ * ```
+ */
+export function parseCommandLine<O extends object>(
+  script: string,
+  args: string[],
+  parse: (args: string[]) => O | "help",
+  help: string,
+  stderr: (line: string) => void = (line) => console.error(line),
+): O | 0 | 2 {
+  let options: O | "help";
+  try {
+    options = parse(args);
+  } catch (error) {
+    stderr(`${script}: ${error instanceof Error ? error.message : String(error)} (see --help)`);
+    return 2;
+  }
+  if (options !== "help") return options;
+  console.log(help);
+  return 0;
+}
+
+// How long an exiting command gives its output by default: enough for the
+// last lines to go out, and short enough that a stalled stdout cannot keep it
+// from exiting.
+const EXIT_FLUSH_MS = 500;
+
+/** The line a {@linkcode LineWriter} of events prints when it had to drop some. */
+export interface OutputDroppedEvent {
+  /** When the output took lines again. */
+  time: string;
+  /** `output-dropped`. */
+  event: "output-dropped";
+  /** How many lines were dropped. */
+  lines: number;
+}
+
+/**
+ * Prints a command's events, each as one line of JSON or of text
+ * (`format`), through a {@linkcode LineWriter}: it never blocks. Lines it
+ * has to drop are reported as an {@linkcode OutputDroppedEvent}, which
+ * `format` must know. `flush()` at exit waits half a second at most.
+ *
+ * @example
+ * ```ts ignore
+ * import { eventPrinter } from "./cli.ts";
+ * const out = eventPrinter({ json: false, format: formatServerEvent });
+ * out.print({ time: new Date().toISOString(), event: "accepted", peer: "[::1]:50000" });
+ * await out.flush(500);
+ * ```
+ */
+export function eventPrinter<E extends { time: string }>(options: {
+  json: boolean;
+  format: (event: E | OutputDroppedEvent) => string;
+  output?: ByteSink;
+}): { print(event: E): void; flush(timeoutMs?: number): Promise<boolean> } {
+  const line = (event: E | OutputDroppedEvent) =>
+    options.json ? JSON.stringify(event) : options.format(event);
+  const writer = createLineWriter({
+    output: options.output,
+    droppedNotice: (lines) =>
+      line({ time: new Date().toISOString(), event: "output-dropped", lines }),
+  });
+  return {
+    print: (event) => writer.write(line(event)),
+    flush: (timeoutMs = EXIT_FLUSH_MS) => writer.flush(timeoutMs),
+  };
+}
+
 // ## Quitting
 
 /**

@@ -32,12 +32,13 @@
  * @module
  */
 import {
-  type ByteSink,
-  createLineWriter,
+  type CommandIO,
+  eventPrinter,
+  type OutputDroppedEvent,
+  parseCommandLine,
   parseFlags,
   parseHostname,
   parseInteger,
-  scriptPath,
   waitForQuit,
 } from "./cli.ts";
 import {
@@ -57,7 +58,7 @@ import {
   TUNING_HELP,
 } from "./keepalive_flags.ts";
 export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
-export { UsageError } from "./cli.ts";
+export { type CommandIO, UsageError } from "./cli.ts";
 
 /** What the client does, from its command-line flags. */
 export interface ClientOptions {
@@ -275,7 +276,7 @@ export type ClientEventBody =
   | { event: "timed-out"; bytes: number }
   | { event: "error"; message: string }
   | { event: "quit"; bytes: number }
-  | { event: "output-dropped"; lines: number };
+  | Omit<OutputDroppedEvent, "time">;
 
 /** Formats a client event as one line of text, for people. */
 export function formatClientEvent(event: ClientEvent): string {
@@ -309,62 +310,29 @@ function describeClientEvent(event: ClientEventBody): string {
 
 // ## The command
 
-/** Where `main` reads and writes; tests pass their own. */
-export interface MainIO {
-  /** Resolves when the user asks to quit (default: Enter, Ctrl-C or SIGTERM). */
-  quit?: () => Promise<unknown>;
-  /** Where event lines go (default: stdout); it may stall, the client does not. */
-  stdout?: ByteSink;
-  /** Where error lines go (default: stderr). */
-  stderr?: (line: string) => void;
-}
-
-// On exit, how long the output may take to write the last lines.
-const QUIT_FLUSH_MS = 500;
-
 /**
  * The command: parse flags, connect, hold the connection until the user
  * quits or the connection ends. Returns the exit code: 0 when the user quit
  * or the server closed cleanly, 1 when the connection was lost or could not
- * be made, 2 for bad flags.
+ * be made, 2 for bad flags. Tests pass their own `io` (quit, stdout, stderr).
  */
-export async function main(args: string[], io: MainIO = {}): Promise<number> {
+export async function main(args: string[], io: CommandIO = {}): Promise<number> {
   const stderr = io.stderr ?? ((line: string) => console.error(line));
-  let options: ClientOptions | "help";
-  try {
-    options = parseClientArgs(args);
-  } catch (error) {
-    stderr(`client.ts: ${errorMessage(error)} (see --help)`);
-    return 2;
-  }
-  const json = options !== "help" && options.json;
-  const line = (event: ClientEvent) => json ? JSON.stringify(event) : formatClientEvent(event);
-  const out = createLineWriter({
-    output: io.stdout,
-    droppedNotice: (lines) =>
-      line({ time: new Date().toISOString(), event: "output-dropped", lines }),
-  });
-  if (options === "help") {
-    out.write(HELP);
-    await out.flush(QUIT_FLUSH_MS);
-    return 0;
-  }
+  const options = parseCommandLine("client.ts", args, parseClientArgs, HELP, stderr);
+  if (typeof options === "number") return options;
   // Ask before connecting: a missing permission should stop us before the
   // server sees a connection.
-  const ffi = missingFfiPermission(
-    options.tuning !== null || options.watch,
-    scriptPath(import.meta.url),
-    args,
-  );
+  const ffi = missingFfiPermission(options, import.meta.url, args);
   if (ffi) {
     stderr(`client.ts: ${ffi}`);
     return 1;
   }
+  const out = eventPrinter({ json: options.json, format: formatClientEvent, output: io.stdout });
   // Listen for Enter and signals from the start, so the user can quit a
   // connect that hangs.
   const quitting = (io.quit ?? waitForQuit)();
-  const code = await connectAndHold(options, quitting, (event) => out.write(line(event)), stderr);
-  await out.flush(QUIT_FLUSH_MS);
+  const code = await connectAndHold(options, quitting, out.print, stderr);
+  await out.flush(); // a moment for the last lines, not more
   return code;
 }
 
@@ -457,3 +425,25 @@ function errorMessage(error: unknown): string {
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
+
+// Real runs (Deno 2.9.6, Linux 6.18), against the server above, quitting
+// with Enter after a few seconds:
+//
+//   $ deno run --allow-net client.ts
+//   2026-11-25T20:08:04.088Z connected from 127.0.0.1:33626 to 127.0.0.1:8888, keepalive off; Enter quits
+//   2026-11-25T20:08:07.213Z quitting: closing the connection (0 bytes received)
+//
+// Against a port whose SYNs are dropped (a full backlog here; a firewall or a
+// vanished host elsewhere), without --connect-timeout the kernel would retry
+// for about two minutes:
+//
+//   $ deno run --allow-net client.ts --port 9126 --connect-timeout 2
+//   client.ts: cannot connect to 127.0.0.1:9126: no answer within 2 s (--connect-timeout)
+//   (exit code 1, after 2.08 s)
+//
+//   $ deno run --allow-net client.ts --port 1
+//   client.ts: cannot connect to 127.0.0.1:1: connection refused (is the server running?)
+//   $ deno run --allow-net client.ts --hostname no-such-host.invalid
+//   client.ts: cannot connect to no-such-host.invalid:8888: host name not found
+//   $ deno run --allow-net client.ts --json=0
+//   client.ts: --json takes no value, not "0" (see --help)

@@ -22,7 +22,7 @@
  *
  * @module
  */
-import { shellQuote, showTyped, UsageError } from "./cli.ts";
+import { scriptPath, shellQuote, showTyped, UsageError } from "./cli.ts";
 import {
   isValidKeepAliveValue,
   KEEPALIVE_LIMITS,
@@ -147,23 +147,29 @@ export function describeProbe(probe: ProbeEvent): string {
 
 /**
  * When tuning or watching was asked for without `--allow-ffi`, the one line
- * to print: it names the flag and repeats the whole command line with it, so
- * it can be copied and run. Null when FFI is granted or not needed.
+ * to print: it names the flag and repeats the whole command line with it
+ * (the script named from its `moduleUrl`), so it can be copied and run.
+ * Null when FFI is granted or not needed.
  *
  * @example
  * ```ts ignore
  * import { missingFfiPermission } from "./keepalive_flags.ts";
- * missingFfiPermission(true, "server.ts", ["--idle", "2", "--watch"]);
- * // "--idle, ... need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts --idle 2 --watch"
+ * missingFfiPermission({ tuning: null, watch: true }, import.meta.url, ["--watch"]);
+ * // "--idle, ... need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts --watch"
  * ```
  */
 export function missingFfiPermission(
-  needed: boolean,
-  script: string,
+  options: { tuning: KeepAliveOptions | null; watch: boolean },
+  moduleUrl: string,
   args: readonly string[],
 ): string | null {
+  const needed = options.tuning !== null || options.watch;
   if (!needed || Deno.permissions.querySync({ name: "ffi" }).state === "granted") return null;
-  const command = ["deno run --allow-net --allow-ffi", script, ...args.map(shellQuote)];
+  const command = [
+    "deno run --allow-net --allow-ffi",
+    scriptPath(moduleUrl),
+    ...args.map(shellQuote),
+  ];
   return "--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi " +
     `permission: ${command.join(" ")}`;
 }
