@@ -590,7 +590,7 @@ function findDescriptor(socket: TcpSocket): number {
   for (; fd < limit; fd++) {
     if (examine(fd, local, remote) === "match") return found(fd);
   }
-  throw new SyscallError("getsockname on every descriptor: none is this socket (closed?)", EBADF);
+  throw new SyscallError("no descriptor of this process holds this socket (closed?)", EBADF);
 }
 
 // What one descriptor number holds, as far as the lookup cares.
