@@ -355,11 +355,14 @@ export function createLineWriter(options: {
       }
       if (!writing) return !broken;
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const idle = new Promise<boolean>((resolve) => whenIdle.add(() => resolve(!broken)));
+      let wake = () => {};
+      const idle = new Promise<boolean>((resolve) => wake = () => resolve(!broken));
       const late = new Promise<boolean>((resolve) => timer = setTimeout(resolve, timeoutMs, false));
+      whenIdle.add(wake);
       try {
         return await Promise.race([idle, late]);
       } finally {
+        whenIdle.delete(wake);
         clearTimeout(timer);
       }
     },

@@ -21,6 +21,10 @@
  * which bounds how long data may stay unacknowledged before the connection
  * fails: keepalive only runs while nothing is in flight.
  *
+ * Errors follow Go's: a setter reports the system call and its errno, and
+ * each public call wraps that once, with what it was doing and the socket's
+ * addresses ({@linkcode KeepAliveError}).
+ *
  * Permissions: `--allow-ffi` (and `--allow-net` for the connection itself).
  * Deno does not expose a socket's file descriptor, so this module finds it
  * with `getsockname`/`getpeername` on the process's descriptors, matched
@@ -191,7 +195,10 @@ export class KeepAliveError extends Error {
  *
  * Every value is checked before anything is set: a bad one throws a
  * `TypeError` naming the field and its range, and leaves the socket as it
- * was. Needs `--allow-ffi`; Linux only.
+ * was. A system call that fails throws a {@linkcode KeepAliveError} (the
+ * operation, the socket's addresses, `code` such as `EINVAL`, and the
+ * {@linkcode SyscallError} as `cause`). Needs `--allow-ffi` (without it:
+ * `Deno.errors.NotCapable`); Linux only ({@linkcode UnsupportedSystemError}).
  *
  * @example
  * ```ts ignore
