@@ -249,6 +249,26 @@ export function shellQuote(arg: string): string {
 }
 
 /**
+ * The command line to run a script again with these permissions, and the
+ * arguments it was given, for a message that names a missing permission:
+ * the user copies it and it works.
+ *
+ * @example
+ * ```ts ignore
+ * import { runAgainWith } from "./cli.ts";
+ * runAgainWith(["--allow-net"], import.meta.url, ["--port", "0"]);
+ * // "deno run --allow-net server.ts --port 0"
+ * ```
+ */
+export function runAgainWith(
+  permissions: readonly string[],
+  moduleUrl: string,
+  args: readonly string[],
+): string {
+  return ["deno", "run", ...permissions, scriptPath(moduleUrl), ...args.map(shellQuote)].join(" ");
+}
+
+/**
  * How to name a script in a command line someone will copy: its path from
  * the current directory (or the full path, if it is elsewhere), quoted.
  *

@@ -7,8 +7,9 @@
  * The Deno version of the C client in the blog post "套接字选项SO_KEEPALIVE":
  * it connects to the server and then sends nothing, so the connection is
  * idle and the server's keepalive probes are the only traffic on it. The
- * kernel answers those probes by itself; this program never sees them. What
- * it does see is how the connection ends: the server closes it, resets it,
+ * kernel answers those probes by itself; no read ever returns them (only
+ * `--watch`, below, shows them, from the kernel's own counters). What the
+ * reads do see is how the connection ends: the server closes it, resets it,
  * or (with `--keepalive`, when the server has vanished) the client's own
  * probes go unanswered and the read fails with "timed out".
  *
@@ -39,6 +40,7 @@ import {
   parseFlags,
   parseHostname,
   parseInteger,
+  runAgainWith,
   waitForQuit,
 } from "./cli.ts";
 import {
@@ -204,16 +206,18 @@ Connects to a TCP server, sends nothing, and reports how the connection ends.
 Quit with Enter, Ctrl-C or SIGTERM.
 
 Options:
-  --hostname ADDRESS        server address or host name (default 127.0.0.1; ::1 for IPv6)
-  --port N                  server port, 1..65535 (default 8888)
-  --keepalive               turn SO_KEEPALIVE on for this side too (default off, like the C client)
-  --connect-timeout SECONDS give up connecting after this long, 1..86400 (default: when the
-                            kernel gives up, about 2 minutes for an address that never answers)
-  --json                    print one JSON object per event instead of text
-  -h, --help                show this help
+  --hostname ADDRESS      server address or host name (default 127.0.0.1; ::1 for IPv6)
+  --port N                server port, 1..65535 (default 8888)
+  --keepalive             turn SO_KEEPALIVE on for this side too (default off, like the C client)
+  --connect-timeout SECONDS
+                          give up connecting after this long, 1..86400 (default: when the
+                          kernel gives up, about 2 minutes for an address that never answers)
+  --json                  print one JSON object per event instead of text
+  -h, --help              show this help
 
 ${TUNING_HELP}
-  (Each tuning flag implies --keepalive.)
+  (--idle, --interval, --count and --user-timeout imply --keepalive; --watch alone does not:
+  it shows the server's probes, which this side's kernel answers with keepalive off.)
 
 Exit codes: 0 when you quit or the server closed the connection cleanly,
 1 when the connection was lost (reset, timed out) or could not be made,
@@ -278,31 +282,38 @@ export type ClientEventBody =
   | { event: "quit"; bytes: number }
   | Omit<OutputDroppedEvent, "time">;
 
-/** Formats a client event as one line of text, for people. */
-export function formatClientEvent(event: ClientEvent): string {
-  return `${event.time} ${describeClientEvent(event)}`;
+/**
+ * Formats a client event as one line of text, for people. `enterQuits`
+ * (default true) says whether the connected line may promise that Enter
+ * quits: not when stdin is not a terminal (a background job).
+ */
+export function formatClientEvent(
+  event: ClientEvent,
+  how: { enterQuits: boolean } = { enterQuits: true },
+): string {
+  return `${event.time} ${describeClientEvent(event, how)}`;
 }
 
-function describeClientEvent(event: ClientEventBody): string {
+function describeClientEvent(event: ClientEventBody, how: { enterQuits: boolean }): string {
   switch (event.event) {
     case "connected":
       return `connected from ${event.local} to ${event.remote}, keepalive ${
         event.keepAlive ? "on" : "off"
-      }${
-        event.tuning && event.keepAlive ? ` (${describeKeepAlive(event.tuning)})` : ""
-      }; Enter quits`;
+      }${event.tuning && event.keepAlive ? ` (${describeKeepAlive(event.tuning)})` : ""}; ${
+        how.enterQuits ? "Enter" : "SIGTERM"
+      } quits`;
     case "probe":
       return describeProbe(event);
     case "server-closed":
-      return `the server closed the connection (${event.bytes} bytes received)`;
+      return `the server closed the connection (${plural(event.bytes, "byte")} received)`;
     case "reset":
-      return `the connection was reset (${event.bytes} bytes received)`;
+      return `the connection was reset (${plural(event.bytes, "byte")} received)`;
     case "timed-out":
       return `the connection timed out: keepalive probes went unanswered, the server is gone`;
     case "error":
       return `connection error: ${event.message}`;
     case "quit":
-      return `quitting: closing the connection (${event.bytes} bytes received)`;
+      return `quitting: closing the connection (${plural(event.bytes, "byte")} received)`;
     case "output-dropped":
       return `${event.lines} lines of output dropped: stdout was not being read`;
   }
@@ -327,17 +338,23 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
     stderr(`client.ts: ${ffi}`);
     return 1;
   }
-  const out = eventPrinter({ json: options.json, format: formatClientEvent, output: io.stdout });
+  const enterQuits = io.quit === undefined && Deno.stdin.isTerminal();
+  const out = eventPrinter({
+    json: options.json,
+    format: (event: ClientEvent) => formatClientEvent(event, { enterQuits }),
+    output: io.stdout,
+  });
   // Listen for Enter and signals from the start, so the user can quit a
   // connect that hangs.
   const quitting = (io.quit ?? waitForQuit)();
-  const code = await connectAndHold(options, quitting, out.print, stderr);
+  const code = await connectAndHold(options, args, quitting, out.print, stderr);
   await out.flush(); // a moment for the last lines, not more
   return code;
 }
 
 async function connectAndHold(
   options: ClientOptions,
+  args: string[],
   quitting: Promise<unknown>,
   print: (event: ClientEvent) => void,
   stderr: (line: string) => void,
@@ -347,7 +364,7 @@ async function connectAndHold(
   try {
     conn = await connect(options, quitting);
   } catch (error) {
-    stderr(`client.ts: ${describeConnectError(error, where)}`);
+    stderr(`client.ts: ${describeConnectError(error, where, options, args)}`);
     return 1;
   }
   if (conn === "quit") {
@@ -383,10 +400,21 @@ async function connectAndHold(
 }
 
 // `where` is the address as the user gave it, already checked by parseHostname.
-function describeConnectError(error: unknown, where: string): string {
+function describeConnectError(
+  error: unknown,
+  where: string,
+  options: ClientOptions,
+  args: string[],
+): string {
   const message = errorMessage(error);
   if (error instanceof Deno.errors.NotCapable) {
-    return `connecting to ${where} needs the --allow-net permission: deno run --allow-net client.ts`;
+    const ffi = options.tuning || options.watch ? ["--allow-ffi"] : [];
+    return `connecting to ${where} needs the --allow-net permission: ` +
+      runAgainWith(["--allow-net", ...ffi], import.meta.url, args);
+  }
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return `cannot connect to ${where}: this machine has no address to reach it from ` +
+      `(is its network interface down?)`;
   }
   if (error instanceof Deno.errors.ConnectionRefused) {
     return `cannot connect to ${where}: connection refused (is the server running?)`;
@@ -418,6 +446,10 @@ function formatAddr(addr: Deno.NetAddr): string {
   return addr.hostname.includes(":")
     ? `[${addr.hostname}]:${addr.port}`
     : `${addr.hostname}:${addr.port}`;
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 function errorMessage(error: unknown): string {

@@ -227,9 +227,8 @@ export function explainProbeCount(seen: number, counted: number): string {
   }
   if (counted > seen) {
     return `${counted - seen} more than the server's: the counter is per namespace, and other ` +
-      `sockets in it with keepalive on (other programs' connections) sent ${
-        counted - seen === 1 ? "that one" : "those"
-      }`;
+      `sockets in it with keepalive on sent ${counted - seen === 1 ? "that one" : "those"} ` +
+      `(other programs' connections; under npx, npm's own connection to its registry is one)`;
   }
   return `${seen - counted} fewer than the server's watcher reported, which should not happen: ` +
     `it reports only what the kernel's TCP_INFO shows (please report this)`;

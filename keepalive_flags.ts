@@ -22,7 +22,7 @@
  *
  * @module
  */
-import { scriptPath, shellQuote, showTyped, UsageError } from "./cli.ts";
+import { runAgainWith, showTyped, UsageError } from "./cli.ts";
 import {
   isValidKeepAliveValue,
   KEEPALIVE_LIMITS,
@@ -147,15 +147,15 @@ export function describeProbe(probe: ProbeEvent): string {
 
 /**
  * When tuning or watching was asked for without `--allow-ffi`, the one line
- * to print: it names the flag and repeats the whole command line with it
- * (the script named from its `moduleUrl`), so it can be copied and run.
- * Null when FFI is granted or not needed.
+ * to print: it names the flags that need it and repeats the whole command
+ * line with it (the script named from its `moduleUrl`), so it can be copied
+ * and run. Null when FFI is granted or not needed.
  *
  * @example
  * ```ts ignore
  * import { missingFfiPermission } from "./keepalive_flags.ts";
  * missingFfiPermission({ tuning: null, watch: true }, import.meta.url, ["--watch"]);
- * // "--idle, ... need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts --watch"
+ * // "--watch needs the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts --watch"
  * ```
  */
 export function missingFfiPermission(
@@ -163,13 +163,17 @@ export function missingFfiPermission(
   moduleUrl: string,
   args: readonly string[],
 ): string | null {
-  const needed = options.tuning !== null || options.watch;
-  if (!needed || Deno.permissions.querySync({ name: "ffi" }).state === "granted") return null;
-  const command = [
-    "deno run --allow-net --allow-ffi",
-    scriptPath(moduleUrl),
-    ...args.map(shellQuote),
-  ];
-  return "--idle, --interval, --count, --user-timeout and --watch need the --allow-ffi " +
-    `permission: ${command.join(" ")}`;
+  const flags = TUNING_FLAGS.filter((flag) =>
+    options.tuning?.[OPTION_OF[flag].option] !== undefined
+  )
+    .map((flag) => `--${flag}`);
+  if (options.watch) flags.push("--watch");
+  if (flags.length === 0 || Deno.permissions.querySync({ name: "ffi" }).state === "granted") {
+    return null;
+  }
+  const named = flags.length === 1
+    ? `${flags[0]} needs`
+    : `${flags.slice(0, -1).join(", ")} and ${flags.at(-1)} need`;
+  return `${named} the --allow-ffi permission: ` +
+    runAgainWith(["--allow-net", "--allow-ffi"], moduleUrl, args);
 }

@@ -17,9 +17,10 @@
  * - https://docs.deno.com/api/deno/~/Deno.TcpConn.prototype.setKeepAlive
  * - https://man7.org/linux/man-pages/man7/tcp.7.html (tcp_keepalive_time)
  *
- * Deno's `setKeepAlive(true)` cannot change the 7200 s: `--idle`,
- * `--interval`, `--count` and `--user-timeout` set them for this server's
- * connections only, through `keepalive.ts` (FFI, so `--allow-ffi`), and
+ * Deno's `setKeepAlive(true)` cannot change the 7200 s, nor the interval and
+ * the count: `--idle`, `--interval`, `--count` and `--user-timeout` set
+ * them for this server's connections only, through `keepalive.ts` (FFI, so
+ * `--allow-ffi`), and
  * `--watch` prints each probe the kernel sends and whether it was answered.
  *
  * The file reads top to bottom as the story: listening and keepalive, the
@@ -41,6 +42,7 @@ import {
   parseFlags,
   parseHostname,
   parseInteger,
+  runAgainWith,
   showTyped,
   UsageError,
   waitForQuit,
@@ -82,7 +84,7 @@ export interface ServerOptions {
   json: boolean;
 }
 
-// ## Listening, with keepalive on every connection
+// ## Listening
 //
 // The C server: socket, bind, listen(fd, 5), accept, setsockopt(SO_KEEPALIVE).
 // Deno's Deno.listen does the first three; the rest is below.
@@ -199,7 +201,7 @@ function emptySummary(): Server["summary"] {
   };
 }
 
-// ## Accepting
+// ## Accepting, and SO_KEEPALIVE on each connection
 
 async function acceptLoop(listener: Deno.TcpListener, server: Server): Promise<void> {
   const trouble = acceptTrouble(server);
@@ -216,7 +218,9 @@ async function acceptLoop(listener: Deno.TcpListener, server: Server): Promise<v
         server.emit({ event: "reset-before-accept" });
         trouble.succeeded();
       } else {
-        // Meanwhile the kernel keeps completing connections into the backlog.
+        // Out of file descriptors, most likely (see "When accepting fails for
+        // a while", below). The kernel keeps completing connections into the
+        // backlog meanwhile.
         trouble.failed(error);
         await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
       }
@@ -227,6 +231,107 @@ async function acceptLoop(listener: Deno.TcpListener, server: Server): Promise<v
   }
   trouble.stop();
 }
+
+// Deno reads the peer's address right after accept(); a connection reset in
+// the backlog has none (ENOTCONN), or the kernel says so itself (ECONNABORTED).
+function wasResetInBacklog(error: unknown): boolean {
+  return error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.ConnectionAborted;
+}
+
+function admit(conn: Deno.TcpConn, server: Server): void {
+  const peer = formatAddr(conn.remoteAddr);
+  // A bound on open connections keeps a flood of clients from taking every
+  // file descriptor (and with them, the listener).
+  if (server.open.size >= server.options.maxConnections) {
+    conn.close();
+    server.summary.rejected++;
+    server.emit({ event: "rejected", peer, open: server.open.size });
+    return;
+  }
+  server.open.add(conn);
+  server.summary.accepted++;
+  server.emit({
+    event: "accepted",
+    peer,
+    keepAlive: server.options.keepAlive,
+    open: server.open.size,
+  });
+  // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
+  // kernel arms the keepalive timer right away; the first probe goes out
+  // after tcp_keepalive_time seconds (or --idle) without traffic.
+  let keepAliveError: unknown = null;
+  try {
+    if (server.options.keepAlive) conn.setKeepAlive(true);
+  } catch (error) {
+    keepAliveError = error; // reported as this connection's end, below
+  }
+  const reader = readUntilEnd(conn, peer, server, keepAliveError);
+  server.readers.add(reader);
+  reader.finally(() => server.readers.delete(reader));
+}
+
+// ## Reading until the end
+//
+// The reads are what make the kernel's verdict visible: a peer that closes
+// shows up as the end of the stream, a reset as ConnectionReset, and
+// unanswered keepalive probes as TimedOut (ETIMEDOUT). This server never
+// writes, so nothing else can time a connection out.
+
+// The server never looks at what peers send, it only counts the bytes, so
+// every connection reads into this one buffer. Reads overwrite each other's
+// bytes, which is harmless here, and an idle connection then costs no buffer
+// of its own (a 16 KiB buffer each would be 16 KiB per idle connection).
+const discardBuffer = new Uint8Array(16 * 1024);
+
+async function readUntilEnd(
+  conn: Deno.TcpConn,
+  peer: string,
+  server: Server,
+  keepAliveError: unknown,
+): Promise<void> {
+  const { options, summary } = server;
+  let bytes = 0;
+  let watcher: { stop(): void } | null = null;
+  try {
+    if (keepAliveError) throw keepAliveError;
+    if (options.watch) watcher = watchProbes(conn, peer, server);
+    for (;;) {
+      const n = await conn.read(discardBuffer);
+      if (n === null) break;
+      bytes += n;
+    }
+    summary.peerClosed++;
+    server.emit({ event: "peer-closed", peer, bytes });
+  } catch (error) {
+    if (server.closing) return; // we closed it ourselves, on quit
+    if (error instanceof Deno.errors.ConnectionReset) {
+      summary.reset++;
+      server.emit({ event: "reset", peer, bytes });
+    } else if (error instanceof Deno.errors.TimedOut) {
+      summary.timedOut++;
+      server.emit({ event: "timed-out", peer, bytes });
+    } else {
+      summary.errors++;
+      server.emit({ event: "error", peer, message: errorMessage(error) });
+    }
+  } finally {
+    watcher?.stop();
+    if (server.open.delete(conn)) conn.close();
+  }
+}
+
+// --watch: the kernel's probes on this connection, read from TCP_INFO.
+function watchProbes(conn: Deno.TcpConn, peer: string, server: Server) {
+  try {
+    return watchKeepAlive(conn, (probe) => server.emit({ event: "probe", peer, ...probe }));
+  } catch (error) {
+    server.emit({ event: "watch-error", peer, message: errorMessage(error) });
+    return null;
+  }
+}
+
+// ## When accepting fails for a while
 
 // While accept() fails for a reason that lasts (EMFILE: the process is out of
 // file descriptors until a connection closes), try again this often...
@@ -266,94 +371,6 @@ function acceptTrouble(server: Server) {
     },
     stop: () => clearTimeout(recovering),
   };
-}
-
-// Deno reads the peer's address right after accept(); a connection reset in
-// the backlog has none (ENOTCONN), or the kernel says so itself (ECONNABORTED).
-function wasResetInBacklog(error: unknown): boolean {
-  return error instanceof Deno.errors.NotConnected ||
-    error instanceof Deno.errors.ConnectionAborted;
-}
-
-function admit(conn: Deno.TcpConn, server: Server): void {
-  const peer = formatAddr(conn.remoteAddr);
-  // A bound on open connections keeps a flood of clients from taking every
-  // file descriptor (and with them, the listener).
-  if (server.open.size >= server.options.maxConnections) {
-    conn.close();
-    server.summary.rejected++;
-    server.emit({ event: "rejected", peer, open: server.open.size });
-    return;
-  }
-  server.open.add(conn);
-  server.summary.accepted++;
-  server.emit({
-    event: "accepted",
-    peer,
-    keepAlive: server.options.keepAlive,
-    open: server.open.size,
-  });
-  const reader = readUntilEnd(conn, peer, server);
-  server.readers.add(reader);
-  reader.finally(() => server.readers.delete(reader));
-}
-
-// ## Reading until the end
-//
-// The reads are what make the kernel's verdict visible: a peer that closes
-// shows up as the end of the stream, a reset as ConnectionReset, and
-// unanswered keepalive probes as TimedOut (ETIMEDOUT). This server never
-// writes, so nothing else can time a connection out.
-
-// The server never looks at what peers send, it only counts the bytes, so
-// every connection reads into this one buffer. Reads overwrite each other's
-// bytes, which is harmless here, and an idle connection then costs no buffer
-// of its own (a 16 KiB buffer each would be 16 KiB per idle connection).
-const discardBuffer = new Uint8Array(16 * 1024);
-
-async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): Promise<void> {
-  const { options, summary } = server;
-  let bytes = 0;
-  let watcher: { stop(): void } | null = null;
-  try {
-    // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
-    // kernel arms the keepalive timer right away; the first probe goes out
-    // after tcp_keepalive_time seconds (or --idle) without traffic.
-    if (options.keepAlive) conn.setKeepAlive(true);
-    if (options.watch) watcher = watchProbes(conn, peer, server);
-    for (;;) {
-      const n = await conn.read(discardBuffer);
-      if (n === null) break;
-      bytes += n;
-    }
-    summary.peerClosed++;
-    server.emit({ event: "peer-closed", peer, bytes });
-  } catch (error) {
-    if (server.closing) return; // we closed it ourselves, on quit
-    if (error instanceof Deno.errors.ConnectionReset) {
-      summary.reset++;
-      server.emit({ event: "reset", peer, bytes });
-    } else if (error instanceof Deno.errors.TimedOut) {
-      summary.timedOut++;
-      server.emit({ event: "timed-out", peer, bytes });
-    } else {
-      summary.errors++;
-      server.emit({ event: "error", peer, message: errorMessage(error) });
-    }
-  } finally {
-    watcher?.stop();
-    if (server.open.delete(conn)) conn.close();
-  }
-}
-
-// --watch: the kernel's probes on this connection, read from TCP_INFO.
-function watchProbes(conn: Deno.TcpConn, peer: string, server: Server) {
-  try {
-    return watchKeepAlive(conn, (probe) => server.emit({ event: "probe", peer, ...probe }));
-  } catch (error) {
-    server.emit({ event: "watch-error", peer, message: errorMessage(error) });
-    return null;
-  }
 }
 
 // ## The command line
@@ -471,19 +488,26 @@ export interface ServerSummary {
   acceptPauses: number;
 }
 
-/** Formats a server event as one line of text, for people. */
-export function formatServerEvent(event: ServerEvent): string {
-  return `${event.time} ${describeServerEvent(event)}`;
+/**
+ * Formats a server event as one line of text, for people. `enterQuits`
+ * (default true) says whether the listening line may promise that Enter
+ * quits: not when stdin is not a terminal (a background job, a service).
+ */
+export function formatServerEvent(
+  event: ServerEvent,
+  how: { enterQuits: boolean } = { enterQuits: true },
+): string {
+  return `${event.time} ${describeServerEvent(event, how)}`;
 }
 
-function describeServerEvent(event: ServerEventBody): string {
+function describeServerEvent(event: ServerEventBody, how: { enterQuits: boolean }): string {
   switch (event.event) {
     case "listening":
       return `listening on ${event.address}, keepalive ${
         event.keepAlive ? "on" : "off"
       } for accepted connections${
         event.tuning ? ` (${describeKeepAlive(event.tuning)})` : ""
-      }, at most ${event.maxConnections} at once; Enter quits`;
+      }, at most ${event.maxConnections} at once; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
     case "accepted":
       return `accepted ${event.peer}, keepalive ${
         event.keepAlive ? "on" : "off"
@@ -493,9 +517,9 @@ function describeServerEvent(event: ServerEventBody): string {
     case "reset-before-accept":
       return "a connection was reset by its peer while it waited to be accepted";
     case "peer-closed":
-      return `${event.peer} closed by peer after ${event.bytes} bytes`;
+      return `${event.peer} closed by peer after ${plural(event.bytes, "byte")}`;
     case "reset":
-      return `${event.peer} reset by peer after ${event.bytes} bytes`;
+      return `${event.peer} reset by peer after ${plural(event.bytes, "byte")}`;
     case "timed-out":
       return `${event.peer} timed out: keepalive probes went unanswered, the peer is gone`;
     case "error":
@@ -519,7 +543,7 @@ function describeServerEvent(event: ServerEventBody): string {
         `${event.peerClosed} closed by peer, ${event.reset} reset, ${event.timedOut} timed out, ` +
         `${event.errors} errors, ${event.closedOnQuit} closed on quit` +
         (event.acceptPauses
-          ? `; accepting failed for a while ${plural(event.acceptPauses, "time")}`
+          ? `; accepting stopped for a while (${plural(event.acceptPauses, "time")})`
           : "");
   }
 }
@@ -543,12 +567,17 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
     stderr(`server.ts: ${ffi}`);
     return 1;
   }
-  const out = eventPrinter({ json: options.json, format: formatServerEvent, output: io.stdout });
+  const enterQuits = io.quit === undefined && Deno.stdin.isTerminal();
+  const out = eventPrinter({
+    json: options.json,
+    format: (event: ServerEvent) => formatServerEvent(event, { enterQuits }),
+    output: io.stdout,
+  });
   let server: RunningServer;
   try {
     server = startServer(options, out.print);
   } catch (error) {
-    stderr(`server.ts: ${describeListenError(error, options)}`);
+    stderr(`server.ts: ${describeListenError(error, options, args)}`);
     return 1;
   }
   await (io.quit ?? waitForQuit)();
@@ -559,11 +588,13 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   return 0;
 }
 
-function describeListenError(error: unknown, options: ServerOptions): string {
+function describeListenError(error: unknown, options: ServerOptions, args: string[]): string {
   if (error instanceof TuningError) return error.message;
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
   if (error instanceof Deno.errors.NotCapable) {
-    return `listening on ${where} needs the --allow-net permission: deno run --allow-net server.ts`;
+    const ffi = options.tuning || options.watch ? ["--allow-ffi"] : [];
+    return `listening on ${where} needs the --allow-net permission: ` +
+      runAgainWith(["--allow-net", ...ffi], import.meta.url, args);
   }
   if (error instanceof Deno.errors.AddrInUse) {
     return `cannot listen on ${where}: the port is already in use`;
@@ -613,7 +644,7 @@ if (import.meta.main) Deno.exit(await main(Deno.args));
 // The same server in a network namespace, its client in another, joined by a
 // veth cable that was cut one second after the client connected:
 //
-//   $ sudo ip netns exec A deno run --allow-net --allow-ffi server.ts --hostname :: --idle 2 --interval 1 --count 3 --watch
+//   $ sudo ip netns exec srv deno run --allow-net --allow-ffi server.ts --hostname :: --idle 2 --interval 1 --count 3 --watch
 //   2026-11-25T20:08:12.387Z listening on [::]:8888, keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
 //   2026-11-25T20:08:13.590Z accepted [fd6b:61::2]:55972, keepalive on (1 open)
 //   2026-11-25T20:08:15.616Z [fd6b:61::2]:55972 probe 1/3 unanswered

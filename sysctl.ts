@@ -82,6 +82,10 @@ Keys (full name, file name or short name):
   net.ipv4.tcp_keepalive_intvl   tcp_keepalive_intvl   intvl   seconds between probes (1..2147483647)
   net.ipv4.tcp_keepalive_probes  tcp_keepalive_probes  probes  unanswered probes before the peer is dead (1..255)
 
+The kernel's own limit for time and intvl is lower than 2147483647 and depends on
+its build (it counts them in clock ticks): above it, it answers EINVAL, and this
+script puts back whatever it already wrote.
+
 Options:
   --json       print one JSON object, {"net.ipv4.tcp_keepalive_time":7200,...}
   -h, --help   show this help

@@ -107,8 +107,7 @@ for (const script of ["server.ts", "client.ts"]) {
       "--idle 2 --watch --json";
     assertEquals(
       refused.stderr,
-      `${script}: --idle, --interval, --count, --user-timeout and --watch ` +
-        `need the --allow-ffi permission: ${expected}\n`,
+      `${script}: --idle and --watch need the --allow-ffi permission: ${expected}\n`,
     );
     // The command it printed gets past the permission check, to the port.
     const again = await run([Deno.execPath(), ...expected.split(" ").slice(1)]);
@@ -121,3 +120,25 @@ function freePort(): number {
   using listener = Deno.listen({ hostname: "::1", port: 0 });
   return listener.addr.port;
 }
+
+Deno.test("the --allow-ffi message names only the flags that were given", async () => {
+  for (
+    const [args, named] of [
+      [["--watch"], "--watch needs"],
+      [["--count", "3", "--user-timeout", "5"], "--count and --user-timeout need"],
+      [["--interval", "2", "--idle", "1", "--watch"], "--idle, --interval and --watch need"],
+    ] as const
+  ) {
+    const { code, stderr } = await run([
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      "server.ts",
+      "--port",
+      "0",
+      ...args,
+    ]);
+    assertEquals(code, 1);
+    assertStringIncludes(stderr, `server.ts: ${named} the --allow-ffi permission: `);
+  }
+});
