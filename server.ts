@@ -665,4 +665,4 @@ if (import.meta.main) Deno.exit(await main(Deno.args));
 //   $ deno run --allow-net server.ts --hostname [::1
 //   server.ts: --hostname "[::1" is not an address: unmatched bracket (see --help)
 //   $ deno run --allow-net server.ts --idle 2 --watch
-//   server.ts: --idle, --interval, --count, --user-timeout and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts --idle 2 --watch
+//   server.ts: --idle and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts --idle 2 --watch
