@@ -38,9 +38,10 @@ export class UsageError extends Error {
 // ## Showing back what someone typed
 
 /**
- * A value someone typed, quoted for a message: control bytes, DEL, C1
- * controls and bidirectional overrides are escaped (`"\u001b[2J"`), and past
- * `max` characters it is cut and its length given.
+ * A value someone typed, quoted for a message: control characters (C0, DEL,
+ * C1), format characters (bidirectional overrides, zero-width marks) and
+ * line separators are escaped (`"\u001b[2J"`), and past `max` characters it
+ * is cut and its length given.
  *
  * @example
  * ```ts
@@ -51,11 +52,17 @@ export class UsageError extends Error {
  */
 export function showTyped(text: string, max = 40): string {
   const shown = text.length > max ? text.slice(0, max) : text;
-  // JSON escapes the C0 controls, quotes and backslashes; terminals also act
-  // on DEL and the C1 controls (0x9b is a CSI), and bidi marks reorder text.
+  // JSON escapes the C0 controls, quotes and backslashes. Terminals also act
+  // on DEL and the C1 controls (0x9b is a CSI), and format characters (bidi
+  // overrides, zero-width marks) and line separators reorder or hide text.
   const quoted = JSON.stringify(shown).replace(
-    /[\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+    /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
+    (c) => {
+      const code = c.codePointAt(0)!;
+      return code > 0xffff
+        ? `\\u{${code.toString(16)}}`
+        : `\\u${code.toString(16).padStart(4, "0")}`;
+    },
   );
   return text.length > max ? `${quoted.slice(0, -1)}..." (${text.length} characters)` : quoted;
 }
@@ -72,12 +79,15 @@ export interface FlagSpec<S extends string, B extends string> {
   negatable?: readonly B[];
   /** Values of the string flags that are not given. */
   default?: Partial<Record<S, string>>;
+  /** Whether arguments that are not flags are taken (in `_`); otherwise each is misuse. */
+  positionals?: boolean;
 }
 
 /** What {@linkcode parseFlags} returns: each string flag's value (or its default), each boolean. */
 export type Flags<S extends string, B extends string> =
   & { [K in S]: string | undefined }
-  & { [K in B | "help"]: boolean };
+  & { [K in B | "help"]: boolean }
+  & { _: string[] };
 
 /**
  * Parses a command line strictly, or throws a {@linkcode UsageError} naming
@@ -106,8 +116,13 @@ export function parseFlags<S extends string, B extends string>(
   // which every flag is written once, as --name=value or --name.
   const seen = new Set<string>();
   const normalized: string[] = [];
+  const positionals: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
+    if (spec.positionals && !arg.startsWith("-") && arg !== "") {
+      positionals.push(arg);
+      continue;
+    }
     if (arg === "--") {
       if (i + 1 < args.length) {
         throw new UsageError(`unexpected argument ${showTyped(args[i + 1])}`);
@@ -161,7 +176,7 @@ export function parseFlags<S extends string, B extends string>(
       ...Object.fromEntries((spec.negatable ?? []).map((name) => [name, true])),
     },
   });
-  return flags as Flags<S, B>;
+  return { ...flags, _: positionals } as Flags<S, B>;
 }
 
 function splitFlag(arg: string): [string, string | undefined] {
@@ -210,17 +225,31 @@ export function parseHostname(flag: string, text: string): string {
     throw new UsageError(`${flag} ${showTyped(text)}: brackets are for IPv6 addresses only`);
   }
   if (unbracketed.includes(":")) {
-    // The URL parser knows IPv6 exactly (it refuses "::gg" and ":::").
-    if (!canParse(`http://[${unbracketed}]/`)) {
+    // The URL parser knows IPv6 exactly (it refuses "::gg" and ":::"), but
+    // it drops tabs and newlines before it looks: only hex, ':' and '.'.
+    if (!/^[0-9A-Fa-f:.]+$/.test(unbracketed) || !canParse(`http://[${unbracketed}]/`)) {
       throw new UsageError(`${flag} ${showTyped(text)} is not an IPv6 address`);
     }
     return unbracketed;
   }
-  // A host name is dot-separated labels of letters, digits and hyphens (an
-  // IPv4 address is one too), at most 253 characters.
+  // A host name is dot-separated labels of letters, digits and hyphens, at
+  // most 253 characters. One whose last label is a number is an IPv4
+  // address, and only the plain dotted form is taken: the C library would
+  // read 0177.0.0.1 as octal, 2130706433 and 0x7f.1 as 127.0.0.1.
   const label = "[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?";
   if (unbracketed.length > 253 || !new RegExp(`^${label}(?:\\.${label})*\\.?$`).test(unbracketed)) {
     throw new UsageError(`${flag} ${showTyped(text)} is not an address or host name`);
+  }
+  const lastLabel = unbracketed.replace(/\.$/, "").split(".").at(-1)!;
+  const octet = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+  if (
+    /^(?:[0-9]+|0x[0-9a-f]*)$/i.test(lastLabel) &&
+    !new RegExp(`^${octet}(?:\\.${octet}){3}$`).test(unbracketed)
+  ) {
+    throw new UsageError(
+      `${flag} ${showTyped(text)} is not an IPv4 address: write four numbers 0..255 ` +
+        `without leading zeros, e.g. 127.0.0.1`,
+    );
   }
   return unbracketed;
 }
@@ -341,7 +370,10 @@ export function createLineWriter(options: {
 
   async function drain() {
     try {
-      while (queue.length > 0) {
+      for (;;) {
+        // Caught up after dropping lines: say so now, not with the next line.
+        if (queue.length === 0) noteDrops();
+        if (queue.length === 0) break;
         const bytes = encoder.encode(queue.splice(0, 512).join("\n") + "\n");
         for (let sent = 0; sent < bytes.length;) sent += await output.write(bytes.subarray(sent));
       }
@@ -486,7 +518,9 @@ export function eventPrinter<E extends { time: string }>(options: {
  * Resolves when the user asks to quit: Enter (the C programs' `getchar()`),
  * Ctrl-C or SIGTERM. A closed stdin (a background job, a service) is not a
  * request to quit: then only a signal is. Ctrl-D at a terminal ends one read,
- * not the terminal, so Enter still works after it.
+ * not the terminal, so Enter still works after it. Call it once per process:
+ * its signal listeners stay, so that a second signal does not kill the
+ * command while it closes down; end the process with `Deno.exit`.
  *
  * @example
  * ```ts ignore
@@ -496,13 +530,12 @@ export function eventPrinter<E extends { time: string }>(options: {
  */
 export function waitForQuit(): Promise<"enter" | "signal"> {
   return new Promise((resolve) => {
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    const onSignal = () => done("signal");
-    const done = (why: "enter" | "signal") => {
-      for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
-      resolve(why);
-    };
-    for (const signal of signals) Deno.addSignalListener(signal, onSignal);
+    // The listeners stay for the life of the process: a second Ctrl-C or
+    // SIGTERM while the command closes down is taken as the same request,
+    // instead of killing it halfway through (without its summary).
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      Deno.addSignalListener(signal, () => resolve("signal"));
+    }
     (async () => {
       const buffer = new Uint8Array(256);
       const terminal = Deno.stdin.isTerminal();
@@ -515,7 +548,7 @@ export function waitForQuit(): Promise<"enter" | "signal"> {
         }
         if (n === null && !terminal) return;
         if (n === null) await new Promise((resolve) => setTimeout(resolve, 100));
-        else if (buffer.subarray(0, n).includes(0x0a)) return done("enter");
+        else if (buffer.subarray(0, n).includes(0x0a)) return resolve("enter");
       }
     })();
   });

@@ -45,6 +45,7 @@ import {
 } from "./cli.ts";
 import {
   getKeepAlive,
+  keepAliveGaveUp,
   type KeepAliveOptions,
   type KeepAliveSettings,
   type ProbeEvent,
@@ -164,6 +165,8 @@ export async function holdConnection(
     await reading; // it ends now, with the close
   } else if (outcome.ending === "error") {
     emit({ event: "error", message: outcome.message });
+  } else if (outcome.ending === "timed-out") {
+    emit({ event: "timed-out", bytes: progress.bytes, code: outcome.code });
   } else {
     emit({ event: outcome.ending, bytes: progress.bytes });
   }
@@ -175,13 +178,16 @@ export async function holdConnection(
 
 // The read is what makes the kernel's verdict visible: end of stream when
 // the server closes, ConnectionReset for a reset, and TimedOut (ETIMEDOUT)
-// when this side's keepalive probes go unanswered. A small buffer is enough:
+// when this side's keepalive probes go unanswered (or the error of the last
+// probe, when this side lost its route to the server). A small buffer is enough:
 // the bytes are only counted, in `progress`.
 async function readUntilEnd(
   conn: Deno.TcpConn,
   progress: { bytes: number },
 ): Promise<
-  { ending: "server-closed" | "reset" | "timed-out" } | { ending: "error"; message: string }
+  | { ending: "server-closed" | "reset" }
+  | { ending: "timed-out"; code: string }
+  | { ending: "error"; message: string }
 > {
   const buffer = new Uint8Array(4096);
   try {
@@ -192,7 +198,8 @@ async function readUntilEnd(
     }
   } catch (error) {
     if (error instanceof Deno.errors.ConnectionReset) return { ending: "reset" };
-    if (error instanceof Deno.errors.TimedOut) return { ending: "timed-out" };
+    const code = keepAliveGaveUp(error);
+    if (code) return { ending: "timed-out", code };
     return { ending: "error", message: errorMessage(error) };
   }
 }
@@ -277,7 +284,12 @@ export type ClientEventBody =
   | ({ event: "probe" } & ProbeEvent)
   | { event: "server-closed"; bytes: number }
   | { event: "reset"; bytes: number }
-  | { event: "timed-out"; bytes: number }
+  | {
+    event: "timed-out";
+    bytes: number;
+    /** ETIMEDOUT; ENETUNREACH or EHOSTUNREACH when this side lost its route to the server. */
+    code: string;
+  }
   | { event: "error"; message: string }
   | { event: "quit"; bytes: number }
   | Omit<OutputDroppedEvent, "time">;
@@ -309,7 +321,10 @@ function describeClientEvent(event: ClientEventBody, how: { enterQuits: boolean 
     case "reset":
       return `the connection was reset (${plural(event.bytes, "byte")} received)`;
     case "timed-out":
-      return `the connection timed out: keepalive probes went unanswered, the server is gone`;
+      return "the connection timed out: keepalive probes went unanswered, " +
+        (event.code === "ETIMEDOUT"
+          ? "the server is gone"
+          : `and the last could not be sent (${event.code}: this side lost its route to the server)`);
     case "error":
       return `connection error: ${event.message}`;
     case "quit":

@@ -82,7 +82,7 @@ export type TcpSocket = Deno.TcpConn | Deno.TcpListener;
 
 // Linux constants (x86_64 and arm64 alike).
 const SOL_SOCKET = 1, SO_TYPE = 3, SO_KEEPALIVE = 9, SO_ACCEPTCONN = 30, SOCK_STREAM = 1;
-const EBADF = 9;
+const EBADF = 9, ENOTCONN = 107;
 const IPPROTO_TCP = 6, TCP_KEEPIDLE = 4, TCP_KEEPINTVL = 5, TCP_KEEPCNT = 6;
 const TCP_INFO = 11, TCP_USER_TIMEOUT = 18;
 const TCP_ESTABLISHED = 1;
@@ -245,6 +245,33 @@ export function getKeepAlive(socket: TcpSocket): KeepAliveSettings {
     retries: getInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT"),
     userTimeout: getInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"),
   }));
+}
+
+/**
+ * Whether a failed read is keepalive giving up on the peer, and with which
+ * errno: `ETIMEDOUT` when the probes went unanswered, or `ENETUNREACH` /
+ * `EHOSTUNREACH` when the last ones could not even be sent (this side lost
+ * its route: the kernel then reports that error instead). Null for anything
+ * else. A connection that never writes has nothing else that times out.
+ * Needs no permission.
+ *
+ * @example
+ * ```ts ignore
+ * import { keepAliveGaveUp } from "./keepalive.ts";
+ * try {
+ *   await conn.read(buffer);
+ * } catch (error) {
+ *   if (keepAliveGaveUp(error)) console.log("the peer is gone");
+ * }
+ * ```
+ */
+export function keepAliveGaveUp(
+  error: unknown,
+): "ETIMEDOUT" | "ENETUNREACH" | "EHOSTUNREACH" | null {
+  if (error instanceof Deno.errors.TimedOut) return "ETIMEDOUT";
+  if (error instanceof Deno.errors.NetworkUnreachable) return "ENETUNREACH";
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "ENETUNREACH" || code === "EHOSTUNREACH" ? code : null;
 }
 
 /** Live keepalive state of a connection, from `TCP_INFO`. */
@@ -586,13 +613,24 @@ function findDescriptor(socket: TcpSocket): number {
   // likely to lie beyond), then from 0 up; only then, rarely, the rest.
   const limit = openFileLimit();
   let fd = lastFound + 1;
+  let peerless = false;
   for (let unused = 0; fd < limit && unused < 256; fd++) {
     const what = examine(fd, local, remote);
     if (what === "match") return found(fd);
+    peerless ||= what === "peerless";
     unused = what === "unused" ? unused + 1 : 0;
   }
   for (let low = 0; low <= lastFound && low < limit; low++) {
-    if (examine(low, local, remote) === "match") return found(low);
+    const what = examine(low, local, remote);
+    if (what === "match") return found(low);
+    peerless ||= what === "peerless";
+  }
+  // Everything left lies beyond a run of unused numbers, up to the limit on
+  // open files (a million in some containers: seconds of system calls). A
+  // reset socket with our address was seen, and ours is almost surely it:
+  // do not search further for a connection that is already gone.
+  if (peerless) {
+    throw new SyscallError("getpeername: the connection was reset before it was found", ENOTCONN);
   }
   for (; fd < limit; fd++) {
     if (examine(fd, local, remote) === "match") return found(fd);
@@ -605,7 +643,7 @@ function examine(
   fd: number,
   local: Deno.NetAddr,
   remote: Deno.NetAddr | null,
-): "match" | "unused" | "other" {
+): "match" | "unused" | "peerless" | "other" {
   const c = libc();
   const address = new Uint8Array(128);
   const length = new Uint32Array(1);
@@ -620,7 +658,12 @@ function examine(
     return getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1 ? "match" : "other";
   }
   length[0] = address.length;
-  if (c.getpeername(fd, address, length) !== 0) return "other";
+  if (c.getpeername(fd, address, length) !== 0) {
+    // A connected socket with our address whose peer is gone: reset. It may
+    // be the one we look for (a listener has no peer either, and is not it).
+    const reset = errno() === ENOTCONN && getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) !== 1;
+    return reset ? "peerless" : "other";
+  }
   return sameAddress(address, remote) ? "match" : "other";
 }
 

@@ -49,6 +49,7 @@ import {
 } from "./cli.ts";
 import {
   getKeepAlive,
+  keepAliveGaveUp,
   type KeepAliveOptions,
   type KeepAliveSettings,
   type ProbeEvent,
@@ -275,7 +276,8 @@ function admit(conn: Deno.TcpConn, server: Server): void {
 //
 // The reads are what make the kernel's verdict visible: a peer that closes
 // shows up as the end of the stream, a reset as ConnectionReset, and
-// unanswered keepalive probes as TimedOut (ETIMEDOUT). This server never
+// unanswered keepalive probes as TimedOut (ETIMEDOUT; or the error of the
+// last probe, when this side lost its route to the peer). This server never
 // writes, so nothing else can time a connection out.
 
 // The server never looks at what peers send, it only counts the bytes, so
@@ -308,9 +310,9 @@ async function readUntilEnd(
     if (error instanceof Deno.errors.ConnectionReset) {
       summary.reset++;
       server.emit({ event: "reset", peer, bytes });
-    } else if (error instanceof Deno.errors.TimedOut) {
+    } else if (keepAliveGaveUp(error)) {
       summary.timedOut++;
-      server.emit({ event: "timed-out", peer, bytes });
+      server.emit({ event: "timed-out", peer, bytes, code: keepAliveGaveUp(error)! });
     } else {
       summary.errors++;
       server.emit({ event: "error", peer, message: errorMessage(error) });
@@ -450,7 +452,13 @@ export type ServerEventBody =
   | { event: "reset-before-accept" }
   | { event: "peer-closed"; peer: string; bytes: number }
   | { event: "reset"; peer: string; bytes: number }
-  | { event: "timed-out"; peer: string; bytes: number }
+  | {
+    event: "timed-out";
+    peer: string;
+    bytes: number;
+    /** ETIMEDOUT; ENETUNREACH or EHOSTUNREACH when this side lost its route to the peer. */
+    code: string;
+  }
   | { event: "error"; peer: string; message: string }
   | { event: "watch-error"; peer: string; message: string }
   | { event: "accept-error"; message: string }
@@ -521,7 +529,10 @@ function describeServerEvent(event: ServerEventBody, how: { enterQuits: boolean 
     case "reset":
       return `${event.peer} reset by peer after ${plural(event.bytes, "byte")}`;
     case "timed-out":
-      return `${event.peer} timed out: keepalive probes went unanswered, the peer is gone`;
+      return `${event.peer} timed out: keepalive probes went unanswered, ` +
+        (event.code === "ETIMEDOUT"
+          ? "the peer is gone"
+          : `and the last could not be sent (${event.code}: this side lost its route to the peer)`);
     case "error":
       return `${event.peer} error: ${event.message}`;
     case "watch-error":

@@ -31,13 +31,14 @@
  * - https://docs.deno.com/api/deno/~/Deno.writeTextFile
  * - https://docs.deno.com/api/deno/~/Deno.errors
  *
- * Copying this file into your project? It needs `@std/cli` in your import
- * map (the README's "Copying a file into your project" has the lines) and
- * `-A`, nothing else.
+ * Copying this file into your project? Copy `cli.ts` (strict flags, and
+ * what you typed shown back safely) beside it and map `@std/cli` in your
+ * `deno.json` (the README's "Copying a file into your project" has the
+ * lines). It needs `-A`, nothing else.
  *
  * @module
  */
-import { parseArgs } from "@std/cli/parse-args";
+import { parseFlags, shellQuote, showTyped, UsageError } from "./cli.ts";
 
 /** The three keepalive sysctls, in the order procps would list them for this script. */
 export const KEEPALIVE_SYSCTLS = [
@@ -119,7 +120,7 @@ export function resolveKey(name: string): KeepaliveSysctl {
     if (name === key || name === fileName || name === shortName) return key;
   }
   throw new SysctlError(
-    `unknown key ${JSON.stringify(name)}: use net.ipv4.tcp_keepalive_time, ` +
+    `unknown key ${showTyped(name)}: use net.ipv4.tcp_keepalive_time, ` +
       `_intvl or _probes (or time, intvl, probes)`,
     2,
     "help",
@@ -176,7 +177,7 @@ export function validateValue(key: string, text: string): number {
   const negative = /^-[0-9]+$/.test(text);
   if (!negative && !/^[0-9]+$/.test(text)) {
     throw refuse(
-      text === "" ? "the value is empty" : `${JSON.stringify(text)} is not a decimal integer`,
+      text === "" ? "the value is empty" : `${showTyped(text)} is not a decimal integer`,
     );
   }
   // Digits only, so Number() is exact up to 2^53, and anything past INT_MAX stays past it.
@@ -212,7 +213,7 @@ export function parseAssignment(text: string): { key: KeepaliveSysctl; value: nu
   const parts = text.split("=");
   const malformed = (why: string) =>
     new SysctlError(
-      `malformed assignment ${JSON.stringify(text)}: ${why}; write KEY=VALUE, e.g. time=120`,
+      `malformed assignment ${showTyped(text)}: ${why}; write KEY=VALUE, e.g. time=120`,
       2,
       "help",
     );
@@ -255,7 +256,7 @@ export async function readKeepaliveSysctls(
       throw describeFileError(error, key, "read");
     }
     if (!/^-?[0-9]+$/.test(text.trim())) {
-      throw new SysctlError(`${sysctlPath(key)} holds ${JSON.stringify(text)}, not a number`, 1);
+      throw new SysctlError(`${sysctlPath(key)} holds ${showTyped(text)}, not a number`, 1);
     }
     values[key] = Number(text.trim());
   }
@@ -447,7 +448,7 @@ export async function main(args: string[]): Promise<number> {
 }
 
 async function runCommand(args: string[]): Promise<number> {
-  const flags = parseFlags(args);
+  const flags = parseCommandFlags(args);
   if (flags.help) {
     console.log(HELP);
     return 0;
@@ -459,7 +460,8 @@ async function runCommand(args: string[]): Promise<number> {
   const writes = flags._.filter((arg) => arg.includes("="));
   if (reads.length > 0 && writes.length > 0) {
     throw new SysctlError(
-      `cannot read (${reads[0]}) and write (${writes[0]}) in one call: run sysctl.ts twice`,
+      `cannot read (${showTyped(reads[0])}) and write (${showTyped(writes[0])}) in one call: ` +
+        "run sysctl.ts twice",
       2,
       "help",
     );
@@ -478,21 +480,15 @@ async function runCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-function parseFlags(args: string[]): { json: boolean; help: boolean; _: string[] } {
+// The same strict flags as the other scripts (cli.ts): --json=0 is a
+// mistake, not "no"; a flag given twice is a mistake. KEY and KEY=VALUE are
+// the arguments that are not flags, kept as typed (time=007 stays a string).
+function parseCommandFlags(args: string[]): { json: boolean; help: boolean; _: string[] } {
   try {
-    return parseArgs(args, {
-      boolean: ["json", "help"],
-      alias: { h: "help" },
-      // Keep `time=007` and `120` as typed; parseArgs would turn numbers into numbers.
-      string: ["_"],
-      unknown: (arg: string, key?: string) => {
-        if (key === undefined) return true; // a KEY or KEY=VALUE
-        throw new SysctlError(`unknown flag ${arg}`, 2, "help");
-      },
-    }) as { json: boolean; help: boolean; _: string[] };
+    return parseFlags(args, { string: [], boolean: ["json"], positionals: true });
   } catch (error) {
-    if (error instanceof SysctlError) throw error;
-    throw new SysctlError(firstLine(error), 2, "help");
+    if (error instanceof UsageError) throw new SysctlError(error.message, 2, "help");
+    throw error;
   }
 }
 
@@ -503,9 +499,14 @@ function hintFor(error: SysctlError, args: string[]): string {
   const writing = args.some((arg) => arg.includes("=") && !arg.startsWith("-"));
   // sudo does not search the user's PATH (a deno installed in the home
   // directory, or one from npx, is not found), so a command for sudo names
-  // the Deno that runs now by its full path.
+  // the Deno that runs now by its full path. Inside a namespace made by
+  // `ip netns`, the values to write are that namespace's: a plain sudo would
+  // write the host's.
+  const namespace = namespaceName();
+  const inNamespace = namespace === null ? [] : ["ip", "netns", "exec", shellQuote(namespace)];
   const sudo = () =>
-    ["sudo", shellQuote(Deno.execPath()), "run", "-A", script, ...args.map(shellQuote)].join(" ");
+    ["sudo", ...inNamespace, shellQuote(Deno.execPath()), "run", "-A", script]
+      .concat(args.map(shellQuote)).join(" ");
   switch (error.hint) {
     case "help":
       return " (see --help)";
@@ -518,15 +519,25 @@ function hintFor(error: SysctlError, args: string[]): string {
   }
 }
 
+// The name `ip netns` gave the network namespace this process runs in, or
+// null (the host's, or one without a name): its /run/netns entry is the same
+// namespace file as /proc/self/ns/net.
+function namespaceName(): string | null {
+  try {
+    const own = Deno.statSync("/proc/self/ns/net");
+    for (const entry of Deno.readDirSync("/run/netns")) {
+      const named = Deno.statSync(`/run/netns/${entry.name}`);
+      if (named.ino === own.ino && named.dev === own.dev) return entry.name;
+    }
+  } catch { /* no /run/netns: no named namespaces */ }
+  return null;
+}
+
 // This script's path as typed from the current directory (sudo keeps it).
 function ownPath(): string {
   const path = decodeURIComponent(new URL(import.meta.url).pathname);
   const here = `${Deno.cwd()}/`;
   return shellQuote(path.startsWith(here) ? path.slice(here.length) : path);
-}
-
-function shellQuote(arg: string): string {
-  return /^[A-Za-z0-9_.,:=\/+@%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

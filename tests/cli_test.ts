@@ -32,6 +32,7 @@ Deno.test("parseFlags reads values in both spellings, defaults, booleans and --n
     json: true,
     keepalive: true,
     help: false,
+    _: [],
   });
   assertEquals(parseFlags(["--no-keepalive"], SPEC).keepalive, false);
   assertEquals(parseFlags([], SPEC).port, "8888");
@@ -97,6 +98,11 @@ Deno.test("showTyped escapes C0, DEL, C1 and bidi controls, and cuts long values
   assertEquals(showTyped("a\x1b[2Jb"), '"a\\u001b[2Jb"');
   assertEquals(showTyped("\x7f\x9b\u202e"), '"\\u007f\\u009b\\u202e"');
   assertEquals(showTyped("ok"), '"ok"');
+  // Line separators, invisible format characters, even astral ones.
+  assertEquals(
+    showTyped("a\u2028b\u061cc\u{e0001}d\u00ade"),
+    '"a\\u2028b\\u061cc\\u{e0001}d\\u00ade"',
+  );
   assertEquals(showTyped("abcdef", 3), '"abc..." (6 characters)');
 });
 
@@ -134,10 +140,30 @@ Deno.test("parseHostname refuses broken IPv6, unmatched brackets and junk, showi
       ["a\x1bb", '--hostname "a\\u001bb" is not an address or host name'],
       ["-x.com", "is not an address or host name"],
       ["x".repeat(254), "(254 characters) is not an address or host name"],
+      // The URL parser would drop these before checking: the address would pass with them.
+      ["::1\n", '--hostname "::1\\n" is not an IPv6 address'],
+      ["::1\t", '--hostname "::1\\t" is not an IPv6 address'],
+      // The C library reads these as 127.0.0.1 or worse; only the plain dotted form is taken.
+      ["0177.0.0.1", '"0177.0.0.1" is not an IPv4 address'],
+      ["2130706433", '"2130706433" is not an IPv4 address'],
+      ["0x7f.1", '"0x7f.1" is not an IPv4 address'],
+      ["999.999.999.999", '"999.999.999.999" is not an IPv4 address'],
+      ["1.2.3", '"1.2.3" is not an IPv4 address'],
     ]
   ) {
     assertThrows(() => parseHostname("--hostname", typed), UsageError, message);
   }
+});
+
+Deno.test("parseFlags takes arguments that are not flags only when asked, kept as typed", () => {
+  const spec = { string: [], boolean: ["json"], positionals: true } as const;
+  assertEquals(parseFlags(["time=007", "--json", "probes"], spec), {
+    json: true,
+    help: false,
+    _: ["time=007", "probes"],
+  });
+  assertThrows(() => parseFlags(["--json=0", "time"], spec), UsageError, "takes no value");
+  assertThrows(() => parseFlags(["time"], SPEC), UsageError, 'unexpected argument "time"');
 });
 
 Deno.test("parseInteger takes decimal digits in range only, and names the flag", () => {
@@ -251,4 +277,17 @@ Deno.test("an output that fails (a closed pipe) is given up quietly: writes neve
   for (let i = 0; i < 100; i++) out.write("more");
   assertEquals(await out.flush(1_000), false);
   assertEquals(calls, 1);
+});
+
+Deno.test("after dropping lines, the notice comes out when the output catches up, with no later line", async () => {
+  const output = stalledSink();
+  const out = createLineWriter({
+    output: output.sink,
+    maxQueuedLines: 10,
+    droppedNotice: (n) => `dropped ${n}`,
+  });
+  for (let i = 0; i < 15; i++) out.write(`line ${i}`);
+  output.release();
+  await delay(100); // no flush, no further line
+  assertEquals(output.lines().slice(-2), ["line 10", "dropped 4"]);
 });

@@ -6,6 +6,7 @@ import {
   isValidKeepAliveValue,
   KEEPALIVE_LIMITS,
   KeepAliveError,
+  keepAliveGaveUp,
   type KeepAliveOption,
   setKeepAlive,
   socketDescriptor,
@@ -272,4 +273,33 @@ Deno.test("the range check refuses what the kernel would refuse, and the kernel 
     retries: KEEPALIVE_LIMITS.retries.max,
     userTimeout: KEEPALIVE_LIMITS.userTimeout.max,
   });
+});
+
+Deno.test("a connection reset before its descriptor is found fails fast with ENOTCONN, not a full scan", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const resetting = net.connect(listener.addr.port, "127.0.0.1");
+  await new Promise((resolve) => resetting.once("connect", resolve));
+  using accepted = await listener.accept();
+  resetting.resetAndDestroy();
+  await assertRejects(() => accepted.read(new Uint8Array(1)), Deno.errors.ConnectionReset);
+  // The socket is still open here, with no peer: the search recognises it
+  // instead of going on to the open-file limit and ending with EBADF.
+  const error = assertThrows(() => getKeepAlive(accepted), KeepAliveError);
+  assertEquals(error.code, "ENOTCONN", error.message);
+  // The listener itself is still found: it has no peer either, but it listens.
+  assertEquals(getKeepAlive(listener).enabled, false);
+});
+
+Deno.test("keepAliveGaveUp tells keepalive's verdicts from other read errors", () => {
+  assertEquals(
+    keepAliveGaveUp(new Deno.errors.TimedOut("Connection timed out (os error 110)")),
+    "ETIMEDOUT",
+  );
+  assertEquals(keepAliveGaveUp(new Deno.errors.NetworkUnreachable("unreachable")), "ENETUNREACH");
+  assertEquals(
+    keepAliveGaveUp(Object.assign(new Error("No route to host"), { code: "EHOSTUNREACH" })),
+    "EHOSTUNREACH",
+  );
+  assertEquals(keepAliveGaveUp(new Deno.errors.ConnectionReset("reset")), null);
+  assertEquals(keepAliveGaveUp("ETIMEDOUT"), null);
 });

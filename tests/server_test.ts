@@ -377,6 +377,22 @@ Deno.test("server quits on SIGTERM with exit 0 and a summary, and a closed stdin
   assertEquals(await conn.read(new Uint8Array(1)), null);
 });
 
+Deno.test("a second SIGTERM while the server closes down does not kill it halfway", async () => {
+  await using server = startServer(["--hostname", "127.0.0.1"]);
+  const port = await listeningPort(server);
+  const sockets = await openConnections(port, 300);
+  await server.waitForLine((line) => line.includes('"open":300'));
+  server.child.kill("SIGTERM");
+  await delay(5);
+  server.child.kill("SIGTERM");
+  server.child.kill("SIGINT");
+  const summary = await server.waitForEvent("summary");
+  assertSummaryAddsUp(summary);
+  assertEquals([summary.accepted, summary.closedOnQuit], [300, 300]);
+  assertEquals((await server.finish()).code, 0);
+  for (const socket of sockets) socket.destroy();
+});
+
 Deno.test("server prints one line of text per event, with a timestamp and the peer", async () => {
   await using server = spawnScript("server.ts", ["--port", "0", "--hostname", "127.0.0.1"]);
   const listening = await server.waitForLine((line) => line.includes("listening on"));

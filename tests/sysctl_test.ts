@@ -162,8 +162,11 @@ Deno.test("main refuses to mix reads and writes in one call, with exit code 2 an
 Deno.test("main refuses unknown flags, unknown keys and a key given twice with exit code 2", async () => {
   for (
     const [args, expected] of [
-      [["--frobnicate"], "unknown flag --frobnicate"],
-      [["-x"], "unknown flag -x"],
+      [["--frobnicate"], 'unknown flag "--frobnicate"'],
+      [["-x"], 'unknown flag "-x"'],
+      [["--json=0"], '--json takes no value, not "0"'],
+      [["--json", "--json"], "--json is given twice"],
+      [["--help=1"], "--help takes no value"],
       [["timeout"], 'unknown key "timeout"'],
       [["time", "tcp_keepalive_time"], `${TIME} is given twice`],
     ]
@@ -254,13 +257,31 @@ Deno.test("without --allow-all the script exits 1 with one line that names -A an
   );
 });
 
+Deno.test("what was typed comes back escaped and short, never raw", async () => {
+  for (
+    const args of [
+      [`--\x1b[2J`],
+      ["time", "x\x1b[2J=1"],
+      [`${"k".repeat(3000)}=1`],
+      ["\u202etime"],
+    ]
+  ) {
+    const result = await sysctlOnHost(["-A"], ...args);
+    assertEquals(result.code, 2, result.stderr);
+    const [line] = assertErrorLines(result.stderr);
+    // deno-lint-ignore no-control-regex -- control bytes are what this looks for
+    assert(!/[\x00-\x1f\x7f\u202e]/.test(line), JSON.stringify(line));
+    assert(line.length < 300, `${line.length} characters`);
+  }
+});
+
 Deno.test("an unknown flag exits 2 with one line pointing to --help, also as its own process", async () => {
   const result = await sysctlOnHost(["-A"], "--frobnicate");
   assertEquals(result.code, 2);
   assertEquals(result.stdout, "");
   assertEquals(
     assertErrorLines(result.stderr)[0],
-    "sysctl.ts: unknown flag --frobnicate (see --help)",
+    'sysctl.ts: unknown flag "--frobnicate" (see --help)',
   );
 });
 
@@ -384,7 +405,7 @@ netnsTest(
         await Deno.mkdir(`${nobodyDenoDir}/npm/registry.npmjs.org`, { recursive: true });
         await runOk(["cp", "-r", stdPackage, `${nobodyDenoDir}/npm/registry.npmjs.org/`]);
         await Deno.mkdir(kit);
-        for (const file of ["sysctl.ts", "deno.json", "deno.lock"]) {
+        for (const file of ["sysctl.ts", "cli.ts", "deno.json", "deno.lock"]) {
           await Deno.copyFile(`${ROOT_DIR}${file}`, `${kit}/${file}`);
         }
         await runOk(["chown", "-R", "65534:65534", nobodyDenoDir]);
@@ -412,20 +433,19 @@ netnsTest(
           const write = await run([...asNobody, "time=5", "intvl=6"]);
           assertEquals(write.code, 1, write.stderr);
           assertEquals(write.stdout, "");
-          const hint = `sudo ${Deno.execPath()} run -A sysctl.ts time=5 intvl=6`;
+          // Run inside a namespace, the command keeps to it: a plain sudo
+          // would write the host's values instead.
+          const hint =
+            `sudo ip netns exec ${ns.name} ${Deno.execPath()} run -A sysctl.ts time=5 intvl=6`;
           assertEquals(
             assertErrorLines(write.stderr)[0],
             `sysctl.ts: writing ${TIME} needs root; run: ${hint}`,
           );
           assertEquals(await keepaliveSysctls(ns), before);
           // The command it shows works for root, word for word (this machine
-          // has no sudo: we are root already), from the same directory.
-          const asRoot = await run([
-            ...ns.exec,
-            "env",
-            `--chdir=${kit}`,
-            ...hint.split(" ").slice(1),
-          ]);
+          // has no sudo: we are root already), from the same directory, and
+          // from the host: it writes the namespace's values.
+          const asRoot = await run(hint.split(" ").slice(1), { cwd: kit });
           assertEquals(asRoot.code, 0, asRoot.stderr);
           assertEquals(await keepaliveSysctls(ns), { ...before, [TIME]: 5, [INTVL]: 6 });
         });

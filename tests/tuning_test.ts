@@ -82,6 +82,27 @@ netnsTest(
 );
 
 netnsTest(
+  "a server that loses its own link reports the connection timed out (ENETUNREACH), not an error",
+  async () => {
+    await withCable(async (cable) => {
+      const args = ["--hostname", "::", "--idle", "2", "--interval", "1", "--count", "3"];
+      await using server = await startServerIn(cable.server, args, FFI);
+      await using _client = await startClientIn(cable.client, cable.serverAddress);
+      await server.waitForEvent("accepted");
+      // The server's end goes down: its address and route go with it, so its
+      // probes cannot even be sent, and the kernel reports that instead.
+      const seconds = await cutAndTimeDeath(cable.cutAtServer, server);
+      assert(seconds >= 4.8 && seconds <= 6.5, `timed out after ${seconds.toFixed(2)} s`);
+      const timedOut = await server.waitForEvent("timed-out");
+      assertEquals(timedOut.code, "ENETUNREACH");
+      await server.write("\n");
+      const summary = await server.waitForEvent("summary");
+      assertEquals([summary.timedOut, summary.errors], [1, 0]);
+    });
+  },
+);
+
+netnsTest(
   "--user-timeout overrides --count for an idle connection: dead after 4 s of silence, not 2 + 9 x 1",
   async () => {
     await withCable(async (cable) => {
