@@ -82,45 +82,25 @@ export async function main(args: string[] = []): Promise<number> {
   }
 }
 
+// The server's per-socket settings, and how long to watch: long enough for
+// five probes at one every max(idle, interval) seconds.
+const IDLE = 2, INTERVAL = 2, COUNT = 3, WATCH_SECONDS = 11;
+
 async function runDemo(children: Set<Deno.ChildProcess>): Promise<number> {
   // Step 1: the settings. They are the kernel's, per network namespace, and
   // every socket with SO_KEEPALIVE on uses them unless it sets its own.
-  let sysctls: Record<string, number>;
-  try {
-    sysctls = await readKeepaliveSysctls();
-  } catch (error) {
-    if (error instanceof SysctlError && error.hint === "allow-all") {
-      console.error(
-        "demo.ts: Deno refuses to read /proc without --allow-all (denoland/deno issue 27564); " +
-          "run: deno run -A demo.ts",
-      );
-    } else {
-      console.error(`demo.ts: ${error instanceof Error ? error.message : String(error)}`);
-    }
-    return 1;
-  }
-  say("The kernel's keepalive settings (per network namespace):");
-  for (const [key, value] of Object.entries(sysctls)) say(`  ${key} = ${value}`);
+  const sysctls = await showSettings();
+  if (!sysctls) return 1;
 
   // Step 2: the blog's two terminals, as two processes. The server sets a
   // 2 s idle time and interval on its listener, which every accepted
   // connection inherits; both sides watch the probes.
-  const idle = 2, interval = 2, count = 3, watchSeconds = 11;
   say(
-    `\nStarting server.ts (--idle ${idle} --interval ${interval} --count ${count}) and client.ts, both with --watch:`,
+    `\nStarting server.ts (--idle ${IDLE} --interval ${INTERVAL} --count ${COUNT}) and client.ts, both with --watch:`,
   );
+  const tuning = ["--idle", `${IDLE}`, "--interval", `${INTERVAL}`, "--count", `${COUNT}`];
   await using server = spawn(children, "server.ts", [
-    "--hostname",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--idle",
-    String(idle),
-    "--interval",
-    String(interval),
-    "--count",
-    String(count),
-    "--watch",
+    ...["--hostname", "127.0.0.1", "--port", "0", ...tuning, "--watch"],
   ]);
   const listening = await server.next("listening");
   const port = Number(String(listening.address).match(/:(\d+)$/)![1]);
@@ -130,28 +110,15 @@ async function runDemo(children: Set<Deno.ChildProcess>): Promise<number> {
   const probesBefore = await readKeepaliveProbesSent();
   const start = performance.now();
 
-  // Step 3: ask the kernel. /proc/net/tcp has a row per socket with the
-  // timer pending on it; for an idle socket with SO_KEEPALIVE on, that is
-  // the keepalive timer, and `tm->when` is how long until the first probe.
-  const clientEnd = parseEndpoint(String(connected.local));
-  const serverEnd = parseEndpoint(String(connected.remote));
-  const rows = await readTcpSockets();
-  const serverSocket = findTcpSocket(rows, serverEnd, clientEnd);
-  const clientSocket = findTcpSocket(rows, clientEnd, serverEnd);
-  if (!serverSocket || !clientSocket) {
-    console.error("demo.ts: the connection is not in /proc/net/tcp; cannot show its timers");
-    return 1;
-  }
-  say("\nWhat the kernel holds for the connection (/proc/net/tcp):");
-  say(`  server's socket ${connected.remote}: ${describeTimer(serverSocket)}`);
-  say(`  client's socket ${connected.local}: ${describeTimer(clientSocket)}`);
+  // Step 3: ask the kernel when the first probe is due.
+  if (!await showTimers(String(connected.local), String(connected.remote))) return 1;
 
   // Step 4: watch. Each probe is an empty segment the server's kernel sends
   // after `idle` seconds of silence; the client's kernel answers it. Neither
   // program sends or receives a byte: --watch sees them in TCP_INFO.
-  say(`\nWatching for ${watchSeconds} s:`);
+  say(`\nWatching for ${WATCH_SECONDS} s:`);
   await new Promise((resolve) =>
-    setTimeout(resolve, watchSeconds * 1000 - (performance.now() - start))
+    setTimeout(resolve, WATCH_SECONDS * 1000 - (performance.now() - start))
   );
   const probesCounted = (await readKeepaliveProbesSent()) - probesBefore;
   const answered = server.events.filter((event) =>
@@ -160,42 +127,8 @@ async function runDemo(children: Set<Deno.ChildProcess>): Promise<number> {
   const answeredByClient = client.events.filter((event) => event.kind === "peer-probe");
 
   // Step 5: what was seen, against what the settings predict.
-  const cadence = Math.max(idle, interval);
-  // TCP_INFO says how long the connection was silent before each probe.
-  const silences = answered.map((event) => Number(event.idleMs) / 1000);
-  const meanSilence = silences.reduce((a, b) => a + b, 0) / silences.length;
-  say(`
-What was seen in ${watchSeconds} s, and what the settings predict:
-  - probes the server's kernel sent and the client answered: ${answered.length}
-    (predicted: one every max(idle, interval) = max(${idle}, ${interval}) = ${cadence} s, so ${
-    Math.floor(watchSeconds / cadence)
-  })
-  - probes the client saw arrive and answered: ${answeredByClient.length}
-  - silence before each probe: ${silences.length ? `${meanSilence.toFixed(2)} s on average` : "n/a"}
-  - keepalive probes the kernel counted for every socket in this network namespace
-    (TcpExt TCPKeepAlive): ${probesCounted}; ${explainProbeCount(answered.length, probesCounted)}`);
-
-  const time = sysctls["net.ipv4.tcp_keepalive_time"];
-  const intvl = sysctls["net.ipv4.tcp_keepalive_intvl"];
-  const probes = sysctls["net.ipv4.tcp_keepalive_probes"];
-  say(`
-What the numbers mean:
-  - Without --idle and --interval, this connection would use the system's settings:
-    the first probe after ${time} s of silence, then one every max(${time}, ${intvl}) = ${
-    Math.max(time, intvl)
-  } s.
-    The blog set tcp_keepalive_time=120 (intvl stayed 75), so it saw one every 2 minutes.
-  - --idle alone is not enough for a steady cadence: with --idle ${idle} and the system's
-    interval of ${intvl} s, a healthy peer is probed every max(${idle}, ${intvl}) = ${
-    Math.max(idle, intvl)
-  } s.
-  - If the client vanished (no FIN, no RST: a pulled cable, a NAT that forgot the flow),
-    the server would send ${count} probes ${interval} s apart and then fail the connection
-    with ETIMEDOUT: server.ts prints "timed out" after ${idle} + ${count} x ${interval} = ${
-    idle + count * interval
-  } s.
-    With the system's settings: ${time} + ${probes} x ${intvl} = ${time + probes * intvl} s.
-  - deno task test cuts a virtual cable in a network namespace and checks exactly that.`);
+  showSeen(answered, answeredByClient.length, probesCounted);
+  explainSettings(sysctls);
 
   // Step 6: quit the way the blog did: Enter in the server's terminal.
   say("\nPressing Enter in the server's terminal:");
@@ -209,6 +142,92 @@ What the numbers mean:
     return 1;
   }
   return serverCode === 0 && clientCode === 0 ? 0 : 1;
+}
+
+// Prints the keepalive sysctls; null (and one line on stderr) if they
+// cannot be read.
+async function showSettings(): Promise<Record<string, number> | null> {
+  let sysctls: Record<string, number>;
+  try {
+    sysctls = await readKeepaliveSysctls();
+  } catch (error) {
+    if (error instanceof SysctlError && error.hint === "allow-all") {
+      console.error(
+        "demo.ts: Deno refuses to read /proc without --allow-all (denoland/deno issue 27564); " +
+          "run: deno run -A demo.ts",
+      );
+    } else {
+      console.error(`demo.ts: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    return null;
+  }
+  say("The kernel's keepalive settings (per network namespace):");
+  for (const [key, value] of Object.entries(sysctls)) say(`  ${key} = ${value}`);
+  return sysctls;
+}
+
+// /proc/net/tcp has a row per socket with the timer pending on it; for an
+// idle socket with SO_KEEPALIVE on, that is the keepalive timer, and
+// `tm->when` is how long until the first probe.
+async function showTimers(clientAddress: string, serverAddress: string): Promise<boolean> {
+  const clientEnd = parseEndpoint(clientAddress);
+  const serverEnd = parseEndpoint(serverAddress);
+  const rows = await readTcpSockets();
+  const serverSocket = findTcpSocket(rows, serverEnd, clientEnd);
+  const clientSocket = findTcpSocket(rows, clientEnd, serverEnd);
+  if (!serverSocket || !clientSocket) {
+    console.error("demo.ts: the connection is not in /proc/net/tcp; cannot show its timers");
+    return false;
+  }
+  say("\nWhat the kernel holds for the connection (/proc/net/tcp):");
+  say(`  server's socket ${serverAddress}: ${describeTimer(serverSocket)}`);
+  say(`  client's socket ${clientAddress}: ${describeTimer(clientSocket)}`);
+  return true;
+}
+
+function showSeen(
+  answered: Record<string, unknown>[],
+  answeredByClient: number,
+  probesCounted: number,
+): void {
+  const cadence = Math.max(IDLE, INTERVAL);
+  // TCP_INFO says how long the connection was silent before each probe.
+  const silences = answered.map((event) => Number(event.idleMs) / 1000);
+  const meanSilence = silences.reduce((a, b) => a + b, 0) / silences.length;
+  say(`
+What was seen in ${WATCH_SECONDS} s, and what the settings predict:
+  - probes the server's kernel sent and the client answered: ${answered.length}
+    (predicted: one every max(idle, interval) = max(${IDLE}, ${INTERVAL}) = ${cadence} s, so ${
+    Math.floor(WATCH_SECONDS / cadence)
+  })
+  - probes the client saw arrive and answered: ${answeredByClient}
+  - silence before each probe: ${silences.length ? `${meanSilence.toFixed(2)} s on average` : "n/a"}
+  - keepalive probes the kernel counted for every socket in this network namespace
+    (TcpExt TCPKeepAlive): ${probesCounted}; ${explainProbeCount(answered.length, probesCounted)}`);
+}
+
+function explainSettings(sysctls: Record<string, number>): void {
+  const time = sysctls["net.ipv4.tcp_keepalive_time"];
+  const intvl = sysctls["net.ipv4.tcp_keepalive_intvl"];
+  const probes = sysctls["net.ipv4.tcp_keepalive_probes"];
+  say(`
+What the numbers mean:
+  - Without --idle and --interval, this connection would use the system's settings:
+    the first probe after ${time} s of silence, then one every max(${time}, ${intvl}) = ${
+    Math.max(time, intvl)
+  } s.
+    The blog set tcp_keepalive_time=120 (intvl stayed 75), so it saw one every 2 minutes.
+  - --idle alone is not enough for a steady cadence: with --idle ${IDLE} and the system's
+    interval of ${intvl} s, a healthy peer is probed every max(${IDLE}, ${intvl}) = ${
+    Math.max(IDLE, intvl)
+  } s.
+  - If the client vanished (no FIN, no RST: a pulled cable, a NAT that forgot the flow),
+    the server would send ${COUNT} probes ${INTERVAL} s apart and then fail the connection
+    with ETIMEDOUT: server.ts prints "timed out" after ${IDLE} + ${COUNT} x ${INTERVAL} = ${
+    IDLE + COUNT * INTERVAL
+  } s.
+    With the system's settings: ${time} + ${probes} x ${intvl} = ${time + probes * intvl} s.
+  - deno task test cuts a virtual cable in a network namespace and checks exactly that.`);
 }
 
 /**
