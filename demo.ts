@@ -359,32 +359,33 @@ if (import.meta.main) {
 //     net.ipv4.tcp_keepalive_probes = 9
 //
 //   Starting server.ts (--idle 2 --interval 2 --count 3) and client.ts, both with --watch:
-//     server | 2026-11-25T14:08:14.803Z listening on 127.0.0.1:34807, keepalive on for accepted connections (idle 2 s, interval 2 s, 3 probes, user timeout 0 s), at most 1000 at once; Enter quits
-//     server | 2026-11-25T14:08:14.823Z accepted 127.0.0.1:57296, keepalive on (1 open)
-//     client | 2026-11-25T14:08:14.825Z connected from 127.0.0.1:57296 to 127.0.0.1:34807, keepalive off; Enter quits
+//     server | 2026-11-25T21:08:32.842Z listening on 127.0.0.1:45565, keepalive on for accepted connections (idle 2 s, interval 2 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
+//     server | 2026-11-25T21:08:32.919Z accepted 127.0.0.1:57730, keepalive on (1 open)
+//     client | 2026-11-25T21:08:32.942Z connected from 127.0.0.1:57730 to 127.0.0.1:45565, keepalive off; Enter quits
 //
 //   What the kernel holds for the connection (/proc/net/tcp):
-//     server's socket 127.0.0.1:34807: keepalive timer armed, first probe due in 1.98 s
-//     client's socket 127.0.0.1:57296: no timer pending (SO_KEEPALIVE is off on this side)
+//     server's socket 127.0.0.1:45565: keepalive timer armed, first probe due in 1.96 s
+//     client's socket 127.0.0.1:57730: no timer pending (SO_KEEPALIVE is off on this side)
 //
 //   Watching for 11 s:
-//     server | 2026-11-25T14:08:16.844Z 127.0.0.1:57296 probe answered, after 2.01 s idle
-//     client | 2026-11-25T14:08:16.845Z the server probed us; our kernel answered
-//     server | 2026-11-25T14:08:18.855Z 127.0.0.1:57296 probe answered, after 2.02 s idle
-//     client | 2026-11-25T14:08:18.856Z the server probed us; our kernel answered
-//     server | 2026-11-25T14:08:20.864Z 127.0.0.1:57296 probe answered, after 2.02 s idle
-//     client | 2026-11-25T14:08:20.867Z the server probed us; our kernel answered
-//     client | 2026-11-25T14:08:22.878Z the server probed us; our kernel answered
-//     server | 2026-11-25T14:08:22.878Z 127.0.0.1:57296 probe answered, after 2.01 s idle
-//     server | 2026-11-25T14:08:24.890Z 127.0.0.1:57296 probe answered, after 2.01 s idle
-//     client | 2026-11-25T14:08:24.892Z the server probed us; our kernel answered
+//     server | 2026-11-25T21:08:34.949Z 127.0.0.1:57730 probe answered, after 2.03 s idle
+//     client | 2026-11-25T21:08:34.956Z probed by the peer; our kernel answered
+//     server | 2026-11-25T21:08:36.958Z 127.0.0.1:57730 probe answered, after 2.01 s idle
+//     client | 2026-11-25T21:08:36.965Z probed by the peer; our kernel answered
+//     server | 2026-11-25T21:08:39.168Z 127.0.0.1:57730 probe answered, after 2.02 s idle
+//     client | 2026-11-25T21:08:39.174Z probed by the peer; our kernel answered
+//     server | 2026-11-25T21:08:41.175Z 127.0.0.1:57730 probe answered, after 2.02 s idle
+//     client | 2026-11-25T21:08:41.182Z probed by the peer; our kernel answered
+//     server | 2026-11-25T21:08:43.188Z 127.0.0.1:57730 probe answered, after 2.02 s idle
+//     client | 2026-11-25T21:08:43.191Z probed by the peer; our kernel answered
 //
 //   What was seen in 11 s, and what the settings predict:
 //     - probes the server's kernel sent and the client answered: 5
 //       (predicted: one every max(idle, interval) = max(2, 2) = 2 s, so 5)
 //     - probes the client saw arrive and answered: 5
-//     - silence before each probe: 2.01 s on average
-//     - keepalive probes this network namespace counted (TcpExt TCPKeepAlive, all sockets): 5
+//     - silence before each probe: 2.02 s on average
+//     - keepalive probes the kernel counted for every socket in this network namespace
+//       (TcpExt TCPKeepAlive): 5; the same as the server's: no other socket here sent a probe meanwhile
 //
 //   What the numbers mean:
 //     - Without --idle and --interval, this connection would use the system's settings:
@@ -399,6 +400,6 @@ if (import.meta.main) {
 //     - deno task test cuts a virtual cable in a network namespace and checks exactly that.
 //
 //   Pressing Enter in the server's terminal:
-//     client | 2026-11-25T14:08:25.835Z the server closed the connection (0 bytes received)
-//     server | 2026-11-25T14:08:25.871Z summary: 1 accepted, 0 closed by peer, 0 reset, 0 timed out, 0 errors, 0 rejected, 1 closed on quit
+//     client | 2026-11-25T21:08:43.956Z the server closed the connection (0 bytes received)
+//     server | 2026-11-25T21:08:43.958Z summary: 1 connection: 1 accepted, 0 rejected, 0 reset before accept; of the accepted, 0 closed by peer, 0 reset, 0 timed out, 0 errors, 1 closed on quit
 //   server.ts exited 0, client.ts exited 0.
