@@ -120,6 +120,25 @@ export interface Netns {
   readFile(path: string): Promise<string>;
 }
 
+/**
+ * The command line that runs `cmd` inside `ns` with mounts of its own,
+ * prepared first by the shell command `setup` (a read-only /proc/sys, a
+ * resolv.conf of the test's): the host's mounts are never touched.
+ */
+export function withOwnMounts(ns: Netns, setup: string, cmd: string[]): string[] {
+  return [
+    ...ns.exec,
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    `${setup} && exec "$0" "$@"`,
+    ...cmd,
+  ];
+}
+
 let netnsCounter = 0;
 
 /**

@@ -2,7 +2,7 @@ import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
 import net from "node:net";
 import { main, parseClientArgs, UsageError } from "../client.ts";
 import { findTcpSocket, readTcpSockets } from "../proc_net.ts";
-import { delay, netnsTest, run, runOk, spawnScript, withNetns } from "./_helpers.ts";
+import { delay, netnsTest, run, runOk, spawnScript, withNetns, withOwnMounts } from "./_helpers.ts";
 
 // --- Flags -----------------------------------------------------------------
 
@@ -271,23 +271,16 @@ netnsTest(
         );
         // A private mount namespace sees that file as /etc/resolv.conf; the host's is untouched.
         const start = performance.now();
-        const result = await run([
-          ...ns.exec,
-          "unshare",
-          "--mount",
-          "--propagation",
-          "private",
-          "sh",
-          "-c",
-          'mount --bind "$0" /etc/resolv.conf && exec "$@"',
-          resolvConf,
-          Deno.execPath(),
-          "run",
-          "--allow-net",
-          "client.ts",
-          "--hostname",
-          "keepalive-kit.example",
-        ]);
+        const result = await run(
+          withOwnMounts(ns, `mount --bind ${resolvConf} /etc/resolv.conf`, [
+            Deno.execPath(),
+            "run",
+            "--allow-net",
+            "client.ts",
+            "--hostname",
+            "keepalive-kit.example",
+          ]),
+        );
         const seconds = (performance.now() - start) / 1000;
         assertEquals(result.code, 1, result.stderr);
         // The resolver waited out its 1 s timeout: the server took the query and kept quiet.

@@ -15,6 +15,7 @@ import {
   run,
   runOk,
   withNetns,
+  withOwnMounts,
 } from "./_helpers.ts";
 import {
   formatSysctls,
@@ -458,22 +459,14 @@ netnsTest(
 netnsTest("a read-only /proc/sys, as in a container, exits 1 with one line saying so", async () => {
   await withNetns((ns) =>
     assertSysctlsUnchanged(async () => {
-      // A private mount namespace with /proc/sys bind-mounted read-only, as Docker does.
-      const result = await run([
-        ...ns.exec,
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$0" "$@"',
-        Deno.execPath(),
-        "run",
-        "-A",
-        "sysctl.ts",
-        "time=5",
-      ]);
+      // /proc/sys bind-mounted read-only, as Docker does.
+      const result = await run(
+        withOwnMounts(
+          ns,
+          "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
+          [Deno.execPath(), "run", "-A", "sysctl.ts", "time=5"],
+        ),
+      );
       assertEquals(result.code, 1);
       assertEquals(result.stdout, "");
       const [line] = assertErrorLines(result.stderr);
@@ -487,21 +480,15 @@ netnsTest(
   "without the sysctl files the script exits 1 and says they exist only on Linux",
   async () => {
     await withNetns(async (ns) => {
-      // An empty tmpfs over /proc/sys/net/ipv4, in a private mount namespace.
-      const result = await run([
-        ...ns.exec,
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount -t tmpfs none /proc/sys/net/ipv4 && exec "$0" "$@"',
-        Deno.execPath(),
-        "run",
-        "-A",
-        "sysctl.ts",
-      ]);
+      // An empty tmpfs over /proc/sys/net/ipv4.
+      const result = await run(
+        withOwnMounts(ns, "mount -t tmpfs none /proc/sys/net/ipv4", [
+          Deno.execPath(),
+          "run",
+          "-A",
+          "sysctl.ts",
+        ]),
+      );
       assertEquals(result.code, 1);
       assertEquals(result.stdout, "");
       assertStringIncludes(
