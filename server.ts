@@ -261,13 +261,17 @@ function admit(conn: Deno.TcpConn, server: Server): void {
   // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
   // kernel arms the keepalive timer right away; the first probe goes out
   // after tcp_keepalive_time seconds (or --idle) without traffic.
-  let keepAliveError: unknown = null;
   try {
     if (server.options.keepAlive) conn.setKeepAlive(true);
   } catch (error) {
-    keepAliveError = error; // reported as this connection's end, below
+    // Accepted, and ended at once: counted with the connections that failed.
+    server.open.delete(conn);
+    conn.close();
+    server.summary.errors++;
+    server.emit({ event: "error", peer, message: errorMessage(error) });
+    return;
   }
-  const reader = readUntilEnd(conn, peer, server, keepAliveError);
+  const reader = readUntilEnd(conn, peer, server);
   server.readers.add(reader);
   reader.finally(() => server.readers.delete(reader));
 }
@@ -286,17 +290,11 @@ function admit(conn: Deno.TcpConn, server: Server): void {
 // of its own (a 16 KiB buffer each would be 16 KiB per idle connection).
 const discardBuffer = new Uint8Array(16 * 1024);
 
-async function readUntilEnd(
-  conn: Deno.TcpConn,
-  peer: string,
-  server: Server,
-  keepAliveError: unknown,
-): Promise<void> {
+async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): Promise<void> {
   const { options, summary } = server;
   let bytes = 0;
   let watcher: { stop(): void } | null = null;
   try {
-    if (keepAliveError) throw keepAliveError;
     if (options.watch) watcher = watchProbes(conn, peer, server);
     for (;;) {
       const n = await conn.read(discardBuffer);
@@ -307,12 +305,13 @@ async function readUntilEnd(
     server.emit({ event: "peer-closed", peer, bytes });
   } catch (error) {
     if (server.closing) return; // we closed it ourselves, on quit
+    const gaveUp = keepAliveGaveUp(error);
     if (error instanceof Deno.errors.ConnectionReset) {
       summary.reset++;
       server.emit({ event: "reset", peer, bytes });
-    } else if (keepAliveGaveUp(error)) {
+    } else if (gaveUp) {
       summary.timedOut++;
-      server.emit({ event: "timed-out", peer, bytes, code: keepAliveGaveUp(error)! });
+      server.emit({ event: "timed-out", peer, bytes, code: gaveUp });
     } else {
       summary.errors++;
       server.emit({ event: "error", peer, message: errorMessage(error) });
