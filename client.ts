@@ -3,6 +3,7 @@
  *
  * @run deno run --allow-net client.ts [--hostname 127.0.0.1] [--port 8888] [--keepalive] [--connect-timeout 10] [--json]
  * @run deno run --allow-net --allow-ffi client.ts --idle 2 --interval 1 --count 3 [--user-timeout 10] --watch
+ * @run deno run --allow-net client.ts --send hello --send-after 20
  *
  * The Deno version of the C client in the blog post "套接字选项SO_KEEPALIVE":
  * it connects to the server and then sends nothing, so the connection is
@@ -20,6 +21,12 @@
  * keepalive through `keepalive.ts` (FFI, so `--allow-ffi`), and `--watch`
  * prints the probes: the server's (which this side's kernel answers) and,
  * with keepalive on here, this side's own.
+ *
+ * `--send TEXT --send-after SECONDS` breaks the silence once: after that
+ * long idle, the client sends one line, as an app sends its next request on
+ * a pooled connection. Against `server.ts --echo` the line comes back; behind
+ * a NAT that forgot the idle connection it never arrives, and the kernel
+ * retransmits it until `--user-timeout` (or about 15 minutes) runs out.
  *
  * The file reads top to bottom as the story: connecting, keepalive on this
  * side, the read and what each ending means; then the command line; then
@@ -41,6 +48,8 @@ import {
   parseHostname,
   parseInteger,
   runAgainWith,
+  showTyped,
+  UsageError,
   waitForQuit,
 } from "./cli.ts";
 import {
@@ -50,6 +59,7 @@ import {
   type KeepAliveSettings,
   type ProbeEvent,
   setKeepAlive,
+  setUserTimeout,
   watchKeepAlive,
 } from "./keepalive.ts";
 import {
@@ -69,7 +79,10 @@ export interface ClientOptions {
   hostname: string;
   /** The server's port. */
   port: number;
-  /** Whether to turn `SO_KEEPALIVE` on for this side too (the C client did not). Implied by tuning. */
+  /**
+   * Whether to turn `SO_KEEPALIVE` on for this side too (the C client did
+   * not). Implied by the keepalive times, not by a user timeout alone.
+   */
   keepAlive: boolean;
   /** How long a connect may take before the client gives up, in ms; null to wait as long as the kernel does. */
   connectTimeoutMs: number | null;
@@ -77,6 +90,8 @@ export interface ClientOptions {
   tuning: KeepAliveOptions | null;
   /** Report every keepalive probe on the connection. */
   watch: boolean;
+  /** One line to send after the connection has been idle `afterMs`; null to send nothing. */
+  send: { text: string; afterMs: number } | null;
   /** Print events as JSON lines instead of text. */
   json: boolean;
 }
@@ -127,10 +142,15 @@ export async function connect(
 // The C client left SO_KEEPALIVE off: only the server probes, and this
 // side's kernel answers. Turn it on here to have the client notice a server
 // that vanished, too; the tuning flags also set when and how often it probes.
+// A user timeout alone leaves keepalive off: it bounds how long sent data may
+// go unacknowledged, which matters with or without probes.
 
 function turnOnKeepAlive(conn: Deno.TcpConn, options: ClientOptions): KeepAliveSettings | null {
   if (options.keepAlive) conn.setKeepAlive(true);
-  if (options.tuning) setKeepAlive(conn, options.tuning);
+  if (options.tuning && options.keepAlive) setKeepAlive(conn, options.tuning);
+  else if (options.tuning?.userTimeout !== undefined) {
+    setUserTimeout(conn, options.tuning.userTimeout);
+  }
   return options.tuning || options.watch ? getKeepAlive(conn) : null;
 }
 
@@ -142,22 +162,29 @@ export type ClientOutcome = "quit" | "server-closed" | "reset" | "timed-out" | "
 /**
  * Reads the connection until it ends, counting the bytes the server sends
  * (they are never printed: nothing from a peer goes to the terminal raw).
- * Resolves with how it ended; `quit` resolves it with "quit" early.
+ * With `send`, sends one line after that long idle and reports each read
+ * as `received`. Resolves with how it ended; `quit` resolves it with "quit"
+ * early.
  */
 export async function holdConnection(
   conn: Deno.TcpConn,
   quit: Promise<unknown>,
   onEvent: (event: ClientEvent) => void,
-  options: { watch?: boolean } = {},
+  options: { watch?: boolean; send?: ClientOptions["send"] } = {},
 ): Promise<ClientOutcome> {
   const emit = (event: ClientEventBody) => onEvent({ time: new Date().toISOString(), ...event });
   // --watch: the kernel's probes on this connection, from TCP_INFO.
   const watcher = options.watch
     ? watchKeepAlive(conn, (probe) => emit({ event: "probe", ...probe }))
     : null;
-  const progress = { bytes: 0 };
-  const reading = readUntilEnd(conn, progress);
+  const progress = { bytes: 0, sent: 0 };
+  const send = options.send;
+  const sender = send
+    ? setTimeout(() => sendLine(conn, send.text, progress, emit), send.afterMs)
+    : undefined;
+  const reading = readUntilEnd(conn, progress, send ? emit : null);
   const outcome = await Promise.race([reading, quit.then(() => "quit" as const)]);
+  clearTimeout(sender);
   watcher?.stop();
   if (outcome === "quit") {
     emit({ event: "quit", bytes: progress.bytes });
@@ -166,7 +193,7 @@ export async function holdConnection(
   } else if (outcome.ending === "error") {
     emit({ event: "error", message: outcome.message });
   } else if (outcome.ending === "timed-out") {
-    emit({ event: "timed-out", bytes: progress.bytes, code: outcome.code });
+    emit({ event: "timed-out", bytes: progress.bytes, code: outcome.code, sent: progress.sent });
   } else {
     emit({ event: outcome.ending, bytes: progress.bytes });
   }
@@ -176,14 +203,35 @@ export async function holdConnection(
   return outcome === "quit" ? "quit" : outcome.ending;
 }
 
+// --send: one line, written whole (a short write goes on with the rest). A
+// failed write needs no report of its own: the read below fails the same way.
+async function sendLine(
+  conn: Deno.TcpConn,
+  text: string,
+  progress: { sent: number },
+  emit: (event: ClientEventBody) => void,
+) {
+  let bytes = new TextEncoder().encode(`${text}\n`);
+  try {
+    while (bytes.length > 0) {
+      const n = await conn.write(bytes);
+      progress.sent += n;
+      bytes = bytes.subarray(n);
+    }
+    emit({ event: "sent", bytes: progress.sent });
+  } catch { /* the read reports it */ }
+}
+
 // The read is what makes the kernel's verdict visible: end of stream when
 // the server closes, ConnectionReset for a reset, and TimedOut (ETIMEDOUT)
-// when this side's keepalive probes go unanswered (or the error of the last
-// probe, when this side lost its route to the server). A small buffer is enough:
-// the bytes are only counted, in `progress`.
+// when this side's keepalive probes go unanswered or what it sent stays
+// unacknowledged for the user timeout (or the error of the last probe, when
+// this side lost its route to the server). A small buffer is enough: the
+// bytes are only counted, in `progress`.
 async function readUntilEnd(
   conn: Deno.TcpConn,
   progress: { bytes: number },
+  onReceived: ((event: ClientEventBody) => void) | null,
 ): Promise<
   | { ending: "server-closed" | "reset" }
   | { ending: "timed-out"; code: string }
@@ -195,6 +243,7 @@ async function readUntilEnd(
       const n = await conn.read(buffer);
       if (n === null) return { ending: "server-closed" };
       progress.bytes += n;
+      onReceived?.({ event: "received", bytes: n });
     }
   } catch (error) {
     if (error instanceof Deno.errors.ConnectionReset) return { ending: "reset" };
@@ -209,8 +258,8 @@ async function readUntilEnd(
 /** The `--help` text. */
 export const HELP = `Usage: deno run --allow-net client.ts [options]
 
-Connects to a TCP server, sends nothing, and reports how the connection ends.
-Quit with Enter, Ctrl-C or SIGTERM.
+Connects to a TCP server, sends nothing (unless told to), and reports how the
+connection ends. Quit with Enter, Ctrl-C or SIGTERM.
 
 Options:
   --hostname ADDRESS      server address or host name (default 127.0.0.1; ::1 for IPv6)
@@ -219,11 +268,16 @@ Options:
   --connect-timeout SECONDS
                           give up connecting after this long, 1..86400 (default: when the
                           kernel gives up, about 2 minutes for an address that never answers)
+  --send TEXT             send TEXT and a newline once, after --send-after (at most 1000
+                          characters; against server.ts --echo it comes back)
+  --send-after SECONDS    idle this long before --send, 0..86400 (default 0; with it alone
+                          the line is "hello")
   --json                  print one JSON object per event instead of text
   -h, --help              show this help
 
 ${TUNING_HELP}
-  (--idle, --interval, --count and --user-timeout imply --keepalive; --watch alone does not:
+  (--idle, --interval and --count imply --keepalive. --user-timeout alone does not: it bounds
+  how long sent data may go unacknowledged, with keepalive on or off. --watch alone does not:
   it shows the server's probes, which this side's kernel answers with keepalive off.)
 
 Exit codes: 0 when you quit or the server closed the connection cleanly,
@@ -241,12 +295,12 @@ flags (Deno cannot set them itself yet).`;
  * ```ts
  * import { parseClientArgs } from "./client.ts";
  * parseClientArgs(["--hostname", "::1", "--keepalive"]);
- * // { hostname: "::1", port: 8888, keepAlive: true, connectTimeoutMs: null, tuning: null, watch: false, json: false }
+ * // { hostname: "::1", port: 8888, keepAlive: true, connectTimeoutMs: null, tuning: null, watch: false, send: null, json: false }
  * ```
  */
 export function parseClientArgs(args: string[]): ClientOptions | "help" {
   const flags = parseFlags(args, {
-    string: ["hostname", "port", "connect-timeout", ...TUNING_FLAGS],
+    string: ["hostname", "port", "connect-timeout", "send", "send-after", ...TUNING_FLAGS],
     boolean: ["keepalive", "json", "watch"],
     default: { hostname: "127.0.0.1", port: "8888" },
   });
@@ -256,14 +310,27 @@ export function parseClientArgs(args: string[]): ClientOptions | "help" {
   return {
     hostname: parseHostname("--hostname", flags.hostname!),
     port: parseInteger("--port", flags.port!, 1, 65535),
-    keepAlive: flags.keepalive || tuning !== null,
+    keepAlive: flags.keepalive || tuning?.time !== undefined || tuning?.interval !== undefined ||
+      tuning?.retries !== undefined,
     connectTimeoutMs: connectTimeout === undefined
       ? null
       : parseInteger("--connect-timeout", connectTimeout, 1, 86400) * 1000,
     tuning,
     watch: flags.watch,
+    send: parseSend(flags.send, flags["send-after"]),
     json: flags.json,
   };
+}
+
+function parseSend(text: string | undefined, after: string | undefined): ClientOptions["send"] {
+  if (text === undefined && after === undefined) return null;
+  if (text !== undefined && (text.length > 1000 || /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(text))) {
+    throw new UsageError(
+      `--send takes at most 1000 characters and no control characters, not ${showTyped(text)}`,
+    );
+  }
+  const afterMs = after === undefined ? 0 : parseInteger("--send-after", after, 0, 86400) * 1000;
+  return { text: text ?? "hello", afterMs };
 }
 
 // ## Printing
@@ -282,6 +349,8 @@ export type ClientEventBody =
     tuning: KeepAliveSettings | null;
   }
   | ({ event: "probe" } & ProbeEvent)
+  | { event: "sent"; bytes: number }
+  | { event: "received"; bytes: number }
   | { event: "server-closed"; bytes: number }
   | { event: "reset"; bytes: number }
   | {
@@ -289,6 +358,8 @@ export type ClientEventBody =
     bytes: number;
     /** ETIMEDOUT; ENETUNREACH or EHOSTUNREACH when this side lost its route to the server. */
     code: string;
+    /** Bytes this side had sent (--send): with any, the server had stopped acknowledging them. */
+    sent: number;
   }
   | { event: "error"; message: string }
   | { event: "quit"; bytes: number }
@@ -311,16 +382,22 @@ function describeClientEvent(event: ClientEventBody, how: { enterQuits: boolean 
     case "connected":
       return `connected from ${event.local} to ${event.remote}, keepalive ${
         event.keepAlive ? "on" : "off"
-      }${event.tuning && event.keepAlive ? ` (${describeKeepAlive(event.tuning)})` : ""}; ${
-        how.enterQuits ? "Enter" : "SIGTERM"
-      } quits`;
+      }${describeTuning(event)}; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
     case "probe":
       return describeProbe(event);
     case "server-closed":
       return `the server closed the connection (${plural(event.bytes, "byte")} received)`;
     case "reset":
       return `the connection was reset (${plural(event.bytes, "byte")} received)`;
+    case "sent":
+      return `sent ${plural(event.bytes, "byte")}`;
+    case "received":
+      return `received ${plural(event.bytes, "byte")}`;
     case "timed-out":
+      if (event.sent > 0 && event.code === "ETIMEDOUT") {
+        return `the connection timed out: the server stopped acknowledging what was sent ` +
+          `(retransmissions or the user timeout ran out)`;
+      }
       return "the connection timed out: keepalive probes went unanswered, " +
         (event.code === "ETIMEDOUT"
           ? "the server is gone"
@@ -410,7 +487,10 @@ async function connectAndHold(
     keepAlive: options.keepAlive,
     tuning,
   });
-  const outcome = await holdConnection(conn, quitting, print, { watch: options.watch });
+  const outcome = await holdConnection(conn, quitting, print, {
+    watch: options.watch,
+    send: options.send,
+  });
   return outcome === "quit" || outcome === "server-closed" ? 0 : 1;
 }
 
@@ -451,6 +531,14 @@ function describeConnectError(
   }
   if (/lookup address/.test(message)) return `cannot connect to ${where}: host name not found`;
   return `cannot connect to ${where}: ${message}`;
+}
+
+// The settings in the connected line: all of them with keepalive on; with it
+// off, only a user timeout, if one was set.
+function describeTuning(event: { keepAlive: boolean; tuning: KeepAliveSettings | null }): string {
+  if (!event.tuning) return "";
+  if (event.keepAlive) return ` (${describeKeepAlive(event.tuning)})`;
+  return event.tuning.userTimeout ? `, user timeout ${event.tuning.userTimeout / 1000} s` : "";
 }
 
 // Small helpers that server.ts repeats on purpose, so that each script reads

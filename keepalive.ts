@@ -220,9 +220,30 @@ export function setKeepAlive(socket: TcpSocket, options: boolean | KeepAliveOpti
     if (settings.time !== undefined) setKeepAliveIdle(fd, settings.time / 1000);
     if (settings.interval !== undefined) setKeepAliveInterval(fd, settings.interval / 1000);
     if (settings.retries !== undefined) setKeepAliveCount(fd, settings.retries);
-    if (settings.userTimeout !== undefined) setUserTimeout(fd, settings.userTimeout);
+    if (settings.userTimeout !== undefined) setTcpUserTimeout(fd, settings.userTimeout);
     setKeepAliveEnabled(fd, settings.enabled);
   });
+}
+
+/**
+ * Sets only `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged
+ * before the connection fails with ETIMEDOUT, 0..2147483647 ms (0: the
+ * system's retransmission limit, about 15 minutes). Unlike
+ * {@linkcode setKeepAlive}, it leaves `SO_KEEPALIVE` as it is: a request
+ * in flight is bounded whether or not the socket probes when idle. Errors
+ * as for `setKeepAlive`.
+ *
+ * @example
+ * ```ts ignore
+ * import { setUserTimeout } from "./keepalive.ts";
+ *
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8888 });
+ * setUserTimeout(conn, 10_000); // a write unacknowledged for 10 s fails the connection
+ * ```
+ */
+export function setUserTimeout(socket: TcpSocket, milliseconds: number): void {
+  validateOptions({ userTimeout: milliseconds ?? NaN });
+  onSocket("set user timeout", socket, (fd) => setTcpUserTimeout(fd, milliseconds));
 }
 
 /**
@@ -528,7 +549,7 @@ function setKeepAliveCount(fd: number, count: number) {
   setInt(fd, IPPROTO_TCP, TCP_KEEPCNT, count, "TCP_KEEPCNT");
 }
 
-function setUserTimeout(fd: number, milliseconds: number) {
+function setTcpUserTimeout(fd: number, milliseconds: number) {
   setInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, milliseconds, "TCP_USER_TIMEOUT");
 }
 

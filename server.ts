@@ -3,6 +3,7 @@
  *
  * @run deno run --allow-net server.ts [--hostname 0.0.0.0] [--port 8888] [--no-keepalive] [--max-connections 1000] [--json]
  * @run deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 [--user-timeout 10] --watch
+ * @run deno run --allow-net server.ts --echo
  *
  * The Deno version of the C server in the blog post "套接字选项SO_KEEPALIVE":
  * it listens on port 8888, calls `setKeepAlive(true)` on every connection it
@@ -81,6 +82,8 @@ export interface ServerOptions {
   tuning: KeepAliveOptions | null;
   /** Report every keepalive probe on every connection. */
   watch: boolean;
+  /** Send back whatever a peer sends (the C server only read). */
+  echo: boolean;
   /** Print events as JSON lines instead of text. */
   json: boolean;
 }
@@ -282,7 +285,7 @@ function admit(conn: Deno.TcpConn, server: Server): void {
 // shows up as the end of the stream, a reset as ConnectionReset, and
 // unanswered keepalive probes as TimedOut (ETIMEDOUT; or the error of the
 // last probe, when this side lost its route to the peer). This server never
-// writes, so nothing else can time a connection out.
+// writes (unless --echo), so nothing else can time a connection out.
 
 // The server never looks at what peers send, it only counts the bytes, so
 // every connection reads into this one buffer. Reads overwrite each other's
@@ -300,6 +303,7 @@ async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): P
       const n = await conn.read(discardBuffer);
       if (n === null) break;
       bytes += n;
+      if (options.echo) await echo(conn, discardBuffer.slice(0, n), peer, server);
     }
     summary.peerClosed++;
     server.emit({ event: "peer-closed", peer, bytes });
@@ -320,6 +324,14 @@ async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): P
     watcher?.stop();
     if (server.open.delete(conn)) conn.close();
   }
+}
+
+// --echo: the bytes go back before the next read, so a peer that sends
+// faster than it reads is slowed down by TCP itself, and nothing piles up
+// here. The copy is this read's own: the shared buffer is not.
+async function echo(conn: Deno.TcpConn, bytes: Uint8Array, peer: string, server: Server) {
+  for (let rest = bytes; rest.length > 0;) rest = rest.subarray(await conn.write(rest));
+  server.emit({ event: "echoed", peer, bytes: bytes.length });
 }
 
 // --watch: the kernel's probes on this connection, read from TCP_INFO.
@@ -387,6 +399,7 @@ Options:
   --port N                port to listen on, 0..65535 (default 8888; 0 picks a free port)
   --no-keepalive          leave SO_KEEPALIVE off on accepted connections
   --max-connections N     close connections beyond N open ones at once (default 1000)
+  --echo                  send back whatever a peer sends (reported as "echoed N bytes")
   --json                  print one JSON object per event instead of text
   -h, --help              show this help
 
@@ -403,13 +416,13 @@ per-connection flags (Deno cannot set them itself yet).`;
  * ```ts
  * import { parseServerArgs } from "./server.ts";
  * parseServerArgs(["--port", "0", "--hostname", "::"]);
- * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, json: false }
+ * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, echo: false, json: false }
  * ```
  */
 export function parseServerArgs(args: string[]): ServerOptions | "help" {
   const flags = parseFlags(args, {
     string: ["hostname", "port", "max-connections", ...TUNING_FLAGS],
-    boolean: ["keepalive", "json", "watch"],
+    boolean: ["keepalive", "json", "watch", "echo"],
     negatable: ["keepalive"],
     default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000" },
   });
@@ -427,6 +440,7 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
     maxConnections: parseInteger("--max-connections", flags["max-connections"]!, 1, 1_000_000),
     tuning,
     watch: flags.watch,
+    echo: flags.echo,
     json: flags.json,
   };
 }
@@ -449,6 +463,7 @@ export type ServerEventBody =
   | { event: "accepted"; peer: string; keepAlive: boolean; open: number }
   | { event: "rejected"; peer: string; open: number }
   | { event: "reset-before-accept" }
+  | { event: "echoed"; peer: string; bytes: number }
   | { event: "peer-closed"; peer: string; bytes: number }
   | { event: "reset"; peer: string; bytes: number }
   | {
@@ -519,6 +534,8 @@ function describeServerEvent(event: ServerEventBody, how: { enterQuits: boolean 
       return `accepted ${event.peer}, keepalive ${
         event.keepAlive ? "on" : "off"
       } (${event.open} open)`;
+    case "echoed":
+      return `${event.peer} sent ${plural(event.bytes, "byte")}, echoed back`;
     case "rejected":
       return `rejected ${event.peer}: already ${event.open} open (--max-connections)`;
     case "reset-before-accept":

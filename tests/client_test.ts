@@ -14,6 +14,7 @@ Deno.test("client flags default to the C client: 127.0.0.1, port 8888, keepalive
     connectTimeoutMs: null,
     tuning: null,
     watch: false,
+    send: null,
     json: false,
   });
 });
@@ -28,6 +29,7 @@ Deno.test("client flags take an IPv6 hostname with or without brackets, --keepal
       connectTimeoutMs: null,
       tuning: null,
       watch: false,
+      send: null,
       json: true,
     },
   );
@@ -38,6 +40,7 @@ Deno.test("client flags take an IPv6 hostname with or without brackets, --keepal
     connectTimeoutMs: null,
     tuning: null,
     watch: false,
+    send: null,
     json: false,
   });
   assertEquals(parseClientArgs(["--help"]), "help");
@@ -52,6 +55,26 @@ Deno.test("client flags take an IPv6 hostname with or without brackets, --keepal
       "--connect-timeout",
     );
   }
+});
+
+Deno.test("client --send and --send-after: one line after an idle time, checked like every flag", () => {
+  const send = (args: string[]) => (parseClientArgs(args) as { send: unknown }).send;
+  assertEquals(send(["--send", "ping", "--send-after", "7"]), { text: "ping", afterMs: 7_000 });
+  assertEquals(send(["--send-after", "0"]), { text: "hello", afterMs: 0 });
+  assertEquals(send(["--send", "x"]), { text: "x", afterMs: 0 });
+  for (const args of [["--send-after", "-1"], ["--send-after", "86401"], ["--send-after", "1.5"]]) {
+    assertThrows(() => parseClientArgs(args), UsageError, "--send-after");
+  }
+  for (const text of ["a\u001b[2J", "x".repeat(1001), "a\u200eb"]) {
+    assertThrows(() => parseClientArgs(["--send", text]), UsageError, "--send takes");
+  }
+});
+
+Deno.test("client --user-timeout alone sets TCP_USER_TIMEOUT and leaves keepalive off", () => {
+  const options = parseClientArgs(["--user-timeout", "4"]);
+  assertEquals((options as { keepAlive: boolean }).keepAlive, false);
+  assertEquals((options as { tuning: unknown }).tuning, { userTimeout: 4_000 });
+  assertEquals((parseClientArgs(["--count", "3"]) as { keepAlive: boolean }).keepAlive, true);
 });
 
 Deno.test("client tuning flags are seconds, become milliseconds, and imply --keepalive", () => {
@@ -73,6 +96,7 @@ Deno.test("client tuning flags are seconds, become milliseconds, and imply --kee
       connectTimeoutMs: null,
       tuning: { time: 2_000, interval: 1_000, retries: 3, userTimeout: 10_000 },
       watch: true,
+      send: null,
       json: false,
     },
   );
@@ -478,4 +502,55 @@ Deno.test("client quits on Ctrl-C (SIGINT) with exit 0 and no error", async () =
   assertEquals([code, stderr], [0, ""]);
   assert(!client.lines.some((line) => line.includes('"error"')), client.lines.join("\n"));
   assertEquals(await accepted.read(new Uint8Array(1)), null);
+});
+
+// --- Sending one line (--send) ------------------------------------------------
+
+Deno.test("client --send goes out after --send-after, and server.ts --echo sends it back (::1)", async () => {
+  await using server = spawnScript("server.ts", [
+    "--hostname",
+    "::1",
+    "--port",
+    "0",
+    "--echo",
+    "--json",
+  ]);
+  const { address } = await server.waitForEvent("listening");
+  const port = String(address).split(":").at(-1)!;
+  const started = performance.now();
+  await using client = spawnScript("client.ts", [
+    "--hostname",
+    "::1",
+    "--port",
+    port,
+    "--send",
+    "ping",
+    "--send-after",
+    "1",
+    "--json",
+  ]);
+  await client.waitForEvent("connected");
+  assertEquals((await client.waitForEvent("sent")).bytes, 5); // "ping\n"
+  const idle = (performance.now() - started) / 1000;
+  assert(idle >= 1, `sent after ${idle.toFixed(2)} s, before --send-after 1`);
+  assertEquals((await client.waitForEvent("received")).bytes, 5);
+  assertEquals((await server.waitForEvent("echoed")).bytes, 5);
+});
+
+Deno.test("client --user-timeout alone: the kernel holds TCP_USER_TIMEOUT and no keepalive timer", async () => {
+  using listener = listen();
+  await using client = spawnScript("client.ts", [
+    "--port",
+    String(listener.port),
+    "--user-timeout",
+    "4",
+    "--json",
+  ], { permissions: ["--allow-net", "--allow-ffi"] });
+  using accepted = await listener.accept();
+  const connected = await client.waitForEvent("connected");
+  assertEquals(connected.keepAlive, false);
+  const tuning = connected.tuning as { enabled: boolean; userTimeout: number };
+  assertEquals([tuning.enabled, tuning.userTimeout], [false, 4_000]);
+  const clientSide = findTcpSocket(await readTcpSockets(), accepted.remoteAddr, accepted.localAddr);
+  assertEquals(clientSide?.timer, "none");
 });

@@ -19,6 +19,7 @@ Deno.test("server flags default to the C server: every IPv4 address, port 8888, 
     maxConnections: 1000,
     tuning: null,
     watch: false,
+    echo: false,
     json: false,
   });
 });
@@ -33,6 +34,7 @@ Deno.test("server flags take a port, an IPv6 hostname with or without brackets, 
       maxConnections: 1000,
       tuning: null,
       watch: false,
+      echo: false,
       json: true,
     },
   );
@@ -43,6 +45,7 @@ Deno.test("server flags take a port, an IPv6 hostname with or without brackets, 
     maxConnections: 5,
     tuning: null,
     watch: false,
+    echo: false,
     json: false,
   });
   assertEquals(parseServerArgs(["--help"]), "help");
