@@ -47,7 +47,9 @@ export interface Packet {
   ack: number;
   /** TCP payload bytes. */
   length: number;
+  /** What the segment is. */
   kind: PacketKind;
+  /** Where it ended up. */
   fate: PacketFate;
 }
 
@@ -79,6 +81,7 @@ export interface Check {
   expected: string;
   /** What this run measured, in words with units. */
   observed: string;
+  /** Whether the observed value is within the expected one's tolerance. */
   passed: boolean;
 }
 
@@ -93,9 +96,13 @@ export interface ScenarioResult {
   title: string;
   /** The lanes of its diagram, left to right. */
   hosts: Host[];
+  /** What the scenario was run with. */
   settings: Values;
+  /** What the settings predict. */
   expected: Values;
+  /** What this run measured. */
   observed: Values;
+  /** Expected against observed, one line of the verdict table each. */
   checks: Check[];
   /** Whether every check passed. */
   passed: boolean;
@@ -111,6 +118,7 @@ export interface ScenarioResult {
 
 /** A whole run. */
 export interface LabResult {
+  /** Each scenario (each nat variant), in the order they ran. */
   scenarios: ScenarioResult[];
   /** Things the reader should know: a missing package and what the lab did instead. */
   notes: string[];
