@@ -170,6 +170,9 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
   );
   const ports = connected.map((event) => Number(String(event.local).split(":").at(-1)));
   const traces = await sampleConntrack(router, ports, watch * 1000);
+  if (!traces) {
+    ctx.progress("nat: the router's connection table cannot be read (install conntrack)");
+  }
   const dropCounterTime = Date.now() / 1000;
   const drops = await router.readDrops();
   const pcaps = captures ? await Promise.all(captures.map((c) => c.stop())) : null;
@@ -191,7 +194,7 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
       serverEnded: server.events.some((e) =>
         ["peer-closed", "reset", "timed-out"].includes(e.event) && portOf(e.peer) === ports[i]
       ),
-      conntrack: traceFrom(traces.get(ports[i]) ?? [], start),
+      conntrack: traces ? traceFrom(traces.get(ports[i]) ?? [], start) : null,
       moments: [
         ...momentsOf(clients[i], "client", start, describeScriptEvent),
         ...momentsOf(server, "server", start, (e) =>
@@ -226,7 +229,8 @@ function portOf(peer: unknown): number {
   return Number(String(peer).split(":").at(-1));
 }
 
-// The router's table every 250 ms for `durationMs`, per client port.
+// The router's table every 250 ms for `durationMs`, per client port; null
+// when it cannot be read (then the scenario only waits).
 async function sampleConntrack(router: Router, ports: number[], durationMs: number) {
   const samples = new Map<number, { time: number; entry: ConntrackEntry | null }[]>(
     ports.map((port) => [port, []]),
@@ -235,6 +239,10 @@ async function sampleConntrack(router: Router, ports: number[], durationMs: numb
   while (Date.now() < end) {
     const time = Date.now() / 1000;
     const entries = await router.readConntrack();
+    if (!entries) {
+      await sleep(end - Date.now());
+      return null;
+    }
     for (const port of ports) {
       samples.get(port)!.push({ time, entry: entries.find((e) => e.sourcePort === port) ?? null });
     }
@@ -268,7 +276,7 @@ interface NatObservation {
   client: ScriptRun;
   echoedByServer: number;
   serverEnded: boolean;
-  conntrack: ConntrackTrace;
+  conntrack: ConntrackTrace | null;
   moments: Moment[];
   start: number;
   durationSeconds: number;
@@ -289,7 +297,8 @@ function judge(
   const retransmissions = packetsOf(seen.packets, "retransmission", "client");
   const probes = packetsOf(seen.packets, "keepalive probe", "client");
   const capture = seen.packets.length > 0;
-  const forgotten = seen.conntrack.forgottenAtSeconds;
+  const forgotten = seen.conntrack?.forgottenAtSeconds ?? null;
+  const traced = seen.conntrack !== null; // without it, the checks of the router's table are left out
   const checks: Check[] = [];
   const observed: ScenarioResult["observed"] = {
     forgottenAtSeconds: forgotten,
@@ -310,12 +319,16 @@ function judge(
     expected.forgottenAtSeconds = m;
     expected.lineReachedServer = false;
     checks.push(
-      check(
-        "router forgets the idle flow",
-        `after about ${m} s`,
-        seconds(forgotten),
-        forgotten !== null && forgotten >= m - 0.5 && forgotten <= m + 1.5,
-      ),
+      ...(traced
+        ? [
+          check(
+            "router forgets the idle flow",
+            `after about ${m} s`,
+            seconds(forgotten),
+            forgotten !== null && forgotten >= m - 0.5 && forgotten <= m + 1.5,
+          ),
+        ]
+        : []),
       check(
         "the line reaches the server",
         "no: dropped at the router",
@@ -369,12 +382,16 @@ function judge(
     expected.echoReceived = true;
     observed.survivedSeconds = idle === null ? null : ms(idle);
     checks.push(
-      check(
-        "the router keeps the flow",
-        "never forgets it",
-        forgotten === null ? "never forgot it" : `forgot it at ${seconds(forgotten)}`,
-        forgotten === null,
-      ),
+      ...(traced
+        ? [
+          check(
+            "the router keeps the flow",
+            "never forgets it",
+            forgotten === null ? "never forgot it" : `forgot it at ${seconds(forgotten)}`,
+            forgotten === null,
+          ),
+        ]
+        : []),
       check(
         "the line after the idle comes back",
         `echoed, after at least ${3 * m} s (3 timeouts) of idle`,
@@ -394,12 +411,16 @@ function judge(
     expected.flowKeptAlive = false;
     observed.detectedAfterSeconds = detectedAfter === null ? null : ms(detectedAfter);
     checks.push(
-      check(
-        "router forgets the idle flow",
-        `after about ${m} s, before the first probe`,
-        seconds(forgotten),
-        forgotten !== null && forgotten <= (variant.idle ?? 0),
-      ),
+      ...(traced
+        ? [
+          check(
+            "router forgets the idle flow",
+            `after about ${m} s, before the first probe`,
+            seconds(forgotten),
+            forgotten !== null && forgotten <= (variant.idle ?? 0),
+          ),
+        ]
+        : []),
       check(
         "the dead flow is detected",
         `${detect} s (idle ${variant.idle} + 1 x 2) after the last packet heard, up to +1.5 s`,

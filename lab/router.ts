@@ -45,8 +45,11 @@ export interface Router {
   serverAddress: string;
   /** The router's interface facing the client, and the one facing the server. */
   links: { clientSide: string; serverSide: string };
-  /** The router's connection-tracking entries for TCP flows to the server. */
-  readConntrack(): Promise<ConntrackEntry[]>;
+  /**
+   * The router's connection-tracking entries for TCP flows to the server;
+   * null when they cannot be read (see {@linkcode readConntrack}).
+   */
+  readConntrack(): Promise<ConntrackEntry[] | null>;
   /** Packets the router dropped: of flows it had forgotten (invalid), and others. */
   readDrops(): Promise<{ invalid: number; other: number }>;
 }
@@ -160,16 +163,20 @@ async function loadRules(router: string, links: { clientSide: string; serverSide
 }
 
 /**
- * The router's TCP entries, from `/proc/net/nf_conntrack` (or `conntrack
- * -L` where the kernel does not offer that file). A line looks like
+ * The router's TCP entries, from `/proc/net/nf_conntrack`, or else from
+ * `conntrack -L` (package conntrack); null when neither works. An ordinary
+ * user cannot read the file even in a namespace of their own (it belongs to
+ * a root that is not mapped there), but `conntrack` asks the kernel over
+ * netlink, which the namespace's capabilities allow. A line looks like
  * `ipv4 2 tcp 6 298 ESTABLISHED src=10.231.1.2 dst=10.231.2.2 sport=40000
- * dport=8888 ...`: the fifth field is the countdown.
+ * dport=8888 ...`: the number after `tcp 6` is the countdown.
  */
-export async function readConntrack(router: string): Promise<ConntrackEntry[]> {
+export async function readConntrack(router: string): Promise<ConntrackEntry[] | null> {
   let output = await run([...inNamespace(router), "cat", "/proc/net/nf_conntrack"]);
-  if (output.code !== 0) output = await run([...inNamespace(router), "conntrack", "-L"]);
-  if (output.code !== 0) throw new Error("cannot read the router's connection table");
-  return parseConntrack(output.stdout);
+  if (output.code !== 0) {
+    output = await run([...inNamespace(router), "conntrack", "-L"]).catch(() => output);
+  }
+  return output.code === 0 ? parseConntrack(output.stdout) : null;
 }
 
 /** Parses conntrack's table text (either format above) into entries. */

@@ -44,6 +44,11 @@ export const TOOLS: Tool[] = [
     without: "no timeline or diagram; probes are counted with the kernel's TCPKeepAlive counter",
   },
   { command: "nft", package: "nftables", without: "no nat scenario: the router needs it" },
+  {
+    command: "conntrack",
+    package: "conntrack",
+    without: "as an ordinary user, the router's countdown is not shown (root reads it from /proc)",
+  },
 ];
 
 /** The tools that are not on the PATH. */

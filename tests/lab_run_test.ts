@@ -1,0 +1,350 @@
+/**
+ * Tests that run lab.ts for real: its --json checked against the settings
+ * (with values other than the defaults, so nothing can be hard-coded), the
+ * SVG against the JSON, a run as an ordinary user (uid 65534), and a run
+ * stopped midway. After each: no process or namespace of the lab is left,
+ * and the host's sysctls are as they were.
+ *
+ * These need what the lab needs (ip, unshare, setpriv, tcpdump, nft, and
+ * namespaces): they skip with one line without it, and fail when CI=true.
+ */
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { XMLValidator } from "fast-xml-parser";
+import type { LabResult, Packet, ScenarioResult } from "../lab/result.ts";
+import { missingTools, trySandbox } from "../lab/sandbox.ts";
+import { CI, delay, keepaliveSysctls, ROOT_DIR, run } from "./_helpers.ts";
+
+async function labUnavailableReason(): Promise<string | null> {
+  if (Deno.build.os !== "linux") return "the lab needs Linux";
+  const missing = await missingTools();
+  if (missing.length > 0) {
+    return `${missing.map((t) => t.command).join(", ")} not installed ` +
+      `(Debian: ${[...new Set(missing.map((t) => t.package))].join(" ")})`;
+  }
+  return await trySandbox();
+}
+
+const reason = await labUnavailableReason();
+
+// The host's state that the lab must never change.
+async function hostState() {
+  const read = (path: string) => Deno.readTextFile(path).then((t) => t.trim(), () => "absent");
+  return {
+    keepalive: await keepaliveSysctls(),
+    ipForward: await read("/proc/sys/net/ipv4/ip_forward"),
+    conntrack: await read("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"),
+    loose: await read("/proc/sys/net/netfilter/nf_conntrack_tcp_loose"),
+    namespaces: (await run(["ip", "netns", "list"])).stdout,
+  };
+}
+
+// What the lab starts; none of it may outlive a run.
+async function labProcesses(): Promise<string> {
+  const found = await run(["pgrep", "-af", "lab/inside\\.ts|tcpdump -i to-"]);
+  return found.stdout.trim();
+}
+
+function labTest(name: string, fn: () => Promise<void>) {
+  if (reason !== null && !CI) {
+    console.warn(`skipping "${name}": ${reason}`);
+    Deno.test({ name, ignore: true, fn });
+    return;
+  }
+  Deno.test(name, async () => {
+    if (reason !== null) throw new Error(`CI=true, so this test must run, but ${reason}`);
+    const before = await hostState();
+    try {
+      await fn();
+    } finally {
+      assertEquals(await labProcesses(), "", "processes of the lab are left");
+      assertEquals(await hostState(), before, "the host's sysctls or namespaces changed");
+    }
+  });
+}
+
+async function runLab(args: string[]): Promise<LabResult> {
+  const output = await run([
+    Deno.execPath(),
+    "run",
+    "--allow-run",
+    "--allow-read",
+    "--allow-write",
+    "lab.ts",
+    "--json",
+    ...args,
+  ]); // deno-fmt-ignore
+  if (output.code !== 0) {
+    throw new Error(`lab.ts ${args.join(" ")}: exit ${output.code}: ${output.stderr}${output.stdout.slice(-3000)}`);
+  }
+  return JSON.parse(output.stdout);
+}
+
+function scenario(result: LabResult, name: string): ScenarioResult {
+  const found = result.scenarios.find((s) => s.name === name);
+  if (!found) throw new Error(`no scenario ${name} in ${result.scenarios.map((s) => s.name)}`);
+  return found;
+}
+
+const kind = (packets: Packet[], what: Packet["kind"], from: Packet["from"]) =>
+  packets.filter((p) => p.kind === what && p.from === from);
+
+function gaps(times: number[]): number[] {
+  return times.slice(1).map((t, i) => t - times[i]);
+}
+
+labTest(
+  "lab blog: the probe cadence is max(time, intvl) and tcpdump counts what TCPKeepAlive counts",
+  async () => {
+    const settings = [[2, 2], [1, 3], [3, 1]];
+    const results = await Promise.all(
+      settings.map(([time, intvl]) =>
+        runLab(["blog", "--time", String(time), "--intvl", String(intvl)])
+      ),
+    );
+    for (const [i, [time, intvl]] of settings.entries()) {
+      const blog = scenario(results[i], "blog");
+      const probes = kind(blog.packets, "keepalive probe", "server");
+      const answers = kind(blog.packets, "probe answered", "client");
+      const cadence = Math.max(time, intvl);
+      assert(probes.length >= 4, `(${time}, ${intvl}): ${probes.length} probes`);
+      assertEquals(answers.length, probes.length, `(${time}, ${intvl}): every probe answered`);
+      for (const gap of gaps(probes.map((p) => p.seconds))) {
+        assert(
+          Math.abs(gap - cadence) <= cadence * 0.1,
+          `(${time}, ${intvl}): a gap of ${gap} s, not ${cadence}`,
+        );
+      }
+      const handshakeEnd = blog.packets.filter((p) => p.kind === "handshake").at(-1)!.seconds;
+      const first = probes[0].seconds - handshakeEnd;
+      assert(
+        Math.abs(first - time) <= time * 0.1,
+        `(${time}, ${intvl}): first probe after ${first} s`,
+      );
+      assertEquals(blog.observed.probesCounted, probes.length, "tcpdump and TCPKeepAlive disagree");
+      assertEquals(blog.observed.probesCaptured, probes.length);
+      assert(blog.passed, JSON.stringify(blog.checks));
+    }
+  },
+);
+
+labTest(
+  "lab dead-peer: the server notices time + intvl x probes after the last answer",
+  async () => {
+    const results = await Promise.all(
+      [3, 4].map((probes) => runLab(["dead-peer", "--probes", String(probes)])),
+    );
+    for (const [i, count] of [3, 4].entries()) {
+      const dead = scenario(results[i], "dead-peer");
+      const lost = kind(dead.packets, "keepalive probe", "server").filter((p) => p.fate === "lost");
+      assertEquals(lost.length, count, `probes ${count}: unanswered probes`);
+      assertEquals(kind(dead.packets, "probe answered", "client").length, 2);
+      const lastAnswer = dead.packets.filter((p) => p.from === "client").at(-1)!.seconds;
+      const timedOut = dead.moments.find((m) =>
+        m.host === "server" && m.text.startsWith("timed out")
+      );
+      if (!timedOut) throw new Error("the server never timed out");
+      assertEquals(timedOut.text, "timed out (ETIMEDOUT)");
+      const detected = timedOut.seconds - lastAnswer;
+      const expected = 2 + 1 * count;
+      assert(
+        detected >= expected - 0.05 && detected <= expected + 1.5,
+        `probes ${count}: ${detected} s, not ${expected}`,
+      );
+      assertEquals(dead.expected.detectedAfterSeconds, expected);
+      assert(dead.passed, JSON.stringify(dead.checks));
+    }
+  },
+);
+
+labTest(
+  "lab nat: without keepalive the line is lost; keepalive below the router's timeout keeps the flow",
+  async () => {
+    const runs = [{ timeout: 5, userTimeout: 4 }, { timeout: 8, userTimeout: 6 }];
+    const results = await Promise.all(
+      runs.map((r) =>
+        runLab([
+          "nat",
+          "--middlebox-timeout",
+          String(r.timeout),
+          "--user-timeout",
+          String(r.userTimeout),
+        ])
+      ),
+    );
+    for (const [i, { timeout, userTimeout }] of runs.entries()) {
+      const where = `timeout ${timeout}`;
+      const none = scenario(results[i], "nat-no-keepalive");
+      const line = kind(none.packets, "data", "client");
+      assertEquals(line.length, 1, where);
+      assertEquals(line[0].fate, "dropped-at-router", where);
+      assert(
+        kind(none.packets, "retransmission", "client").every((p) => p.fate === "dropped-at-router"),
+      );
+      assert(
+        !none.packets.some((p) => p.from === "server" && p.length > 0),
+        `${where}: the server answered`,
+      );
+      assertEquals(none.observed.lineReachedServer, false, where);
+      assertEquals(
+        none.observed.timedOutAtSeconds,
+        null,
+        `${where}: no user timeout, no failure yet`,
+      );
+      const forgotten = none.conntrack?.forgottenAtSeconds;
+      assert(
+        forgotten && forgotten >= timeout - 0.5 && forgotten <= timeout + 1.5,
+        `${where}: forgotten at ${forgotten}`,
+      );
+
+      const bounded = scenario(results[i], "nat-user-timeout");
+      const sent = bounded.observed.lineSentAtSeconds as number;
+      const failed = bounded.observed.timedOutAtSeconds as number;
+      assert(
+        failed - sent >= userTimeout - 0.05 && failed - sent <= userTimeout + 1.5,
+        `${where}: failed ${failed - sent} s after the line`,
+      );
+      assertEquals(bounded.observed.lineReachedServer, false, where);
+
+      const below = scenario(results[i], "nat-idle-below");
+      assert((below.observed.survivedSeconds as number) >= 3 * timeout, where);
+      assertEquals(below.observed.echoReceived, true, where);
+      assertEquals(
+        below.conntrack?.forgottenAtSeconds,
+        null,
+        `${where}: the router forgot a kept-alive flow`,
+      );
+      const probes = kind(below.packets, "keepalive probe", "client");
+      assert(probes.length >= 3 && probes.every((p) => p.fate === "delivered"), where);
+      assert(
+        gaps(probes.map((p) => p.seconds)).every((gap) => gap < timeout),
+        `${where}: a gap above the timeout`,
+      );
+      assert(
+        below.packets.some((p) =>
+          p.from === "server" && p.kind === "data" && p.fate === "delivered"
+        ),
+        `${where}: no echo`,
+      );
+
+      const above = scenario(results[i], "nat-idle-above");
+      const aboveProbes = kind(above.packets, "keepalive probe", "client");
+      assert(
+        aboveProbes.length >= 1 && aboveProbes.every((p) => p.fate === "dropped-at-router"),
+        where,
+      );
+      assert(above.observed.timedOutAtSeconds !== null, `${where}: the dead flow was not detected`);
+      assert(results[i].passed, JSON.stringify(results[i].scenarios.map((s) => s.checks)));
+    }
+  },
+);
+
+labTest(
+  "the whole lab runs as an ordinary user (uid 65534), and its SVG draws every packet of its JSON",
+  async () => {
+    // A place uid 65534 can read and write: the scripts, deno, and a Deno
+    // cache with the npm packages already in it.
+    const dir = await Deno.makeTempDir({ prefix: "lab-user-" });
+    try {
+      const repo = `${dir}/repo`;
+      await Deno.mkdir(`${repo}/lab`, { recursive: true });
+      for (const entry of Deno.readDirSync(ROOT_DIR)) {
+        if (entry.isFile && /\.(ts|json|lock)$/.test(entry.name)) {
+          await Deno.copyFile(`${ROOT_DIR}/${entry.name}`, `${repo}/${entry.name}`);
+        }
+      }
+      for (const entry of Deno.readDirSync(`${ROOT_DIR}/lab`)) {
+        await Deno.copyFile(`${ROOT_DIR}/lab/${entry.name}`, `${repo}/lab/${entry.name}`);
+      }
+      await Deno.copyFile(Deno.execPath(), `${dir}/deno`);
+      const info = JSON.parse((await run([Deno.execPath(), "info", "--json"])).stdout);
+      await Deno.mkdir(`${dir}/cache`);
+      await run(["cp", "-r", `${info.denoDir}/npm`, `${dir}/cache/npm`]);
+      await run(["chown", "-R", "65534:65534", dir]);
+      await Deno.chmod(dir, 0o755);
+      const output = await run([
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "env",
+        `HOME=${dir}`,
+        `DENO_DIR=${dir}/cache`,
+        `${dir}/deno`,
+        "run",
+        "--allow-run",
+        "--allow-read",
+        "--allow-write",
+        "lab.ts",
+        "--json",
+        "--svg",
+        `${dir}/lab.svg`,
+      ], { cwd: repo }); // deno-fmt-ignore
+      assertEquals(output.code, 0, output.stderr + output.stdout.slice(-3000));
+      const result: LabResult = JSON.parse(output.stdout);
+      assertEquals(result.scenarios.map((s) => s.name), [
+        "blog",
+        "dead-peer",
+        "nat-no-keepalive",
+        "nat-user-timeout",
+        "nat-idle-below",
+        "nat-idle-above",
+      ]); // deno-fmt-ignore
+      assert(result.passed, JSON.stringify(result.scenarios.map((s) => s.checks)));
+      assertEquals(
+        (await Deno.stat(`${dir}/lab.svg`)).uid,
+        65534,
+        "the SVG was not written by uid 65534",
+      );
+
+      const svg = await Deno.readTextFile(`${dir}/lab.svg`);
+      assertEquals(XMLValidator.validate(svg), true);
+      const arrows = [
+        ...svg.matchAll(/<g class="packet[^"]*"[^>]*data-kind="([^"]*)"[^>]*data-fate="([^"]*)"/g),
+      ];
+      const packets = result.scenarios.flatMap((s) => s.packets);
+      assertEquals(arrows.length, packets.length, "one arrow per packet");
+      assertEquals(arrows.map((a) => `${a[1]}/${a[2]}`), packets.map((p) => `${p.kind}/${p.fate}`));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+labTest(
+  "a lab stopped with SIGTERM midway is gone within 2 s, with everything it made",
+  async () => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-run", "--allow-read", "--allow-write", "lab.ts", "blog", "dead-peer"],
+      cwd: ROOT_DIR,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const stdout = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    while (!seen.includes("watching")) {
+      const { value, done } = await stdout.read();
+      if (done) break;
+      seen += value;
+    }
+    assertStringIncludes(seen, "watching", "the lab never got going");
+    assert((await labProcesses()).includes("tcpdump"), "nothing to stop: tcpdump is not running");
+    const stopped = performance.now();
+    child.kill("SIGTERM");
+    const status = await child.status;
+    let left = await labProcesses();
+    while (left !== "" && performance.now() - stopped < 2_000) {
+      await delay(50);
+      left = await labProcesses();
+    }
+    const seconds = (performance.now() - stopped) / 1000;
+    assertEquals(left, "", `still there after ${seconds.toFixed(2)} s`);
+    assert(seconds < 2, `${seconds} s`);
+    assertEquals(status.code, 1);
+    assertStringIncludes(
+      await new Response(child.stderr).text(),
+      "lab.ts: stopped; every namespace and process it made is gone",
+    );
+    await stdout.cancel();
+  },
+);
