@@ -260,7 +260,10 @@ Deno.test("lab flags: anything it cannot use is a UsageError naming it", () => {
 Deno.test("lab.ts exits 2 with one line for bad flags, and 1 naming the permissions it lacks", async () => {
   const bad = await run([Deno.execPath(), "run", "-A", "lab.ts", "--time", "99"]);
   assertEquals(bad.code, 2);
-  assertEquals(bad.stderr, "lab.ts: --time must be an integer from 1 to 10, not \"99\" (see --help)\n");
+  assertEquals(
+    bad.stderr,
+    'lab.ts: --time must be an integer from 1 to 10, not "99" (see --help)\n',
+  );
   const denied = await run([
     Deno.execPath(),
     "run",
