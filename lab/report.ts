@@ -66,23 +66,35 @@ function describeConntrack(scenario: ScenarioResult): string {
   return `countdown went as low as ${lowest} s, refreshed ${refreshes} times; ${end}`;
 }
 
-/** The verdict table, as lines: one per check, with a header. */
+/**
+ * The verdict table, as lines: a heading per scenario, then one line per
+ * check. Times are checked with a tolerance: within 10% for a cadence, up to
+ * 1.5 s late for a detection or a failure.
+ */
 export function formatVerdict(result: LabResult): string[] {
-  const rows = result.scenarios.flatMap((scenario) =>
-    scenario.checks.map((
+  const checks = result.scenarios.flatMap((scenario) => scenario.checks);
+  const rows = result.scenarios.flatMap((scenario) => [
+    [scenario.name],
+    ...scenario.checks.map((
       c,
-    ) => [scenario.name, c.name, c.expected, c.observed, c.passed ? "pass" : "FAIL"])
+    ) => [`  ${c.name}`, c.expected, c.observed, c.passed ? "pass" : "FAIL"]),
+  ]);
+  const header = ["check", "expected", "observed", "result"];
+  const widths = header.map((h, i) =>
+    Math.max(h.length, ...rows.map((row) => row[i]?.length ?? 0))
   );
-  const header = ["scenario", "check", "expected", "observed", "result"];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
   const line = (cells: string[]) =>
-    cells.map((cell, i) => cell.padEnd(widths[i])).join("  ").trimEnd();
-  const failed = rows.filter((row) => row[4] === "FAIL").length;
+    cells.length === 1
+      ? cells[0]
+      : cells.map((cell, i) => cell.padEnd(widths[i])).join("  ").trimEnd();
+  const failed = checks.filter((c) => !c.passed).length;
   return [
     line(header),
     line(widths.map((w) => "-".repeat(w))),
     ...rows.map(line),
     "",
-    failed === 0 ? `all ${rows.length} checks passed` : `${failed} of ${rows.length} checks FAILED`,
+    failed === 0
+      ? `all ${checks.length} checks passed`
+      : `${failed} of ${checks.length} checks FAILED`,
   ];
 }
