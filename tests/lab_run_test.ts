@@ -38,10 +38,14 @@ async function hostState() {
   };
 }
 
-// What the lab starts; none of it may outlive a run.
+// This checkout's lab/inside.ts, while a lab runs: the first process of the
+// lab's PID namespace. When it is gone, the kernel has killed everything
+// else in that namespace (tcpdump, the scripts), and the namespaces went with
+// them. (A lab run from another checkout is not ours to count.)
+const INSIDE = `${Deno.realPathSync(ROOT_DIR)}/lab/inside.ts`;
 async function labProcesses(): Promise<string> {
-  const found = await run(["pgrep", "-af", "lab/inside\\.ts|tcpdump -i to-"]);
-  return found.stdout.trim();
+  const found = await run(["pgrep", "-af", "--", INSIDE]);
+  return found.stdout.split("\n").filter((line) => !line.includes("pgrep")).join("\n").trim();
 }
 
 function labTest(name: string, fn: () => Promise<void>) {
@@ -328,7 +332,7 @@ labTest(
       seen += value;
     }
     assertStringIncludes(seen, "watching", "the lab never got going");
-    assert((await labProcesses()).includes("tcpdump"), "nothing to stop: tcpdump is not running");
+    assert((await labProcesses()).includes("inside.ts"), "nothing to stop: the lab is not running");
     const stopped = performance.now();
     child.kill("SIGTERM");
     const status = await child.status;
