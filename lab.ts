@@ -243,7 +243,7 @@ async function checkBeforeRunning(
   const sandbox = await trySandbox();
   if (sandbox) return sandbox;
   return {
-    dir: new URL(".", import.meta.url).pathname,
+    dir: decodeURIComponent(new URL(".", import.meta.url).pathname),
     scenarios: options.scenarios.filter((name) => nft || name !== "nat"),
     blog: options.blog,
     deadPeer: options.deadPeer,
@@ -277,7 +277,7 @@ async function runSandboxed(
   quit: Promise<unknown>,
   progress: (text: string) => void,
 ): Promise<{ result: LabResult } | { error: string }> {
-  const inside = new URL("./lab/inside.ts", import.meta.url).pathname;
+  const inside = decodeURIComponent(new URL("./lab/inside.ts", import.meta.url).pathname);
   const cmd = await sandboxCommand([Deno.execPath(), "run", "-A", inside, JSON.stringify(plan)]);
   const child = new Deno.Command(cmd[0], {
     args: cmd.slice(1),
@@ -294,9 +294,14 @@ async function runSandboxed(
       const lines = (rest + text).split("\n");
       rest = lines.pop()!;
       for (const line of lines) {
-        const message = JSON.parse(line);
-        if (message.progress) progress(message.progress);
-        else outcome = message;
+        let message;
+        try {
+          message = JSON.parse(line);
+        } catch {
+          continue; // not one of inside.ts's lines
+        }
+        if (typeof message.progress === "string") progress(message.progress);
+        else if (message.result || message.error) outcome = message;
       }
     }
   })();

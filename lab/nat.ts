@@ -173,7 +173,6 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
   if (!traces) {
     ctx.progress("nat: the router's connection table cannot be read (install conntrack)");
   }
-  const dropCounterTime = Date.now() / 1000;
   const drops = await router.readDrops();
   const pcaps = captures ? await Promise.all(captures.map((c) => c.stop())) : null;
   const flows = pcaps
@@ -182,6 +181,9 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
   const results = variants.map((variant, i) => {
     const joined = flows.find((f) => f.flow[0]?.sourcePort === ports[i]);
     const start = joined?.flow[0]?.time ?? eventTime(connected[i]);
+    // The client's port as the server saw it: masquerade keeps it when it is
+    // free, and the capture says for sure.
+    const seenAs = joined?.serverSidePort ?? ports[i];
     const packets = joined
       ? tellConnection(joined.flow, (segment: Segment) => joined.fates.get(segment) ?? "delivered")
       : [];
@@ -189,16 +191,16 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
       packets,
       client: clients[i],
       echoedByServer: server.events.filter((e) =>
-        e.event === "echoed" && portOf(e.peer) === ports[i]
+        e.event === "echoed" && portOf(e.peer) === seenAs
       ).length,
       serverEnded: server.events.some((e) =>
-        ["peer-closed", "reset", "timed-out"].includes(e.event) && portOf(e.peer) === ports[i]
+        ["peer-closed", "reset", "timed-out"].includes(e.event) && portOf(e.peer) === seenAs
       ),
       conntrack: traces ? traceFrom(traces.get(ports[i]) ?? [], start) : null,
       moments: [
         ...momentsOf(clients[i], "client", start, describeScriptEvent),
         ...momentsOf(server, "server", start, (e) =>
-          portOf(e.peer) === ports[i] ? describeScriptEvent(e) : null),
+          portOf(e.peer) === seenAs ? describeScriptEvent(e) : null),
       ].sort((a, b) =>
         a.seconds - b.seconds
       ),
@@ -219,12 +221,10 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
     results[0].observed.routerDropCounter = counted;
     results[0].passed = results[0].checks.every((c) => c.passed);
   }
-  void dropCounterTime;
   return results;
 }
 
-// The port of a "host:port" peer as server.ts prints it. Masquerade keeps
-// the client's port when it is free, as it is here.
+// The port of a "host:port" peer as server.ts prints it.
 function portOf(peer: unknown): number {
   return Number(String(peer).split(":").at(-1));
 }

@@ -131,12 +131,13 @@ function round(seconds: number): number {
  * never did. `clientSide` is the link to the client, `serverSide` the link to
  * the server (where the router's NAT has rewritten the client's address).
  * The two captures' flows are paired by the client's first sequence number,
- * which NAT leaves alone.
+ * which NAT leaves alone. `serverSidePort` is the client's port as the
+ * server saw it, after NAT (null if the SYN never left the router).
  */
 export function joinAtRouter(
   clientSide: readonly Segment[],
   serverSide: readonly Segment[],
-): { flow: Segment[]; fates: Map<Segment, PacketFate> }[] {
+): { flow: Segment[]; fates: Map<Segment, PacketFate>; serverSidePort: number | null }[] {
   const serverFlows = splitConnections(serverSide);
   return splitConnections(clientSide).map((flow) => {
     const syn = flow[0];
@@ -176,6 +177,6 @@ export function joinAtRouter(
       joined.push(asClientSaw);
     }
     joined.sort((a, b) => a.time - b.time);
-    return { flow: joined, fates };
+    return { flow: joined, fates, serverSidePort: natAddress?.sourcePort ?? null };
   });
 }

@@ -396,15 +396,16 @@ netnsTest(
     assertSysctlsUnchanged(async () => {
       // The user `nobody` may not be able to read root's Deno cache or this
       // checkout (a clone in a private temporary directory), so it gets a copy
-      // of the script, its config and the one npm package it imports.
+      // of the script, its config and the npm packages of the lockfile (Deno
+      // installs all of them before it runs anything that needs one).
       const denoDir = JSON.parse(await runOk([Deno.execPath(), "info", "--json"]))
         .denoDir as string;
-      const stdPackage = `${denoDir}/npm/registry.npmjs.org/deno-std`;
+      const npmPackages = `${denoDir}/npm/registry.npmjs.org`;
       const nobodyDenoDir = await Deno.makeTempDir();
       const kit = `${nobodyDenoDir}/kit`;
       try {
-        await Deno.mkdir(`${nobodyDenoDir}/npm/registry.npmjs.org`, { recursive: true });
-        await runOk(["cp", "-r", stdPackage, `${nobodyDenoDir}/npm/registry.npmjs.org/`]);
+        await Deno.mkdir(`${nobodyDenoDir}/npm`, { recursive: true });
+        await runOk(["cp", "-r", npmPackages, `${nobodyDenoDir}/npm/`]);
         await Deno.mkdir(kit);
         for (const file of ["sysctl.ts", "cli.ts", "deno.json", "deno.lock"]) {
           await Deno.copyFile(`${ROOT_DIR}${file}`, `${kit}/${file}`);
