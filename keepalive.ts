@@ -80,9 +80,50 @@ export interface KeepAliveSettings {
 /** A TCP connection or listener, as Deno hands them out. */
 export type TcpSocket = Deno.TcpConn | Deno.TcpListener;
 
+/**
+ * A `node:net` or `node:tls` socket, as far as this module looks at it: its
+ * addresses. (`net.Socket` and `tls.TLSSocket` have them once connected.)
+ */
+export interface NodeSocketLike {
+  /** This side's address, once connected. */
+  localAddress?: string;
+  /** This side's port, once connected. */
+  localPort?: number;
+  /** The peer's address, once connected. */
+  remoteAddress?: string;
+  /** The peer's port, once connected. */
+  remotePort?: number;
+  /** True while a connect is under way. */
+  connecting?: boolean;
+}
+
+/** A `node:net` or `node:tls` server: its listening address. */
+export interface NodeServerLike {
+  /** The listening address, or null before `listening` (a string for a Unix socket). */
+  address(): { address: string; port: number } | string | null;
+}
+
+/** A connection this module can tune and watch: Deno's TCP or TLS, or Node's. */
+export type KeepAliveConnection = Deno.TcpConn | Deno.TlsConn | NodeSocketLike;
+
+/**
+ * Everything this module can tune: a connection ({@linkcode KeepAliveConnection}),
+ * or a listener, whose settings every connection it accepts inherits: Deno's
+ * TCP or TLS listener, a `Deno.serve` server or its `addr`, a `node:net` or
+ * `node:tls` server.
+ */
+export type KeepAliveSocket =
+  | KeepAliveConnection
+  | Deno.TcpListener
+  | Deno.TlsListener
+  | Deno.HttpServer<Deno.NetAddr>
+  | Deno.NetAddr
+  | NodeServerLike;
+
 // Linux constants (x86_64 and arm64 alike).
-const SOL_SOCKET = 1, SO_TYPE = 3, SO_KEEPALIVE = 9, SO_ACCEPTCONN = 30, SOCK_STREAM = 1;
-const EBADF = 9, ENOTCONN = 107;
+const SOL_SOCKET = 1, SO_TYPE = 3, SO_KEEPALIVE = 9, SO_ACCEPTCONN = 30, SO_PROTOCOL = 38;
+const SOCK_STREAM = 1;
+const EBADF = 9, ENOTSOCK = 88, ENOTCONN = 107;
 const IPPROTO_TCP = 6, TCP_KEEPIDLE = 4, TCP_KEEPINTVL = 5, TCP_KEEPCNT = 6;
 const TCP_INFO = 11, TCP_USER_TIMEOUT = 18;
 const TCP_ESTABLISHED = 1;
@@ -211,18 +252,23 @@ export class KeepAliveError extends Error {
  * }
  * ```
  */
-export function setKeepAlive(socket: TcpSocket, options: boolean | KeepAliveOptions = true): void {
+export function setKeepAlive(
+  socket: KeepAliveSocket,
+  options: boolean | KeepAliveOptions = true,
+): void {
   const settings = validateOptions(options);
-  onSocket("set keepalive", socket, (fd) => {
-    // One setter per option, in an order that is safe to stop in: the times
-    // first, so that keepalive never runs with half of them. The kernel
-    // takes the keepalive times in seconds and the user timeout in ms.
-    if (settings.time !== undefined) setKeepAliveIdle(fd, settings.time / 1000);
-    if (settings.interval !== undefined) setKeepAliveInterval(fd, settings.interval / 1000);
-    if (settings.retries !== undefined) setKeepAliveCount(fd, settings.retries);
-    if (settings.userTimeout !== undefined) setTcpUserTimeout(fd, settings.userTimeout);
-    setKeepAliveEnabled(fd, settings.enabled);
-  });
+  onSocket("set keepalive", socket, (fd) => applySettings(fd, settings));
+}
+
+// One setter per option, in an order that is safe to stop in: the times
+// first, so that keepalive never runs with half of them. The kernel takes
+// the keepalive times in seconds and the user timeout in ms.
+function applySettings(fd: number, settings: CheckedOptions) {
+  if (settings.time !== undefined) setKeepAliveIdle(fd, settings.time / 1000);
+  if (settings.interval !== undefined) setKeepAliveInterval(fd, settings.interval / 1000);
+  if (settings.retries !== undefined) setKeepAliveCount(fd, settings.retries);
+  if (settings.userTimeout !== undefined) setTcpUserTimeout(fd, settings.userTimeout);
+  setKeepAliveEnabled(fd, settings.enabled);
 }
 
 /**
@@ -241,9 +287,142 @@ export function setKeepAlive(socket: TcpSocket, options: boolean | KeepAliveOpti
  * setUserTimeout(conn, 10_000); // a write unacknowledged for 10 s fails the connection
  * ```
  */
-export function setUserTimeout(socket: TcpSocket, milliseconds: number): void {
+export function setUserTimeout(socket: KeepAliveSocket, milliseconds: number): void {
   validateOptions({ userTimeout: milliseconds ?? NaN });
   onSocket("set user timeout", socket, (fd) => setTcpUserTimeout(fd, milliseconds));
+}
+
+/** Which connections {@linkcode setKeepAliveAll} tunes: those to this peer. */
+export interface PeerFilter {
+  /** The peer's IP address (`10.0.0.5`, `::1`); a host name is refused: resolve it first. */
+  hostname?: string;
+  /** The peer's port. */
+  port?: number;
+}
+
+/**
+ * Tunes every connected TCP socket of this process (optionally only those to
+ * one peer) and returns how many it tuned. This is how to reach connections
+ * that a library keeps to itself: `fetch()`'s pool, a database driver's
+ * socket. Its limits, honestly:
+ *
+ * - it tunes the connections that exist when it is called: call it after the
+ *   first request, or every so often with {@linkcode setKeepAliveAllEvery};
+ * - it cannot tell two libraries talking to the same peer apart, nor your
+ *   own sockets from a library's: the filter is all it has;
+ * - it looks at descriptors from 0 up and stops after 1,024 unused numbers
+ *   in a row (beyond, in a process with huge gaps, it would not look).
+ *
+ * Options are checked before anything is set, as for `setKeepAlive`. A
+ * connection that closes while it looks is skipped. Needs `--allow-ffi`.
+ *
+ * @example
+ * ```ts ignore
+ * import { setKeepAliveAll } from "./keepalive.ts";
+ *
+ * await fetch("http://10.0.0.5:8080/"); // the pool now holds a connection
+ * setKeepAliveAll({ time: 60_000, interval: 10_000, retries: 3 }, { hostname: "10.0.0.5", port: 8080 });
+ * // 1
+ * ```
+ */
+export function setKeepAliveAll(
+  options: boolean | KeepAliveOptions,
+  filter: PeerFilter = {},
+): number {
+  const settings = validateOptions(options);
+  const peer = checkFilter(filter);
+  const limit = openFileLimit();
+  let tuned = 0;
+  for (let fd = 0, unused = 0; fd < limit && unused < 1024; fd++) {
+    const what = connectedPeer(fd);
+    unused = what === "unused" ? unused + 1 : 0;
+    if (typeof what !== "object") continue;
+    if (peer.port !== undefined && what.port !== peer.port) continue;
+    if (peer.bytes && !what.bytes.every((byte, i) => byte === peer.bytes![i])) continue;
+    try {
+      applySettings(fd, settings);
+      tuned++;
+    } catch (error) {
+      // Closed meanwhile (its number now free, or another kind of file): skip it.
+      const code = (error as SyscallError).errno;
+      if (code !== EBADF && code !== ENOTCONN && code !== ENOTSOCK) throw error;
+    }
+  }
+  return tuned;
+}
+
+/**
+ * Calls {@linkcode setKeepAliveAll} now and then every `everyMs`, so that
+ * connections a library opens later are tuned too, until `stop()`. Its timer
+ * does not keep the program alive. `tuned()` says how many sockets the last
+ * call tuned. A failure stops it and is passed to `onError` (by default,
+ * thrown from the timer).
+ *
+ * @example
+ * ```ts ignore
+ * import { setKeepAliveAllEvery } from "./keepalive.ts";
+ *
+ * const tuning = setKeepAliveAllEvery(5_000, { time: 60_000, interval: 10_000, retries: 3 });
+ * // ... and at shutdown:
+ * tuning.stop();
+ * ```
+ */
+export function setKeepAliveAllEvery(
+  everyMs: number,
+  options: boolean | KeepAliveOptions,
+  filter: PeerFilter = {},
+  onError: (error: unknown) => void = (error) => {
+    throw error;
+  },
+): { stop(): void; tuned(): number } {
+  if (!Number.isInteger(everyMs) || everyMs < 100) {
+    throw new TypeError(`everyMs must be an integer of at least 100 ms, not ${everyMs}`);
+  }
+  let last = setKeepAliveAll(options, filter); // checks everything once, up front
+  const timer = setInterval(() => {
+    try {
+      last = setKeepAliveAll(options, filter);
+    } catch (error) {
+      clearInterval(timer);
+      onError(error);
+    }
+  }, everyMs);
+  Deno.unrefTimer(timer);
+  return { stop: () => clearInterval(timer), tuned: () => last };
+}
+
+function checkFilter(filter: PeerFilter): { bytes?: Uint8Array; port?: number } {
+  if (typeof filter !== "object" || filter === null) {
+    throw new TypeError("the filter must be an object: { hostname?, port? }");
+  }
+  const { hostname, port } = filter;
+  if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
+    throw new TypeError(`filter.port must be an integer from 1 to 65535, not ${port}`);
+  }
+  if (hostname === undefined) return { port };
+  const bytes = typeof hostname === "string" ? addressBytes(hostname) : null;
+  if (!bytes) {
+    throw new TypeError(
+      `filter.hostname must be an IP address (resolve a name first, e.g. with Deno.resolveDns), ` +
+        `not ${JSON.stringify(hostname)}`,
+    );
+  }
+  return { bytes, port };
+}
+
+// What one descriptor is, for setKeepAliveAll: a connected TCP socket (its
+// peer's address), an unused number, or something else.
+function connectedPeer(fd: number): { bytes: Uint8Array; port: number } | "unused" | "other" {
+  const address = new Uint8Array(128);
+  const length = new Uint32Array([address.length]);
+  if (libc().getsockname(fd, address, length) !== 0) return errno() === EBADF ? "unused" : "other";
+  if (sockaddrAddress(address) === null) return "other"; // not IPv4 or IPv6
+  if (getOption(fd, SOL_SOCKET, SO_TYPE) !== SOCK_STREAM) return "other";
+  if (getOption(fd, SOL_SOCKET, SO_PROTOCOL) !== IPPROTO_TCP) return "other";
+  if (getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1) return "other"; // a listener
+  length[0] = address.length;
+  if (libc().getpeername(fd, address, length) !== 0) return "other"; // not connected
+  return sockaddrAddress(address) ?? "other";
 }
 
 /**
@@ -258,7 +437,7 @@ export function setUserTimeout(socket: TcpSocket, milliseconds: number): void {
  * getKeepAlive(conn); // { enabled: true, time: 5000, interval: 75000, retries: 9, userTimeout: 0 }
  * ```
  */
-export function getKeepAlive(socket: TcpSocket): KeepAliveSettings {
+export function getKeepAlive(socket: KeepAliveSocket): KeepAliveSettings {
   return onSocket("get keepalive", socket, (fd) => ({
     enabled: getInt(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE") !== 0,
     time: getInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE") * 1000,
@@ -331,7 +510,7 @@ export interface KeepAliveState {
  * const { unansweredProbes, sinceLastAckMs } = getKeepAliveState(conn);
  * ```
  */
-export function getKeepAliveState(conn: Deno.TcpConn): KeepAliveState {
+export function getKeepAliveState(conn: KeepAliveConnection): KeepAliveState {
   return onSocket("read TCP_INFO", conn, readTcpInfo);
 }
 
@@ -423,14 +602,15 @@ export type ProbeEvent =
  * ```
  */
 export function watchKeepAlive(
-  conn: Deno.TcpConn,
+  conn: KeepAliveConnection,
   onEvent: (event: ProbeEvent) => void,
   options: { pollMs?: number } = {},
 ): { stop(): void } {
   // Found once: a closed connection's number may be reused, so each look
   // checks it still is this connection instead of searching again.
   const fd = onSocket("watch keepalive", conn, (fd) => fd);
-  const stillOurs = () => examine(fd, conn.localAddr, conn.remoteAddr) === "match";
+  const { local, remote } = endpointsOf(conn);
+  const stillOurs = () => examine(fd, local, remote) === "match";
   let previous = onSocket("watch keepalive", conn, readTcpInfo);
   let previousAt = performance.now();
 
@@ -572,23 +752,79 @@ function getInt(fd: number, level: number, option: number, name: string): number
 // wrapped once, here, with the operation and the socket's addresses (Go's
 // net.OpError); a missing --allow-ffi or an unsupported system is about the
 // process, not the socket, and passes through as it is.
-function onSocket<T>(op: string, socket: TcpSocket, fn: (fd: number) => T): T {
+function onSocket<T>(op: string, socket: KeepAliveSocket, fn: (fd: number) => T): T {
+  const { local, remote } = endpointsOf(socket); // a TypeError for anything else
   try {
-    return fn(findDescriptor(socket));
+    return fn(findDescriptor(socket, local, remote));
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable || error instanceof UnsupportedSystemError) {
       throw error;
     }
-    const [local, remote] = "remoteAddr" in socket
-      ? [formatAddr(socket.localAddr), formatAddr(socket.remoteAddr)]
-      : [formatAddr(socket.addr), null];
     throw new KeepAliveError(
       op,
-      local,
-      remote,
+      formatAddr(local),
+      remote && formatAddr(remote),
       error instanceof Error ? error : new Error(String(error)),
     );
   }
+}
+
+// --- What a socket is --------------------------------------------------------------
+
+const ACCEPTED = "a Deno.TcpConn, Deno.TlsConn, Deno.TcpListener, Deno.TlsListener, " +
+  "a Deno.serve server or its addr, or a node:net or node:tls socket or server";
+
+/**
+ * A socket's addresses: this side's, and the peer's for a connection (null
+ * for a listener). Throws a `TypeError` for anything this module does not
+ * take, and for a `node:net` socket or server that is not connected or
+ * listening yet (it has no address to be found by).
+ */
+function endpointsOf(
+  socket: KeepAliveSocket,
+): { local: Deno.NetAddr; remote: Deno.NetAddr | null } {
+  if (typeof socket !== "object" || socket === null) {
+    throw new TypeError(
+      `keepalive takes ${ACCEPTED}, not ${socket === null ? "null" : typeof socket}`,
+    );
+  }
+  const tcp = (hostname: unknown, port: unknown): Deno.NetAddr | null =>
+    typeof hostname === "string" && typeof port === "number"
+      ? { transport: "tcp", hostname, port }
+      : null;
+  if ("remoteAddr" in socket && "localAddr" in socket) { // Deno.TcpConn, Deno.TlsConn
+    const { localAddr, remoteAddr } = socket as { localAddr: Deno.Addr; remoteAddr: Deno.Addr };
+    if (localAddr.transport === "tcp" && remoteAddr.transport === "tcp") {
+      return { local: localAddr, remote: remoteAddr };
+    }
+  } else if ("addr" in socket) { // Deno.TcpListener, Deno.TlsListener, Deno.serve's server
+    const addr = (socket as { addr: Deno.Addr }).addr;
+    if (addr?.transport === "tcp") return { local: addr, remote: null };
+  } else if ("transport" in socket) { // a Deno.NetAddr: Deno.serve's server.addr
+    const addr = socket as Deno.Addr;
+    if (addr.transport === "tcp") return { local: addr, remote: null };
+  } else if ("remotePort" in socket || "localPort" in socket) { // node:net, node:tls
+    const node = socket as NodeSocketLike;
+    const local = tcp(node.localAddress, node.localPort);
+    const remote = tcp(node.remoteAddress, node.remotePort);
+    if (local && remote) return { local, remote };
+    throw new TypeError(
+      "this node:net socket is not connected yet: tune it in its 'connect' event " +
+        "('secureConnect' for node:tls)",
+    );
+  } else if (typeof (socket as NodeServerLike).address === "function") { // node:net, node:tls
+    const address = (socket as NodeServerLike).address();
+    const local = typeof address === "object" && address !== null
+      ? tcp(address.address, address.port)
+      : null;
+    if (local) return { local, remote: null };
+    throw new TypeError(
+      address === null
+        ? "this node:net server is not listening yet: tune it in its 'listening' event"
+        : "this node:net server listens on a Unix socket, not TCP",
+    );
+  }
+  throw new TypeError(`keepalive takes ${ACCEPTED}: this is none of them`);
 }
 
 // --- Finding the descriptor ----------------------------------------------------
@@ -596,7 +832,7 @@ function onSocket<T>(op: string, socket: TcpSocket, fn: (fd: number) => T): T {
 // The descriptor found for each socket object, so that polling TCP_INFO does
 // not scan again. It is checked on every use: after a close, the number may
 // belong to another socket.
-const descriptors = new WeakMap<TcpSocket, number>();
+const descriptors = new WeakMap<object, number>();
 let lastFound = -1;
 
 /**
@@ -613,14 +849,15 @@ let lastFound = -1;
  * socketDescriptor(listener); // e.g. 11
  * ```
  */
-export function socketDescriptor(socket: TcpSocket): number {
+export function socketDescriptor(socket: KeepAliveSocket): number {
   return onSocket("find descriptor", socket, (fd) => fd);
 }
 
-function findDescriptor(socket: TcpSocket): number {
-  const [local, remote] = "remoteAddr" in socket
-    ? [socket.localAddr, socket.remoteAddr]
-    : [socket.addr, null];
+function findDescriptor(
+  socket: KeepAliveSocket,
+  local: Deno.NetAddr,
+  remote: Deno.NetAddr | null,
+): number {
   const cached = descriptors.get(socket);
   if (cached !== undefined && examine(cached, local, remote) === "match") return cached;
   const found = (fd: number) => {
@@ -703,29 +940,59 @@ function errno(): number {
 // A struct sockaddr_in or sockaddr_in6, compared with Deno's view of it.
 // Deno prints addresses the way Rust does (RFC 5952), and so does this.
 function sameAddress(sockaddr: Uint8Array, addr: Deno.NetAddr): boolean {
-  const view = new DataView(sockaddr.buffer);
-  const family = view.getUint16(0, true);
-  const port = view.getUint16(2, false);
-  if (port !== addr.port) return false;
-  if (family === AF_INET) return sockaddr.subarray(4, 8).join(".") === addr.hostname;
-  if (family !== AF_INET6) return false;
-  return formatIPv6(sockaddr.subarray(8, 24)) === addr.hostname;
+  const found = sockaddrAddress(sockaddr);
+  const wanted = addressBytes(addr.hostname);
+  return found !== null && wanted !== null && found.port === addr.port &&
+    found.bytes.every((byte, i) => byte === wanted[i]);
 }
 
-function formatIPv6(bytes: Uint8Array): string {
-  const groups = Array.from({ length: 8 }, (_, i) => (bytes[2 * i] << 8) | bytes[2 * i + 1]);
-  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
-    return `::ffff:${bytes.subarray(12).join(".")}`;
+// A sockaddr's address as 16 bytes (IPv4 as ::ffff:a.b.c.d) and its port;
+// null for another family.
+function sockaddrAddress(sockaddr: Uint8Array): { bytes: Uint8Array; port: number } | null {
+  const view = new DataView(sockaddr.buffer, sockaddr.byteOffset);
+  const family = view.getUint16(0, true);
+  const port = view.getUint16(2, false);
+  if (family === AF_INET6) return { bytes: sockaddr.slice(8, 24), port };
+  if (family !== AF_INET) return null;
+  const bytes = new Uint8Array(16);
+  bytes.set([0xff, 0xff], 10);
+  bytes.set(sockaddr.subarray(4, 8), 12);
+  return { bytes, port };
+}
+
+// An address as written (127.0.0.1, ::1, ::ffff:127.0.0.1, fe80::1%eth0) as
+// 16 bytes, IPv4 mapped into IPv6, so that the two ways Deno and Node write
+// an address compare equal; null if it is not an address.
+function addressBytes(hostname: string): Uint8Array | null {
+  const text = hostname.replace(/^\[|\]$/g, "").replace(/%.*$/, "");
+  const bytes = new Uint8Array(16);
+  const v4 = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (v4) {
+    bytes.set([0xff, 0xff], 10);
+    bytes.set(v4.slice(1).map(Number), 12);
+    return bytes;
   }
-  let bestStart = -1, bestLength = 1;
-  for (let i = 0; i < 8; i++) {
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) [bestStart, bestLength] = [i, j - i];
+  if (!text.includes(":")) return null;
+  const [head, tail = null] = text.split("::");
+  const words = (part: string) => part === "" ? [] : part.split(":");
+  const parts = [...words(head), ...(tail === null ? [] : words(tail))];
+  const last = parts.at(-1) ?? "";
+  const mapped = last.includes(".") ? addressBytes(last) : null; // ::ffff:1.2.3.4
+  const groups = parts.slice(0, mapped ? -1 : undefined).map((g) => parseInt(g, 16));
+  const total = groups.length + (mapped ? 2 : 0);
+  if (groups.some((g) => !(g >= 0 && g <= 0xffff)) || (tail === null ? total !== 8 : total > 7)) {
+    return null;
   }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(":");
-  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
+  const headCount = words(head).length;
+  const fill = 8 - total;
+  const all = [
+    ...groups.slice(0, headCount),
+    ...new Array(tail === null ? 0 : fill).fill(0),
+    ...groups.slice(headCount),
+  ];
+  all.forEach((g, i) => bytes.set([g >> 8, g & 255], 2 * i));
+  if (mapped) bytes.set(mapped.subarray(12), 12);
+  return bytes;
 }
 
 function openFileLimit(): number {
@@ -755,7 +1022,7 @@ function libc(): Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] {
   if (loaded) return loaded;
   if (Deno.build.os !== "linux") throw new UnsupportedSystemError();
   try {
-    loaded = Deno.dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
+    loaded = openLibc();
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable) {
       throw new Deno.errors.NotCapable(
@@ -767,11 +1034,35 @@ function libc(): Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] {
   return loaded;
 }
 
+// glibc's name first, then musl's (Alpine): the same symbols in both.
+const LIBC_NAMES = [
+  "libc.so.6",
+  `libc.musl-${Deno.build.arch}.so.1`,
+  `ld-musl-${Deno.build.arch}.so.1`,
+  "libc.so",
+];
+
+function openLibc(): Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"] {
+  const failures: string[] = [];
+  for (const name of LIBC_NAMES) {
+    try {
+      return Deno.dlopen(name, LIBC_SYMBOLS).symbols;
+    } catch (error) {
+      if (error instanceof Deno.errors.NotCapable) throw error;
+      failures.push(`${name}: ${(error as Error).message.split("\n")[0]}`);
+    }
+  }
+  throw new UnsupportedSystemError(`no C library found (${failures.join("; ")})`);
+}
+
 /** Thrown on a system other than Linux: the socket options and TCP_INFO here are Linux's. */
 export class UnsupportedSystemError extends Error {
-  /** Says which system this is, and which one the module needs. */
-  constructor() {
-    super(`per-connection keepalive tuning is Linux only (this is ${Deno.build.os})`);
+  /** Says which system this is, and which ones the module works on. */
+  constructor(detail?: string) {
+    super(
+      `per-connection keepalive tuning works on Linux only, with glibc or musl ` +
+        `(this is ${Deno.build.os}${detail ? `: ${detail}` : ""})`,
+    );
     this.name = "UnsupportedSystemError";
   }
 }
