@@ -253,6 +253,7 @@ Exit codes: 0 with a plan, 2 for bad flags or a request that cannot be met
 
 /** What the command was asked. */
 export interface PlanOptions {
+  /** What the plan is for. */
   request: PlanRequest;
   /** Print JSON instead of text. */
   json: boolean;
