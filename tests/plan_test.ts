@@ -39,11 +39,11 @@ Deno.test("plan: the worked examples of the README", () => {
   ]);
   assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 240 })), [216, 22, 3, 282, 282]);
   assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 600 })), [
-    250,
+    300,
     100,
     3,
-    550,
-    550,
+    600,
+    600,
   ]);
   assertEquals(pick(planKeepAlive({ detectWithinSeconds: 3 })), [1, 1, 2, 3, 3]);
   assertEquals(pick(planKeepAlive({ detectWithinSeconds: 2 })), [1, 1, 1, 2, 2]);
