@@ -270,8 +270,8 @@ Options:
                           kernel gives up, about 2 minutes for an address that never answers)
   --send TEXT             send TEXT and a newline once, after --send-after (at most 1000
                           characters; against server.ts --echo it comes back)
-  --send-after SECONDS    idle this long before --send, 0..86400 (default 0; with it alone
-                          the line is "hello")
+  --send-after SECONDS    send it this long after connecting (the connection is idle until
+                          then), 0..86400 (default 0; with --send-after alone the line is "hello")
   --json                  print one JSON object per event instead of text
   -h, --help              show this help
 

@@ -255,23 +255,28 @@ function admit(conn: Deno.TcpConn, server: Server): void {
   }
   server.open.add(conn);
   server.summary.accepted++;
+  // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
+  // kernel arms the keepalive timer right away; the first probe goes out
+  // after tcp_keepalive_time seconds (or --idle) without traffic. It comes
+  // before the "accepted" line, so whoever reads that line finds it armed.
+  let failure: unknown = null;
+  try {
+    if (server.options.keepAlive) conn.setKeepAlive(true);
+  } catch (error) {
+    failure = error;
+  }
   server.emit({
     event: "accepted",
     peer,
     keepAlive: server.options.keepAlive,
     open: server.open.size,
   });
-  // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
-  // kernel arms the keepalive timer right away; the first probe goes out
-  // after tcp_keepalive_time seconds (or --idle) without traffic.
-  try {
-    if (server.options.keepAlive) conn.setKeepAlive(true);
-  } catch (error) {
+  if (failure !== null) {
     // Accepted, and ended at once: counted with the connections that failed.
     server.open.delete(conn);
     conn.close();
     server.summary.errors++;
-    server.emit({ event: "error", peer, message: errorMessage(error) });
+    server.emit({ event: "error", peer, message: errorMessage(failure) });
     return;
   }
   const reader = readUntilEnd(conn, peer, server);
@@ -399,7 +404,8 @@ Options:
   --port N                port to listen on, 0..65535 (default 8888; 0 picks a free port)
   --no-keepalive          leave SO_KEEPALIVE off on accepted connections
   --max-connections N     close connections beyond N open ones at once (default 1000)
-  --echo                  send back whatever a peer sends (reported as "echoed N bytes")
+  --echo                  send back whatever a peer sends (each read reported: "sent N bytes,
+                          echoed back")
   --json                  print one JSON object per event instead of text
   -h, --help              show this help
 
