@@ -3,11 +3,11 @@
  *
  * @run deno run --allow-run --allow-read --allow-write lab.ts [blog] [dead-peer] [nat] [--json] [--svg lab.svg]
  *
- * The seed's experiment needed root, a changed host sysctl, tcpdump and two
+ * The blog post's experiment needed root, a changed host sysctl, tcpdump and two
  * hours. This command reproduces it, and what it never showed (why anyone
  * needs keepalive), in under a minute, without root, the host untouched:
  *
- * - `blog`: the seed's server and client; `sysctl.ts` lowers the keepalive
+ * - `blog`: the blog's server and client; `sysctl.ts` lowers the keepalive
  *   sysctls in the server's namespace; a timeline like the blog's tcpdump.
  * - `dead-peer`: the client's cable is cut; the server's probes go
  *   unanswered and its read fails with ETIMEDOUT, when the settings say.
@@ -98,7 +98,8 @@ within 2 s. Exit codes: 0 when every check passed, 1 when one failed or the
 lab could not run, 2 for bad flags.
 
 Needs ip (iproute2), unshare and setpriv (util-linux), tcpdump and nft
-(nftables). Permissions: --allow-run (it starts unshare, ip, tcpdump, nft and
+(nftables), and as an ordinary user conntrack (conntrack). With deno task, a
+relative --svg path is taken from the project's directory. Permissions: --allow-run (it starts unshare, ip, tcpdump, nft and
 deno; that is nearly -A), --allow-read, and --allow-write for --svg.`;
 
 /**
@@ -234,11 +235,8 @@ async function checkBeforeRunning(
     return "the nat scenario needs nft: install the Debian package nftables";
   }
   if (options.svg !== null) {
-    const dir = options.svg.includes("/")
-      ? options.svg.slice(0, options.svg.lastIndexOf("/")) || "/"
-      : ".";
-    const isDir = await Deno.stat(dir).then((s) => s.isDirectory, () => false);
-    if (!isDir) return `cannot write ${options.svg}: no directory ${dir}`;
+    const cannot = await cannotWrite(options.svg);
+    if (cannot) return `cannot write ${options.svg}: ${cannot}`;
   }
   const sandbox = await trySandbox();
   if (sandbox) return sandbox;
@@ -253,6 +251,20 @@ async function checkBeforeRunning(
       `${tool.command} not found (Debian package ${tool.package}): ${tool.without}`
     ),
   };
+}
+
+// Whether the diagram can be written, found out before the run rather than
+// after it: opened for writing (made, and removed again, if it was not there).
+async function cannotWrite(path: string): Promise<string | null> {
+  const existed = await Deno.lstat(path).then((info) => info, () => null);
+  if (existed?.isDirectory) return "it is a directory";
+  try {
+    (await Deno.open(path, { write: true, create: true })).close();
+  } catch (error) {
+    return (error as Error).message.split("\n")[0];
+  }
+  if (!existed) await Deno.remove(path).catch(() => {});
+  return null;
 }
 
 /** About how long the plan takes, in seconds: for the first progress line. */

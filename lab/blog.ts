@@ -1,5 +1,5 @@
 /**
- * # Scenario `blog`: the seed's experiment
+ * # Scenario `blog`: the blog's experiment
  *
  * Server and client in two namespaces joined by a cable. `sysctl.ts` lowers
  * `tcp_keepalive_time` and `tcp_keepalive_intvl` in the server's namespace
@@ -15,6 +15,7 @@
 import {
   check,
   describeScriptEvent,
+  firstReport,
   type LabContext,
   medianGap,
   momentsOf,
@@ -113,7 +114,8 @@ export async function runBlog(ctx: LabContext, settings: BlogSettings): Promise<
 
   const flow = pcap ? splitConnections(createPcapParser().push(pcap))[0] ?? [] : [];
   const packets = tellConnection(flow);
-  const start = flow[0]?.time ?? eventTime(connected);
+  // Time 0 is the SYN; without a capture, the first report of the connection.
+  const start = flow[0]?.time ?? firstReport(server, connected);
   return judge(settings, {
     packets,
     probesSent,
@@ -191,7 +193,7 @@ function judge(settings: BlogSettings, seen: BlogObservation): ScenarioResult {
   }
   return {
     name: "blog",
-    title: `the seed's experiment: sysctls time=${settings.time} s and intvl=${settings.intvl} s ` +
+    title: `the blog's experiment: sysctls time=${settings.time} s and intvl=${settings.intvl} s ` +
       `in the server's namespace, setKeepAlive(true), an idle client`,
     hosts: ["client", "server"],
     settings: { timeSeconds: settings.time, intvlSeconds: settings.intvl, setBy: "sysctl.ts" },

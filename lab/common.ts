@@ -7,7 +7,7 @@
  * @module
  */
 import type { Check, Host, Moment, Packet, PacketKind } from "./result.ts";
-import { eventTime, type ScriptPlace, type ScriptRun } from "./scripts.ts";
+import { eventTime, type ScriptEvent, type ScriptPlace, type ScriptRun } from "./scripts.ts";
 
 /** What a scenario needs from the lab. */
 export interface LabContext {
@@ -59,7 +59,10 @@ export function medianGap(times: number[]): number | null {
 /**
  * A script's events as moments of the diagram, times relative to `start`
  * (seconds since the epoch); `describe` words an event, or returns null to
- * leave it out.
+ * leave it out. The scripts stamp their events to the millisecond, and
+ * after the fact (a line is reported sent once the write returned): each is
+ * placed in the middle of its millisecond, so that it does not come before
+ * a packet of the same millisecond that caused it.
  */
 export function momentsOf(
   run: ScriptRun,
@@ -70,7 +73,13 @@ export function momentsOf(
   const moments: Moment[] = [];
   for (const event of run.events) {
     const text = describe(event);
-    if (text !== null) moments.push({ seconds: ms(eventTime(event) - start), host, text });
+    if (text !== null) {
+      moments.push({
+        seconds: Math.round((eventTime(event) + 0.0005 - start) * 1e4) / 1e4,
+        host,
+        text,
+      });
+    }
   }
   return moments;
 }
@@ -98,4 +107,13 @@ export function describeScriptEvent(event: ScriptRun["events"][number]): string 
     default:
       return null;
   }
+}
+
+/**
+ * Without a capture, the zero of a scenario's clock: the earlier of the
+ * server's `accepted` and the client's `connected` (seconds since the epoch).
+ */
+export function firstReport(server: ScriptRun, connected: ScriptEvent): number {
+  const accepted = server.events.find((event) => event.event === "accepted");
+  return Math.min(eventTime(connected), accepted ? eventTime(accepted) : Infinity);
 }

@@ -22,6 +22,7 @@
 import {
   check,
   describeScriptEvent,
+  firstReport,
   type LabContext,
   momentsOf,
   ms,
@@ -123,7 +124,8 @@ export async function runDeadPeer(
   const pcap = capture ? await capture.stop() : null;
 
   const flow = pcap ? splitConnections(createPcapParser().push(pcap))[0] ?? [] : [];
-  const start = flow[0]?.time ?? eventTime(connected);
+  // Time 0 is the SYN; without a capture, the first report of the connection.
+  const start = flow[0]?.time ?? firstReport(server, connected);
   const fate = (segment: Segment) => segment.time > cutTime ? "lost" : "delivered";
   const packets = tellConnection(flow, fate);
   const lastFromClient = packets.filter((p) => p.from === "client").at(-1);
@@ -170,7 +172,7 @@ function judge(settings: DeadPeerSettings, seen: DeadPeerObservation): ScenarioR
     ),
     check(
       "detected after last answer",
-      `${expected} s = max(idle, interval) + interval x count`,
+      `${expected} s = max(time, intvl) + intvl x probes`,
       seconds(detected),
       detected !== null && detected >= expected - 0.1 && detected <= expected + 1.5,
     ),

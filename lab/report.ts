@@ -26,7 +26,7 @@ export function formatTimeline(scenario: ScenarioResult): string[] {
     const at = scenario.conntrack.forgottenAtSeconds;
     rows.push({ seconds: at, text: `${time(at)}  (router: forgets the flow)` });
   }
-  rows.sort((a, b) => a.seconds - b.seconds);
+  rows.sort((a, b) => a.seconds - b.seconds); // stable: a packet before a moment of the same time
   if (scenario.packets.length === 0) lines.push("   (no capture: tcpdump is not installed)");
   lines.push(...rows.map((row) => row.text));
   if (scenario.conntrack) lines.push(`   router's entry: ${describeConntrack(scenario)}`);
