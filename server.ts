@@ -294,9 +294,13 @@ function admit(conn: Deno.TcpConn, server: Server): void {
 
 // The server never looks at what peers send, it only counts the bytes, so
 // every connection reads into this one buffer. Reads overwrite each other's
-// bytes, which is harmless here, and an idle connection then costs no buffer
-// of its own (a 16 KiB buffer each would be 16 KiB per idle connection).
+// bytes, which is harmless for counting, and an idle connection then costs
+// no buffer of its own (a 16 KiB buffer each would be 16 KiB per idle
+// connection). With --echo the bytes matter: another connection's read can
+// land in the shared buffer before this one's bytes are copied out, so an
+// echoing connection reads into a buffer of its own.
 const discardBuffer = new Uint8Array(16 * 1024);
+const ECHO_BUFFER_BYTES = 4096;
 
 async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): Promise<void> {
   const { options, summary } = server;
@@ -304,11 +308,12 @@ async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): P
   let watcher: { stop(): void } | null = null;
   try {
     if (options.watch) watcher = watchProbes(conn, peer, server);
+    const buffer = options.echo ? new Uint8Array(ECHO_BUFFER_BYTES) : discardBuffer;
     for (;;) {
-      const n = await conn.read(discardBuffer);
+      const n = await conn.read(buffer);
       if (n === null) break;
       bytes += n;
-      if (options.echo) await echo(conn, discardBuffer.slice(0, n), peer, server);
+      if (options.echo) await echo(conn, buffer.subarray(0, n), peer, server);
     }
     summary.peerClosed++;
     server.emit({ event: "peer-closed", peer, bytes });
@@ -333,7 +338,7 @@ async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): P
 
 // --echo: the bytes go back before the next read, so a peer that sends
 // faster than it reads is slowed down by TCP itself, and nothing piles up
-// here. The copy is this read's own: the shared buffer is not.
+// here.
 async function echo(conn: Deno.TcpConn, bytes: Uint8Array, peer: string, server: Server) {
   for (let rest = bytes; rest.length > 0;) rest = rest.subarray(await conn.write(rest));
   server.emit({ event: "echoed", peer, bytes: bytes.length });

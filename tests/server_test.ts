@@ -608,3 +608,39 @@ Deno.test("a connection reset while it waits in the backlog is counted as such, 
   );
   assert(!server.lines.some((line) => line.includes('"accept-error"')), server.lines.join("\n"));
 });
+
+Deno.test("server --echo sends each peer back exactly its own bytes, with others sending at once", async () => {
+  await using server = spawnScript("server.ts", [
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--echo",
+    "--json",
+  ]); // deno-fmt-ignore
+  const port = Number(String((await server.waitForEvent("listening")).address).split(":").at(-1));
+  // Four peers each send 2,000 lines of their own letter, in small writes
+  // that interleave with the others', then read everything that comes back.
+  const echoOf = async (letter: string) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    const line = new TextEncoder().encode(`${letter.repeat(7)}\n`);
+    const reading = (async () => {
+      let text = "";
+      const decoder = new TextDecoder();
+      for await (const chunk of conn.readable) text += decoder.decode(chunk, { stream: true });
+      return text;
+    })();
+    for (let i = 0; i < 2_000; i++) await conn.write(line);
+    await conn.closeWrite();
+    return await reading;
+  };
+  const echoes = await Promise.all(["A", "B", "C", "D"].map(echoOf));
+  for (const [i, letter] of ["A", "B", "C", "D"].entries()) {
+    assertEquals(echoes[i].length, 16_000, `${letter}: bytes back`);
+    assertEquals(
+      echoes[i],
+      `${letter.repeat(7)}\n`.repeat(2_000),
+      `${letter} got someone else's bytes`,
+    );
+  }
+});
