@@ -324,7 +324,8 @@ export function parseClientArgs(args: string[]): ClientOptions | "help" {
 
 function parseSend(text: string | undefined, after: string | undefined): ClientOptions["send"] {
   if (text === undefined && after === undefined) return null;
-  if (text !== undefined && (text.length > 1000 || /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(text))) {
+  // Characters, not UTF-16 units: an emoji is one.
+  if (text !== undefined && ([...text].length > 1000 || /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(text))) {
     throw new UsageError(
       `--send takes at most 1000 characters and no control characters, not ${showTyped(text)}`,
     );

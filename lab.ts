@@ -57,6 +57,8 @@ export { type CommandIO, UsageError } from "./cli.ts";
 export interface LabOptions {
   /** The scenarios to run, in their order. */
   scenarios: ScenarioName[];
+  /** Whether the user named them (then each must run), or took the default (all). */
+  named: boolean;
   /** The blog scenario's sysctls. */
   blog: InsidePlan["blog"];
   /** The dead-peer scenario's per-socket settings. */
@@ -132,13 +134,29 @@ export function parseLabArgs(args: string[]): LabOptions | "help" {
     return text === undefined ? fallback : parseInteger(`--${flag}`, text, min, max);
   };
   const svg = flags.svg ?? null;
-  if (svg !== null && /[\p{Cc}]/u.test(svg)) {
+  if (svg !== null && (/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(svg) || svg === "-")) {
     throw new UsageError(
-      `--svg takes a file name without control characters, not ${showTyped(svg)}`,
+      `--svg takes a file name (no control or format characters; not - for stdout), ` +
+        `not ${showTyped(svg)}`,
     );
   }
+  const scenarios = SCENARIOS.filter((name) => flags._.length === 0 || flags._.includes(name));
+  // A flag for a scenario that will not run would be silently ignored: say so.
+  const flagFor: Record<Flag, ScenarioName[]> = {
+    time: ["blog", "dead-peer"],
+    intvl: ["blog", "dead-peer"],
+    probes: ["dead-peer"],
+    "middlebox-timeout": ["nat"],
+    "user-timeout": ["nat"],
+  };
+  for (const [flag, users] of Object.entries(flagFor) as [Flag, ScenarioName[]][]) {
+    if (flags[flag] !== undefined && !users.some((name) => scenarios.includes(name))) {
+      throw new UsageError(`--${flag} is for ${users.join(" and ")}, which this run leaves out`);
+    }
+  }
   return {
-    scenarios: SCENARIOS.filter((name) => flags._.length === 0 || flags._.includes(name)),
+    scenarios,
+    named: flags._.length > 0,
     blog: { time: number("time", 10, 2), intvl: number("intvl", 10, 2) },
     deadPeer: {
       time: number("time", 10, 2),
@@ -194,14 +212,19 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   if (options.svg !== null) {
     try {
       await Deno.writeTextFile(options.svg, renderSvg(result));
-      if (!options.json) out.write(`diagram written to ${options.svg}`);
+      if (!options.json) out.write(`diagram written to ${showTyped(options.svg, 200)}`);
     } catch (error) {
       await out.flush(2_000);
-      stderr(`lab.ts: cannot write ${options.svg}: ${(error as Error).message}`);
+      stderr(`lab.ts: cannot write ${showTyped(options.svg, 200)}: ${(error as Error).message}`);
       return 1;
     }
   }
-  await out.flush(2_000);
+  // The results are the point of the run: wait for them to be written, for
+  // as long as the reader takes, and say so if they could not be.
+  if (!await out.flush(600_000)) {
+    stderr("lab.ts: the results could not be written to stdout (closed, full or not read)");
+    return 1;
+  }
   return result.passed ? 0 : 1;
 }
 
@@ -231,12 +254,12 @@ async function checkBeforeRunning(
   }
   const capture = !missing.some((tool) => tool.command === "tcpdump");
   const nft = !missing.some((tool) => tool.command === "nft");
-  if (!nft && options.scenarios.length === 1 && options.scenarios[0] === "nat") {
+  if (!nft && options.named && options.scenarios.includes("nat")) {
     return "the nat scenario needs nft: install the Debian package nftables";
   }
   if (options.svg !== null) {
     const cannot = await cannotWrite(options.svg);
-    if (cannot) return `cannot write ${options.svg}: ${cannot}`;
+    if (cannot) return `cannot write ${showTyped(options.svg, 200)}: ${cannot.split("\n")[0]}`;
   }
   const sandbox = await trySandbox();
   if (sandbox) return sandbox;
@@ -293,13 +316,17 @@ async function runSandboxed(
   const cmd = await sandboxCommand([Deno.execPath(), "run", "-A", inside, JSON.stringify(plan)]);
   const child = new Deno.Command(cmd[0], {
     args: cmd.slice(1),
-    stdin: "null",
+    // A pipe nobody writes to: when lab.ts ends, however it ends (kill -9
+    // included, even before setpriv has set its parent-death signal), the
+    // pipe closes and inside.ts, the first process of the sandbox, quits.
+    stdin: "piped",
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1" },
   }).spawn();
   progress(`lab: ${plan.scenarios.join(", ")}; about ${plannedSeconds(plan)} s`);
   let outcome: { result: LabResult } | { error: string } | null = null;
+  let lastProgress = "starting";
   const reading = (async () => {
     let rest = "";
     for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
@@ -312,7 +339,10 @@ async function runSandboxed(
         } catch {
           continue; // not one of inside.ts's lines
         }
-        if (typeof message.progress === "string") progress(message.progress);
+        if (typeof message.progress === "string") {
+          lastProgress = message.progress;
+          progress(message.progress);
+        }
         else if (message.result || message.error) outcome = message;
       }
     }
@@ -330,7 +360,11 @@ async function runSandboxed(
   if (ended === "stopped") return { error: "stopped; every namespace and process it made is gone" };
   if (outcome) return outcome;
   const why = (await errors).trim().split("\n").at(-1);
-  return { error: `the sandbox ended without a result${why ? `: ${why}` : ""}` };
+  return {
+    error: `the sandbox ended without a result (last step: ${lastProgress})${
+      why ? `; its last words: ${why}` : ""
+    }`,
+  };
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -29,6 +29,27 @@ export function seconds(value: number | null): string {
   return value === null ? "never" : `${value.toFixed(2)} s`;
 }
 
+/**
+ * How late a kernel timer of `seconds` may fire: the timer wheel rounds a
+ * timeout up to the granularity of the level it lands in, at most 1/8 of it
+ * (a 17 s timer fired at 18.87 s here), plus a little for scheduling. A
+ * chain of timers (idle, then each probe) adds up, so a detection is
+ * allowed the slack of its whole length.
+ */
+export function timerSlack(seconds: number): number {
+  return seconds / 8 + 0.1;
+}
+
+/**
+ * Whether a measured time is what a chain of kernel timers adding up to
+ * `expected` gives: not earlier than 10% (or `early` s) before it, not later
+ * than its {@linkcode timerSlack} plus `late` after it.
+ */
+export function onTime(value: number | null, expected: number, late = 0, early = 0): boolean {
+  return value !== null && value >= expected - Math.max(expected * 0.1, early) &&
+    value <= expected + timerSlack(expected) + late;
+}
+
 /** Waits `ms` milliseconds. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));

@@ -26,9 +26,11 @@ import {
   type LabContext,
   momentsOf,
   ms,
+  onTime,
   packetsOf,
   seconds,
   sleep,
+  timerSlack,
 } from "./common.ts";
 import {
   addCable,
@@ -105,7 +107,8 @@ export async function runDeadPeer(
 
   // Two probes answered, then the cut, well before the third.
   const cadence = Math.max(settings.time, settings.intvl);
-  const cutAt = settings.time + cadence + Math.min(0.4, cadence / 3);
+  const secondProbe = settings.time + cadence;
+  const cutAt = secondProbe + Math.min(cadence / 2, 0.4 + timerSlack(secondProbe));
   ctx.progress(
     `dead-peer: two probes answered, then the client's cable is cut at ${cutAt.toFixed(1)} s`,
   );
@@ -174,7 +177,7 @@ function judge(settings: DeadPeerSettings, seen: DeadPeerObservation): ScenarioR
       "detected after last answer",
       `${expected} s = max(time, intvl) + intvl x probes`,
       seconds(detected),
-      detected !== null && detected >= expected - 0.1 && detected <= expected + 1.5,
+      onTime(detected, expected, 1, 0.1),
     ),
     check("how the read failed", "ETIMEDOUT", seen.code ?? "it did not", seen.code === "ETIMEDOUT"),
   ]; // deno-fmt-ignore

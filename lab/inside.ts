@@ -10,7 +10,7 @@
  * @module
  */
 import { type BlogSettings, runBlog } from "./blog.ts";
-import type { LabContext } from "./common.ts";
+import { check, type LabContext } from "./common.ts";
 import { type DeadPeerSettings, runDeadPeer } from "./dead_peer.ts";
 import { type NatSettings, runNat } from "./nat.ts";
 import type { LabResult, ScenarioResult } from "./result.ts";
@@ -53,18 +53,55 @@ export async function runInside(
   };
   const scenarios: ScenarioResult[] = [];
   for (const name of plan.scenarios) {
-    if (name === "blog") scenarios.push(await runBlog(ctx, plan.blog));
-    if (name === "dead-peer") scenarios.push(await runDeadPeer(ctx, plan.deadPeer));
-    if (name === "nat") scenarios.push(...await runNat(ctx, plan.nat));
+    try {
+      if (name === "blog") scenarios.push(await runBlog(ctx, plan.blog));
+      if (name === "dead-peer") scenarios.push(await runDeadPeer(ctx, plan.deadPeer));
+      if (name === "nat") scenarios.push(...await runNat(ctx, plan.nat));
+    } catch (error) {
+      // One scenario that could not run does not cost the others' results.
+      const why = (error instanceof Error ? error.message : String(error)).split("\n")[0];
+      ctx.progress(`${name}: could not run: ${why}`);
+      scenarios.push(couldNotRun(name, why));
+    }
   }
   return { scenarios, notes: plan.notes, passed: scenarios.every((s) => s.passed) };
 }
 
+// lab.ts holds the other end of stdin and never writes: end of file means it
+// is gone, and then so is the lab (this is the PID namespace's first process:
+// when it exits, the kernel ends everything else in the sandbox).
+async function quitWhenLabTsIsGone() {
+  const buffer = new Uint8Array(64);
+  try {
+    while (await Deno.stdin.read(buffer) !== null) { /* nothing is ever sent */ }
+  } catch { /* a closed stdin: the same */ }
+  Deno.exit(1);
+}
+
+function couldNotRun(name: ScenarioName, why: string): ScenarioResult {
+  return {
+    name,
+    title: "could not run",
+    hosts: name === "nat" ? ["client", "router", "server"] : ["client", "server"],
+    settings: {},
+    expected: {},
+    observed: { error: why },
+    checks: [check("the scenario ran", "to the end", why, false)],
+    passed: false,
+    packets: [],
+    moments: [],
+    conntrack: null,
+    durationSeconds: 0,
+  };
+}
+
 if (import.meta.main) {
+  quitWhenLabTsIsGone();
   const emit = (line: object) => console.log(JSON.stringify(line));
   try {
     const result = await runInside(JSON.parse(Deno.args[0]) as InsidePlan, emit);
-    emit({ result });
+    emit({ result }); // console.log writes before it returns
+    Deno.exit(0); // the watch on stdin would keep the process alive
   } catch (error) {
     emit({ error: (error instanceof Error ? error.message : String(error)).split("\n")[0] });
     Deno.exit(1);

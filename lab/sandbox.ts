@@ -41,7 +41,8 @@ export const TOOLS: Tool[] = [
   {
     command: "tcpdump",
     package: "tcpdump",
-    without: "no timeline or diagram; probes are counted with the kernel's TCPKeepAlive counter",
+    without: "no packets in the timeline or the diagram, only what the scripts reported; " +
+      "probes are counted with the kernel's TCPKeepAlive counter",
   },
   { command: "nft", package: "nftables", without: "no nat scenario: the router needs it" },
   {

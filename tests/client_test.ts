@@ -65,7 +65,11 @@ Deno.test("client --send and --send-after: one line after an idle time, checked 
   for (const args of [["--send-after", "-1"], ["--send-after", "86401"], ["--send-after", "1.5"]]) {
     assertThrows(() => parseClientArgs(args), UsageError, "--send-after");
   }
-  for (const text of ["a\u001b[2J", "x".repeat(1001), "a\u200eb"]) {
+  assertEquals(send(["--send", "\u{1F600}".repeat(1000)]), {
+    text: "\u{1F600}".repeat(1000),
+    afterMs: 0,
+  });
+  for (const text of ["a\u001b[2J", "x".repeat(1001), "a\u200eb", "\u{1F600}".repeat(1001)]) {
     assertThrows(() => parseClientArgs(["--send", text]), UsageError, "--send takes");
   }
 });

@@ -223,6 +223,7 @@ Deno.test("conntrack entries are read from /proc's format and from conntrack -L'
 Deno.test("lab flags: all scenarios by default, each alone, and the defaults of the issue", () => {
   assertEquals(parseLabArgs([]), {
     scenarios: ["blog", "dead-peer", "nat"],
+    named: false,
     blog: { time: 2, intvl: 2 },
     deadPeer: { time: 2, intvl: 1, probes: 3 },
     nat: { timeout: 5, userTimeout: 4 },
@@ -251,6 +252,11 @@ Deno.test("lab flags: anything it cannot use is a UsageError naming it", () => {
       [["--time", "2", "--time", "3"], "--time"],
       [["--svg", "a\u001b[2Jb"], "--svg"],
       [["--svg", ""], "--svg"],
+      [["--svg", "-"], "--svg"],
+      [["--svg", "a\u202eb.svg"], "--svg"],
+      [["blog", "--probes", "4"], "--probes is for dead-peer"],
+      [["dead-peer", "--middlebox-timeout", "8"], "--middlebox-timeout is for nat"],
+      [["nat", "--time", "3"], "--time is for blog and dead-peer"],
     ] as const
   ) {
     assertThrows(() => parseLabArgs([...args]), UsageError, words);
