@@ -25,7 +25,9 @@
  *    heard from the peer. With a deadline, half of it goes to the idle time
  *    and half to the probes: interval = ⌊deadline / (2 × count)⌋, then idle
  *    takes what is left, up to rule 1's ceiling. Without a deadline: idle at
- *    the ceiling and interval = idle / 10.
+ *    the ceiling and interval = idle / 10. The interval never exceeds rule 1's
+ *    ceiling either: after an answered probe the next one comes max(idle,
+ *    interval) later, and that gap, too, must stay below the timeout.
  * 4. **User timeout = the worst case.** `TCP_USER_TIMEOUT` bounds a request
  *    already in flight (keepalive only runs when nothing is), and with
  *    keepalive on it also replaces the count: set to the worst case, both
@@ -87,7 +89,7 @@ export interface Plan {
   userTimeoutSeconds: number;
   /** The longest a dead peer can go unnoticed, from its last packet: idle + interval × count. */
   worstCaseDetectionSeconds: number;
-  /** Probes a healthy idle connection sends per hour (each gets an answer). */
+  /** Probes a healthy idle connection sends per hour (each gets an answer), to 2 decimals. */
   probesPerHour: number;
   /** Bytes on an Ethernet link per connection per hour, probes and answers, IPv4 (IPv6 is 86/66 of it). */
   bytesPerHourIPv4: number;
@@ -145,11 +147,11 @@ export function planKeepAlive(request: PlanRequest): Plan {
     interval = Math.min(MAX_INTERVAL, Math.max(1, Math.round(idle / 10)));
   } else {
     count = Math.min(COUNT, deadline - 1); // room for idle 1 s and count probes 1 s apart
-    interval = Math.min(MAX_INTERVAL, Math.max(1, Math.floor(deadline / (2 * count))));
+    interval = Math.min(ceiling, Math.max(1, Math.floor(deadline / (2 * count))));
     idle = Math.min(ceiling, deadline - interval * count);
   }
   const worst = idle + interval * count;
-  const probesPerHour = Math.floor(3600 / Math.max(idle, interval));
+  const probesPerHour = Math.round(3600 / Math.max(idle, interval) * 100) / 100;
   return {
     request,
     idleSeconds: idle,
@@ -159,7 +161,7 @@ export function planKeepAlive(request: PlanRequest): Plan {
     userTimeoutSeconds: worst,
     worstCaseDetectionSeconds: worst,
     probesPerHour,
-    bytesPerHourIPv4: probesPerHour * 2 * FRAME_BYTES_IPV4,
+    bytesPerHourIPv4: Math.round(probesPerHour * 2 * FRAME_BYTES_IPV4),
   };
 }
 
@@ -197,10 +199,15 @@ export function formatPlan(plan: Plan): string[] {
   const goal = request.detectWithinSeconds === undefined
     ? ""
     : `, noticing a dead peer within ${request.detectWithinSeconds} s`;
+  const timeout = request.middleboxTimeoutSeconds;
+  const belowTimeout = timeout === undefined ? MAX_IDLE : timeout - idleMargin(timeout);
   const ceiling = plan.idleCeilingSeconds === null
     ? ""
-    : ` (at most ${plan.idleCeilingSeconds} s: ${request.middleboxTimeoutSeconds} s less a ` +
-      `${idleMargin(request.middleboxTimeoutSeconds!)} s margin)`;
+    : belowTimeout > MAX_IDLE
+    ? ` (at most ${MAX_IDLE} s: the kernel's limit)`
+    : ` (at most ${plan.idleCeilingSeconds} s: ${timeout} s less a ${
+      idleMargin(timeout!)
+    } s margin)`;
   const apply = applyPlan(plan);
   const width = Math.max(...Object.keys(apply).map((key) => key.length));
   return [
@@ -213,12 +220,23 @@ export function formatPlan(plan: Plan): string[] {
     "",
     `  worst case: a dead peer is noticed ${plan.worstCaseDetectionSeconds} s after its last ` +
     `packet (${plan.idleSeconds} + ${plan.intervalSeconds} x ${plan.count})`,
-    `  cost: ${plan.probesPerHour} probes and as many answers per connection per hour, ` +
-    `about ${formatBytes(plan.bytesPerHourIPv4)} on IPv4`,
+    `  cost: ${describeRate(plan)}`,
     "",
     "Apply it:",
     ...Object.entries(apply).map(([tool, how]) => `  ${tool.padEnd(width)}  ${how}`),
   ];
+}
+
+// Probes per hour, or per day when fewer than one an hour.
+function describeRate(plan: Plan): string {
+  const period = Math.max(plan.idleSeconds, plan.intervalSeconds);
+  if (period > 3600) {
+    const perDay = Math.round(86400 / period * 10) / 10;
+    return `one probe and its answer every ${period} s (${perDay} a day) per connection, ` +
+      `${formatBytes(Math.round(perDay * 2 * FRAME_BYTES_IPV4))} a day on IPv4`;
+  }
+  return `${plan.probesPerHour} probes and as many answers per connection per hour, ` +
+    `about ${formatBytes(plan.bytesPerHourIPv4)} on IPv4`;
 }
 
 function formatBytes(bytes: number): string {
@@ -236,7 +254,7 @@ a connection alive through a middlebox that forgets idle flows, and notice a
 dead peer in time; says what they cost and how to apply them.
 
 Options:
-  --middlebox-timeout SECONDS  the shortest idle timeout on the path, 1..31536000
+  --middlebox-timeout SECONDS  the shortest idle timeout on the path, 3..31536000
   --middlebox NAME             the same, from a known middlebox:
 ${
   Object.entries(MIDDLEBOXES).map(([key, box]) =>
@@ -244,7 +262,7 @@ ${
   ).join("\n")
 }
   --detect-within SECONDS      notice a dead peer within this long after its last packet,
-                               1..1000000
+                               2..1000000
   --json                       print the plan as one JSON object
   -h, --help                   show this help
 
@@ -274,7 +292,9 @@ export function parsePlanArgs(args: string[]): PlanOptions | "help" {
     throw new UsageError("give --middlebox or --middlebox-timeout, not both");
   }
   if (flags.middlebox !== undefined) {
-    const box = MIDDLEBOXES[flags.middlebox];
+    const box = Object.hasOwn(MIDDLEBOXES, flags.middlebox)
+      ? MIDDLEBOXES[flags.middlebox]
+      : undefined;
     if (!box) {
       throw new UsageError(
         `no middlebox ${showTyped(flags.middlebox)}: choose from ${

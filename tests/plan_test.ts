@@ -60,8 +60,12 @@ Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () =>
         const { min, max } = KEEPALIVE_LIMITS[option];
         assert(Number.isInteger(value) && value >= min && value <= max, `${where}: ${option} ${value}`);
       }
-      // Rule 1: idle below the timeout by the margin.
-      if (timeout !== undefined) assert(p.idleSeconds <= timeout - idleMargin(timeout), where);
+      // Rule 1: idle below the timeout by the margin; and so the gap between
+      // answered probes, max(idle, interval).
+      if (timeout !== undefined) {
+        assert(p.idleSeconds <= timeout - idleMargin(timeout), where);
+        assert(Math.max(p.idleSeconds, p.intervalSeconds) <= timeout - idleMargin(timeout), where);
+      }
       assert(idleMargin(timeout ?? 100) >= 2);
       // Rule 3: the worst case, and within the deadline.
       assertEquals(p.worstCaseDetectionSeconds, p.idleSeconds + p.intervalSeconds * p.count, where);
@@ -70,8 +74,8 @@ Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () =>
       assertEquals(p.userTimeoutSeconds, p.worstCaseDetectionSeconds, where);
       assert(p.userTimeoutSeconds * 1000 <= KEEPALIVE_LIMITS.userTimeout.max, where);
       // Rule 5: one probe and one answer per max(idle, interval), 66 bytes each.
-      assertEquals(p.probesPerHour, Math.floor(3600 / Math.max(p.idleSeconds, p.intervalSeconds)));
-      assertEquals(p.bytesPerHourIPv4, p.probesPerHour * 2 * 66);
+      assertEquals(p.probesPerHour, Math.round(3600 / Math.max(p.idleSeconds, p.intervalSeconds) * 100) / 100);
+      assertEquals(p.bytesPerHourIPv4, Math.round(p.probesPerHour * 2 * 66));
     }
   }
 }); // deno-fmt-ignore
@@ -82,6 +86,10 @@ Deno.test("plan: impossible requests are refused with what is possible", () => {
   }
   assertThrows(() => planKeepAlive({ detectWithinSeconds: 1 }), UsageError, "the least keepalive can do is 2 s");
   assertThrows(() => planKeepAlive({}), UsageError, "--detect-within");
+  // A long deadline must not stretch the interval past the timeout (an answered
+  // probe is followed by the next after max(idle, interval)).
+  const long = planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 3600 });
+  assert(Math.max(long.idleSeconds, long.intervalSeconds) <= 315, JSON.stringify(long));
 }); // deno-fmt-ignore
 
 Deno.test("plan: how to apply it, with each tool's numbers in its own units", () => {
@@ -109,6 +117,8 @@ Deno.test("plan flags: a known middlebox or a timeout, a deadline, and nothing e
   for (
     const [args, words] of [
       [["--middlebox", "cisco"], 'no middlebox "cisco"'],
+      [["--middlebox", "constructor", "--detect-within", "60"], 'no middlebox "constructor"'],
+      [["--middlebox", "toString"], 'no middlebox "toString"'],
       [["--middlebox", "aws-nlb", "--middlebox-timeout", "5"], "not both"],
       [["--middlebox-timeout", "0"], "--middlebox-timeout"],
       [["--detect-within", "1.5"], "--detect-within"],
