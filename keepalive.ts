@@ -111,6 +111,12 @@ export type KeepAliveConnection = Deno.TcpConn | Deno.TlsConn | NodeSocketLike;
  * or a listener, whose settings every connection it accepts inherits: Deno's
  * TCP or TLS listener, a `Deno.serve` server or its `addr`, a `node:net` or
  * `node:tls` server.
+ *
+ * A socket is found by its addresses, so mind what they cannot tell apart:
+ * listeners sharing one address with `reusePort` (the first found is
+ * tuned); an object whose socket was closed, when a new socket now has the
+ * same addresses (the new one is tuned); and a connection's `localAddr`
+ * passed alone, which is its listener's address (the listener is tuned).
  */
 export type KeepAliveSocket =
   | KeepAliveConnection
@@ -123,7 +129,7 @@ export type KeepAliveSocket =
 // Linux constants (x86_64 and arm64 alike).
 const SOL_SOCKET = 1, SO_TYPE = 3, SO_KEEPALIVE = 9, SO_ACCEPTCONN = 30, SO_PROTOCOL = 38;
 const SOCK_STREAM = 1;
-const EBADF = 9, ENOTSOCK = 88, ENOTCONN = 107;
+const EBADF = 9, ENOTSOCK = 88, ENOPROTOOPT = 92, EOPNOTSUPP = 95, ENOTCONN = 107;
 const IPPROTO_TCP = 6, TCP_KEEPIDLE = 4, TCP_KEEPINTVL = 5, TCP_KEEPCNT = 6;
 const TCP_INFO = 11, TCP_USER_TIMEOUT = 18;
 const TCP_ESTABLISHED = 1;
@@ -135,6 +141,7 @@ const ERRNO_NAMES: Record<number, string> = {
   22: "EINVAL",
   88: "ENOTSOCK",
   92: "ENOPROTOOPT",
+  95: "EOPNOTSUPP",
   107: "ENOTCONN",
 };
 
@@ -311,7 +318,12 @@ export interface PeerFilter {
  * - it cannot tell two libraries talking to the same peer apart, nor your
  *   own sockets from a library's: the filter is all it has;
  * - it looks at descriptors from 0 up and stops after 1,024 unused numbers
- *   in a row (beyond, in a process with huge gaps, it would not look).
+ *   in a row (beyond, in a process with huge gaps, it would not look);
+ * - another thread (a Worker) shares the descriptors: one it closes and
+ *   reuses between the look and the setting can be tuned by mistake, and a
+ *   connection it opens meanwhile can be missed;
+ * - it blocks while it looks: about 40 µs per connection (6,000
+ *   connections, about 0.23 s).
  *
  * Options are checked before anything is set, as for `setKeepAlive`. A
  * connection that closes while it looks is skipped. Needs `--allow-ffi`.
@@ -343,9 +355,16 @@ export function setKeepAliveAll(
       applySettings(fd, settings);
       tuned++;
     } catch (error) {
-      // Closed meanwhile (its number now free, or another kind of file): skip it.
+      // Closed meanwhile, its number now free or taken by another kind of
+      // file (another thread, a Worker, shares the table): skip it.
       const code = (error as SyscallError).errno;
-      if (code !== EBADF && code !== ENOTCONN && code !== ENOTSOCK) throw error;
+      if ([EBADF, ENOTCONN, ENOTSOCK, ENOPROTOOPT, EOPNOTSUPP].includes(code)) continue;
+      throw new KeepAliveError(
+        "set keepalive on all",
+        `descriptor ${fd}`,
+        formatAddr({ transport: "tcp", hostname: formatBytesAddress(what.bytes), port: what.port }),
+        error instanceof Error ? error : new Error(String(error)),
+      );
     }
   }
   return tuned;
@@ -375,9 +394,10 @@ export function setKeepAliveAllEvery(
     throw error;
   },
 ): { stop(): void; tuned(): number } {
-  if (!Number.isInteger(everyMs) || everyMs < 100) {
-    throw new TypeError(`everyMs must be an integer of at least 100 ms, not ${everyMs}`);
+  if (!Number.isInteger(everyMs) || everyMs < 100 || everyMs > 2_147_483_647) {
+    throw new TypeError(`everyMs must be an integer from 100 to 2147483647 ms, not ${everyMs}`);
   }
+  if (typeof onError !== "function") throw new TypeError("onError must be a function");
   let last = setKeepAliveAll(options, filter); // checks everything once, up front
   const timer = setInterval(() => {
     try {
@@ -392,14 +412,27 @@ export function setKeepAliveAllEvery(
 }
 
 function checkFilter(filter: PeerFilter): { bytes?: Uint8Array; port?: number } {
-  if (typeof filter !== "object" || filter === null) {
+  if (typeof filter !== "object" || filter === null || Array.isArray(filter)) {
     throw new TypeError("the filter must be an object: { hostname?, port? }");
+  }
+  // A misspelt key would otherwise widen the filter to every connection.
+  const unknown = Object.keys(filter).find((key) => key !== "hostname" && key !== "port");
+  if (unknown !== undefined) {
+    throw new TypeError(
+      `unknown filter key ${JSON.stringify(unknown)}: it takes hostname and port`,
+    );
   }
   const { hostname, port } = filter;
   if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
     throw new TypeError(`filter.port must be an integer from 1 to 65535, not ${port}`);
   }
   if (hostname === undefined) return { port };
+  if (typeof hostname === "string" && hostname.includes("%")) {
+    throw new TypeError(
+      `filter.hostname ${JSON.stringify(hostname)}: a zone id cannot be matched (the kernel's ` +
+        `socket addresses here carry none); give the address without it`,
+    );
+  }
   const bytes = typeof hostname === "string" ? addressBytes(hostname) : null;
   if (!bytes) {
     throw new TypeError(
@@ -606,6 +639,10 @@ export function watchKeepAlive(
   onEvent: (event: ProbeEvent) => void,
   options: { pollMs?: number } = {},
 ): { stop(): void } {
+  const pollMs = options.pollMs ?? 200;
+  if (!Number.isInteger(pollMs) || pollMs < 10 || pollMs > 60_000) {
+    throw new TypeError(`pollMs must be an integer from 10 to 60000, not ${options.pollMs}`);
+  }
   // Found once: a closed connection's number may be reused, so each look
   // checks it still is this connection instead of searching again.
   const fd = onSocket("watch keepalive", conn, (fd) => fd);
@@ -672,7 +709,7 @@ export function watchKeepAlive(
     previousAt = now;
   };
 
-  const timer = setInterval(look, options.pollMs ?? 200);
+  const timer = setInterval(look, pollMs);
   Deno.unrefTimer(timer);
   return {
     stop() {
@@ -792,39 +829,54 @@ function endpointsOf(
     typeof hostname === "string" && typeof port === "number"
       ? { transport: "tcp", hostname, port }
       : null;
+  const isTcp = (addr: unknown): addr is Deno.NetAddr =>
+    typeof addr === "object" && addr !== null && (addr as Deno.Addr).transport === "tcp";
+  let found: { local: Deno.NetAddr; remote: Deno.NetAddr | null } | null = null;
   if ("remoteAddr" in socket && "localAddr" in socket) { // Deno.TcpConn, Deno.TlsConn
-    const { localAddr, remoteAddr } = socket as { localAddr: Deno.Addr; remoteAddr: Deno.Addr };
-    if (localAddr.transport === "tcp" && remoteAddr.transport === "tcp") {
-      return { local: localAddr, remote: remoteAddr };
-    }
+    const { localAddr, remoteAddr } = socket as { localAddr: unknown; remoteAddr: unknown };
+    if (isTcp(localAddr) && isTcp(remoteAddr)) found = { local: localAddr, remote: remoteAddr };
   } else if ("addr" in socket) { // Deno.TcpListener, Deno.TlsListener, Deno.serve's server
-    const addr = (socket as { addr: Deno.Addr }).addr;
-    if (addr?.transport === "tcp") return { local: addr, remote: null };
+    const addr = (socket as { addr: unknown }).addr;
+    if (isTcp(addr)) found = { local: addr, remote: null };
   } else if ("transport" in socket) { // a Deno.NetAddr: Deno.serve's server.addr
-    const addr = socket as Deno.Addr;
-    if (addr.transport === "tcp") return { local: addr, remote: null };
+    if (isTcp(socket)) found = { local: socket, remote: null };
   } else if ("remotePort" in socket || "localPort" in socket) { // node:net, node:tls
     const node = socket as NodeSocketLike;
     const local = tcp(node.localAddress, node.localPort);
     const remote = tcp(node.remoteAddress, node.remotePort);
-    if (local && remote) return { local, remote };
-    throw new TypeError(
-      "this node:net socket is not connected yet: tune it in its 'connect' event " +
-        "('secureConnect' for node:tls)",
-    );
+    if (!local || !remote) {
+      throw new TypeError(
+        "this node:net socket is not connected (still connecting, or closed): tune it in its " +
+          "'connect' event ('secureConnect' for node:tls)",
+      );
+    }
+    found = { local, remote };
   } else if (typeof (socket as NodeServerLike).address === "function") { // node:net, node:tls
     const address = (socket as NodeServerLike).address();
-    const local = typeof address === "object" && address !== null
-      ? tcp(address.address, address.port)
-      : null;
-    if (local) return { local, remote: null };
-    throw new TypeError(
-      address === null
-        ? "this node:net server is not listening yet: tune it in its 'listening' event"
-        : "this node:net server listens on a Unix socket, not TCP",
-    );
+    if (address === null) {
+      throw new TypeError(
+        "this node:net server is not listening (not yet, or no more): tune it in its " +
+          "'listening' event",
+      );
+    }
+    if (typeof address === "string") {
+      throw new TypeError("this node:net server listens on a Unix socket, not TCP");
+    }
+    found = { local: tcp(address.address, address.port) ?? badAddress(address), remote: null };
   }
-  throw new TypeError(`keepalive takes ${ACCEPTED}: this is none of them`);
+  if (!found) throw new TypeError(`keepalive takes ${ACCEPTED}: this is none of them`);
+  // An address must be one: a host name would be looked for in vain through
+  // every descriptor of the process.
+  for (const addr of [found.local, found.remote]) {
+    if (addr && addressBytes(addr.hostname) === null) badAddress(addr);
+  }
+  return found;
+}
+
+function badAddress(addr: unknown): never {
+  throw new TypeError(
+    `keepalive finds a socket by its IP addresses and port; this one has ${JSON.stringify(addr)}`,
+  );
 }
 
 // --- Finding the descriptor ----------------------------------------------------
@@ -887,11 +939,16 @@ function findDescriptor(
   // open files (a million in some containers: seconds of system calls). A
   // reset socket with our address was seen, and ours is almost surely it:
   // do not search further for a connection that is already gone.
+  // A reset socket with our address was seen. Every connection a listener
+  // accepted has the same local address, so it may be another one's: look a
+  // good way further (64 Ki numbers, about 30 ms), but not to a limit of a
+  // million, for a connection that is most likely already gone.
+  const end = peerless ? Math.min(limit, fd + 65_536) : limit;
+  for (; fd < end; fd++) {
+    if (examine(fd, local, remote) === "match") return found(fd);
+  }
   if (peerless) {
     throw new SyscallError("getpeername: the connection was reset before it was found", ENOTCONN);
-  }
-  for (; fd < limit; fd++) {
-    if (examine(fd, local, remote) === "match") return found(fd);
   }
   throw new SyscallError("no descriptor of this process holds this socket (closed?)", EBADF);
 }
@@ -908,8 +965,10 @@ function examine(
   length[0] = address.length;
   if (c.getsockname(fd, address, length) !== 0) return errno() === EBADF ? "unused" : "other";
   if (!sameAddress(address, local)) return "other";
-  // A UDP socket can share the address; only a stream socket will do.
+  // A UDP socket can share the address; only a TCP socket will do (SCTP and
+  // MPTCP have stream sockets too).
   if (getOption(fd, SOL_SOCKET, SO_TYPE) !== SOCK_STREAM) return "other";
+  if (getOption(fd, SOL_SOCKET, SO_PROTOCOL) !== IPPROTO_TCP) return "other";
   if (remote === null) {
     // An accepted socket has the listener's address too (and, once reset,
     // no peer either): only the listening socket accepts connections.
@@ -960,39 +1019,60 @@ function sockaddrAddress(sockaddr: Uint8Array): { bytes: Uint8Array; port: numbe
   return { bytes, port };
 }
 
-// An address as written (127.0.0.1, ::1, ::ffff:127.0.0.1, fe80::1%eth0) as
-// 16 bytes, IPv4 mapped into IPv6, so that the two ways Deno and Node write
-// an address compare equal; null if it is not an address.
+// An address as written (127.0.0.1, ::1, ::ffff:127.0.0.1, [::1],
+// fe80::1%eth0) as 16 bytes, IPv4 mapped into IPv6, so that the two ways
+// Deno and Node write an address compare equal; null if it is not an
+// address. Strict: decimal IPv4 octets 0..255, IPv6 groups of 1 to 4 hex
+// digits, at most one "::", an IPv4 tail only at the end. A zone id
+// (%eth0) is dropped: the socket addresses compared carry none here.
 function addressBytes(hostname: string): Uint8Array | null {
-  const text = hostname.replace(/^\[|\]$/g, "").replace(/%.*$/, "");
+  const bracketed = /^\[(.*)\]$/.exec(hostname);
+  const [text, zone = null] = (bracketed ? bracketed[1] : hostname).split(/%(.*)/s);
+  if (zone !== null && (zone === "" || !text.includes(":"))) return null;
   const bytes = new Uint8Array(16);
-  const v4 = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  const v4 = ipv4Bytes(text);
   if (v4) {
     bytes.set([0xff, 0xff], 10);
-    bytes.set(v4.slice(1).map(Number), 12);
+    bytes.set(v4, 12);
     return bytes;
   }
-  if (!text.includes(":")) return null;
-  const [head, tail = null] = text.split("::");
+  const halves = text.split("::");
+  if (halves.length > 2) return null;
   const words = (part: string) => part === "" ? [] : part.split(":");
-  const parts = [...words(head), ...(tail === null ? [] : words(tail))];
-  const last = parts.at(-1) ?? "";
-  const mapped = last.includes(".") ? addressBytes(last) : null; // ::ffff:1.2.3.4
-  const groups = parts.slice(0, mapped ? -1 : undefined).map((g) => parseInt(g, 16));
-  const total = groups.length + (mapped ? 2 : 0);
-  if (groups.some((g) => !(g >= 0 && g <= 0xffff)) || (tail === null ? total !== 8 : total > 7)) {
-    return null;
-  }
-  const headCount = words(head).length;
-  const fill = 8 - total;
-  const all = [
-    ...groups.slice(0, headCount),
-    ...new Array(tail === null ? 0 : fill).fill(0),
-    ...groups.slice(headCount),
-  ];
-  all.forEach((g, i) => bytes.set([g >> 8, g & 255], 2 * i));
-  if (mapped) bytes.set(mapped.subarray(12), 12);
+  const head = words(halves[0]);
+  const tail = halves.length === 2 ? words(halves[1]) : [];
+  const lastGroups = halves.length === 2 ? tail : head;
+  const last = lastGroups.at(-1);
+  const v4Tail = last?.includes(".") ? ipv4Bytes(last) : null;
+  if (last?.includes(".") && !v4Tail) return null;
+  if (v4Tail) lastGroups.pop();
+  const groups = [...head, ...tail];
+  if (!groups.every((g) => /^[0-9a-f]{1,4}$/i.test(g))) return null;
+  const room = 8 - (v4Tail ? 2 : 0);
+  if (halves.length === 2 ? groups.length > room - 1 : groups.length !== room) return null;
+  const all = [...head, ...new Array(room - groups.length).fill("0"), ...tail];
+  all.forEach((g, i) => {
+    const value = parseInt(g, 16);
+    bytes.set([value >> 8, value & 255], 2 * i);
+  });
+  if (v4Tail) bytes.set(v4Tail, 12);
   return bytes;
+}
+
+// 16 address bytes back to text, for an error message.
+function formatBytesAddress(bytes: Uint8Array): string {
+  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
+    return bytes.subarray(12).join(".");
+  }
+  return Array.from({ length: 8 }, (_, i) => ((bytes[2 * i] << 8) | bytes[2 * i + 1]).toString(16))
+    .join(":");
+}
+
+function ipv4Bytes(text: string): number[] | null {
+  const octets = text.split(".");
+  if (octets.length !== 4 || !octets.every((o) => /^(0|[1-9][0-9]{0,2})$/.test(o))) return null;
+  const values = octets.map(Number);
+  return values.every((v) => v <= 255) ? values : null;
 }
 
 function openFileLimit(): number {

@@ -137,7 +137,11 @@ Deno.test("node:net sockets and servers are tuned by their addresses (IPv4, IPv6
       setKeepAlive(server, tuning);
       assertEquals(getKeepAlive(server), readBack, `${host}: server`);
       const socket = net.connect((server.address() as net.AddressInfo).port, host);
-      assertThrows(() => setKeepAlive(socket, tuning), TypeError, "not connected yet");
+      assertThrows(
+        () => setKeepAlive(socket, tuning),
+        TypeError,
+        "not connected (still connecting",
+      );
       await new Promise((resolve) => socket.once("connect", resolve));
       setKeepAlive(socket, { time: 2_000, retries: 2 });
       assertEquals(getKeepAlive(socket).time, 2_000, `${host}: socket`);
@@ -192,7 +196,7 @@ Deno.test("anything else is a TypeError that says what keepalive takes", async (
   } finally {
     await new Promise((resolve) => unixServer.close(resolve));
   }
-  assertThrows(() => setKeepAlive(net.createServer(), true), TypeError, "not listening yet");
+  assertThrows(() => setKeepAlive(net.createServer(), true), TypeError, "not listening (not yet");
 });
 
 Deno.test("setKeepAliveAll tunes exactly the connections to the peer it is given, and says how many", async () => {
@@ -263,3 +267,70 @@ Deno.test("setKeepAliveAllEvery tunes connections made after it started, until s
   }
   assertThrows(() => setKeepAliveAllEvery(10, true), TypeError, "everyMs");
 });
+
+Deno.test("a filter's address is parsed strictly: nothing that is not an address stands for one", () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  // Never connected to: these are only filter values, each refused.
+  for (
+    const bad of [
+      "383.0.0.1",
+      "10.0.0.300",
+      "256.256.256.256",
+      "1.2.3",
+      "01.2.3.4",
+      "::256.0.0.1",
+      "::1.2.3",
+      "1::2::3",
+      "0x7f::1",
+      "12xyz::",
+      "+1::",
+      "1_0::",
+      "00001::",
+      "1.2.3.4::",
+      "::1.2.3.4:5",
+      "::a.b",
+      "127.0.0.1%eth0",
+      "1:2:3:4:5:6:7:8:9",
+      "1:2:3:4:5:6:7",
+      "",
+      "[::1",
+    ]
+  ) {
+    assertThrows(
+      () => setKeepAliveAll(true, { hostname: bad, port: listener.addr.port }),
+      TypeError,
+      "filter.hostname",
+      bad,
+    );
+  }
+  for (
+    const good of [
+      "::1",
+      "[::1]",
+      "::",
+      "1::",
+      "::ffff:127.0.0.1",
+      "FE80::A:0:0:1",
+      "1:2:3:4:5:6:7:8",
+      "1::2:3:4:5:6:7",
+      "::1.2.3.4",
+      "0.0.0.0",
+    ]
+  ) {
+    assertEquals(setKeepAliveAll(true, { hostname: good, port: listener.addr.port }), 0, good);
+  }
+  assertThrows(() => setKeepAliveAll(true, { hostname: "fe80::1%lo" }), TypeError, "zone id");
+  assertThrows(
+    () => setKeepAliveAll(true, { host: "10.0.0.5" } as never),
+    TypeError,
+    'unknown filter key "host"',
+  );
+  assertThrows(() => setKeepAliveAll(true, [] as never), TypeError, "must be an object");
+  assertThrows(() => setKeepAliveAllEvery(2 ** 31, true), TypeError, "everyMs");
+  assertThrows(() => setKeepAliveAllEvery(1_000, true, {}, "x" as never), TypeError, "onError");
+  assertThrows(
+    () => setKeepAlive({ transport: "tcp", hostname: "localhost", port: 80 }, true),
+    TypeError,
+    "IP addresses",
+  );
+}); // deno-fmt-ignore
