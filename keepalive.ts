@@ -25,6 +25,13 @@
  * each public call wraps that once, with what it was doing and the socket's
  * addresses ({@linkcode KeepAliveError}).
  *
+ * It takes every kind of socket a Deno program holds ({@linkcode KeepAliveSocket}):
+ * Deno's TCP and TLS connections and listeners, a `Deno.serve` server or its
+ * `addr`, and `node:net` / `node:tls` sockets and servers, as npm drivers use
+ * them. For sockets a library keeps to itself (`fetch()`'s pool, a driver's
+ * private connection), {@linkcode setKeepAliveAll} tunes every connection of
+ * the process to a given peer.
+ *
  * Permissions: `--allow-ffi` (and `--allow-net` for the connection itself).
  * Deno does not expose a socket's file descriptor, so this module finds it
  * with `getsockname`/`getpeername` on the process's descriptors, matched
@@ -243,7 +250,8 @@ export class KeepAliveError extends Error {
  *
  * Every value is checked before anything is set: a bad one throws a
  * `TypeError` naming the field and its range, and leaves the socket as it
- * was. A system call that fails throws a {@linkcode KeepAliveError} (the
+ * was. So does a socket of a kind it does not take, or a `node:net` socket
+ * that is not connected (yet, or any more): the `TypeError` says which. A system call that fails throws a {@linkcode KeepAliveError} (the
  * operation, the socket's addresses, `code` such as `EINVAL`, and the
  * {@linkcode SyscallError} as `cause`). Needs `--allow-ffi` (without it:
  * `Deno.errors.NotCapable`); Linux only ({@linkcode UnsupportedSystemError}).
@@ -651,7 +659,17 @@ export function watchKeepAlive(
   let previous = onSocket("watch keepalive", conn, readTcpInfo);
   let previousAt = performance.now();
 
+  let looking = false;
   const look = () => {
+    if (looking) return; // stop() called from onEvent, in the middle of this look
+    looking = true;
+    try {
+      lookOnce();
+    } finally {
+      looking = false;
+    }
+  };
+  const lookOnce = () => {
     let current: KeepAliveState;
     try {
       if (!stillOurs()) return clearInterval(timer);
@@ -711,8 +729,13 @@ export function watchKeepAlive(
 
   const timer = setInterval(look, pollMs);
   Deno.unrefTimer(timer);
+  let stopped = false;
   return {
+    // One last look, for a probe since the previous one; once only, so that
+    // stop() called from onEvent (during a look) does not look again.
     stop() {
+      if (stopped) return;
+      stopped = true;
       clearInterval(timer);
       look();
     },
@@ -829,8 +852,13 @@ function endpointsOf(
     typeof hostname === "string" && typeof port === "number"
       ? { transport: "tcp", hostname, port }
       : null;
+  // Deno.startTls's connections give addresses without `transport`.
   const isTcp = (addr: unknown): addr is Deno.NetAddr =>
-    typeof addr === "object" && addr !== null && (addr as Deno.Addr).transport === "tcp";
+    typeof addr === "object" && addr !== null &&
+    ((addr as Deno.Addr).transport === "tcp" ||
+      ((addr as { transport?: unknown }).transport === undefined &&
+        typeof (addr as Deno.NetAddr).hostname === "string" &&
+        typeof (addr as Deno.NetAddr).port === "number"));
   let found: { local: Deno.NetAddr; remote: Deno.NetAddr | null } | null = null;
   if ("remoteAddr" in socket && "localAddr" in socket) { // Deno.TcpConn, Deno.TlsConn
     const { localAddr, remoteAddr } = socket as { localAddr: unknown; remoteAddr: unknown };

@@ -13,21 +13,22 @@
  *
  * The rules, each one short:
  *
- * 1. **Idle below the timeout, with a margin.** The first probe must reach
- *    the middlebox before it forgets the flow, and keepalive counts in whole
- *    seconds and may fire a little late: idle ≤ timeout − margin, where the
- *    margin is 10% of the timeout and at least 2 s. (The answer to each probe
- *    counts as traffic too, so an answered probe restarts both clocks.)
- * 2. **Three probes.** A dead peer is declared after `count` unanswered
- *    probes; three ride out a lost packet or two (fewer only when the
- *    deadline leaves no room).
+ * 1. **Every probe leaves before the middlebox forgets.** Keepalive counts
+ *    in whole seconds and the kernel's timer wheel may fire a timer up to an
+ *    eighth late (a 130 s idle time was seen to send its probe at 146 s), so
+ *    a probe due at t may leave at t × 9/8, and then needs a moment on the
+ *    wire: the ceiling is C = ⌊(timeout − 1) × 8/9⌋ seconds after the last
+ *    packet. (An answered probe is traffic too: it restarts both clocks.)
+ * 2. **Three probes, and a lost one does not lose the flow.** A dead peer is
+ *    declared after `count` unanswered probes (three; fewer only when the
+ *    deadline leaves no room). The retries of a lost probe must leave before
+ *    the ceiling too: idle + interval × L ≤ C, where L, the probes that may
+ *    be lost in a row, is count − 1 where there is room (1 s per retry).
  * 3. **Worst case = idle + interval × count**, counted from the last packet
- *    heard from the peer. With a deadline, half of it goes to the idle time
- *    and half to the probes: interval = ⌊deadline / (2 × count)⌋, then idle
- *    takes what is left, up to rule 1's ceiling. Without a deadline: idle at
- *    the ceiling and interval = idle / 10. The interval never exceeds rule 1's
- *    ceiling either: after an answered probe the next one comes max(idle,
- *    interval) later, and that gap, too, must stay below the timeout.
+ *    heard from the peer. With a deadline, half of it goes to the probes:
+ *    interval = ⌊deadline / (2 × count)⌋ (at most what rule 2 leaves), then
+ *    idle takes the rest, up to what rule 2 allows. Without a deadline:
+ *    interval = C / 10, idle = C − interval × L.
  * 4. **User timeout = the worst case.** `TCP_USER_TIMEOUT` bounds a request
  *    already in flight (keepalive only runs when nothing is), and with
  *    keepalive on it also replaces the count: set to the worst case, both
@@ -79,8 +80,10 @@ export interface Plan {
   request: PlanRequest;
   /** `TCP_KEEPIDLE`: silence before the first probe. */
   idleSeconds: number;
-  /** The most the idle time may be to keep the flow alive (rule 1); null without a middlebox. */
+  /** Rule 1's ceiling: the latest a probe may be due after the last packet; null without a middlebox. */
   idleCeilingSeconds: number | null;
+  /** Probes that may be lost in a row before the middlebox forgets the flow (rule 2); null without one. */
+  lostProbesSurvived: number | null;
   /** `TCP_KEEPINTVL`: between unanswered probes. */
   intervalSeconds: number;
   /** `TCP_KEEPCNT`: unanswered probes before the connection fails. */
@@ -102,9 +105,13 @@ const COUNT = 3;
 const MAX_IDLE = KEEPALIVE_LIMITS.time.max / 1000;
 const MAX_INTERVAL = KEEPALIVE_LIMITS.interval.max / 1000;
 
-/** The margin rule 1 keeps below a middlebox's timeout, in seconds. */
-export function idleMargin(timeoutSeconds: number): number {
-  return Math.max(2, Math.ceil(timeoutSeconds * 0.1));
+/**
+ * Rule 1's ceiling: the latest a probe may be due, in seconds after the last
+ * packet, so that it leaves (up to an eighth late) and arrives before a
+ * middlebox with this timeout forgets the flow.
+ */
+export function probeCeiling(timeoutSeconds: number): number {
+  return Math.floor((timeoutSeconds - 1) * 8 / 9);
 }
 
 /**
@@ -125,12 +132,12 @@ export function planKeepAlive(request: PlanRequest): Plan {
   }
   let ceiling = MAX_IDLE;
   if (timeout !== undefined) {
-    ceiling = Math.min(MAX_IDLE, timeout - idleMargin(timeout));
+    ceiling = Math.min(MAX_IDLE, probeCeiling(timeout));
     if (ceiling < 1) {
       throw new UsageError(
         `keepalive cannot keep a flow alive through a middlebox that forgets it after ` +
-          `${timeout} s: the idle time is at least 1 s and stays 2 s below the timeout, so the ` +
-          `timeout must be at least 3 s`,
+          `${timeout} s: a probe is due 1 s after the last packet at the soonest, and may leave ` +
+          `an eighth late, so the timeout must be at least 3 s`,
       );
     }
   }
@@ -140,16 +147,17 @@ export function planKeepAlive(request: PlanRequest): Plan {
         `2 s (idle 1 s, then 1 probe after 1 s)`,
     );
   }
-  let idle: number, interval: number, count: number;
-  if (deadline === undefined) {
-    count = COUNT;
-    idle = ceiling;
-    interval = Math.min(MAX_INTERVAL, Math.max(1, Math.round(idle / 10)));
-  } else {
-    count = Math.min(COUNT, deadline - 1); // room for idle 1 s and count probes 1 s apart
-    interval = Math.min(ceiling, Math.max(1, Math.floor(deadline / (2 * count))));
-    idle = Math.min(ceiling, deadline - interval * count);
-  }
+  // Room for idle 1 s and count probes 1 s apart within the deadline.
+  const count = deadline === undefined ? COUNT : Math.min(COUNT, deadline - 1);
+  // Rule 2: the probes that may be lost in a row, each retry 1 s or more.
+  const lost = Math.min(count - 1, ceiling - 1);
+  const roomPerRetry = lost > 0 ? Math.floor((ceiling - 1) / lost) : MAX_INTERVAL;
+  const wanted = deadline === undefined
+    ? Math.round(ceiling / 10)
+    : Math.floor(deadline / (2 * count));
+  const interval = Math.min(MAX_INTERVAL, ceiling, roomPerRetry, Math.max(1, wanted));
+  let idle = ceiling - interval * lost;
+  if (deadline !== undefined) idle = Math.min(idle, deadline - interval * count);
   const worst = idle + interval * count;
   const probesPerHour = Math.round(3600 / Math.max(idle, interval) * 100) / 100;
   return {
@@ -158,6 +166,7 @@ export function planKeepAlive(request: PlanRequest): Plan {
     idleCeilingSeconds: timeout === undefined ? null : ceiling,
     intervalSeconds: interval,
     count,
+    lostProbesSurvived: timeout === undefined ? null : lost,
     userTimeoutSeconds: worst,
     worstCaseDetectionSeconds: worst,
     probesPerHour,
@@ -200,14 +209,17 @@ export function formatPlan(plan: Plan): string[] {
     ? ""
     : `, noticing a dead peer within ${request.detectWithinSeconds} s`;
   const timeout = request.middleboxTimeoutSeconds;
-  const belowTimeout = timeout === undefined ? MAX_IDLE : timeout - idleMargin(timeout);
   const ceiling = plan.idleCeilingSeconds === null
     ? ""
-    : belowTimeout > MAX_IDLE
+    : timeout !== undefined && probeCeiling(timeout) > MAX_IDLE
     ? ` (at most ${MAX_IDLE} s: the kernel's limit)`
-    : ` (at most ${plan.idleCeilingSeconds} s: ${timeout} s less a ${
-      idleMargin(timeout!)
-    } s margin)`;
+    : ` (probes due by ${plan.idleCeilingSeconds} s after the last packet: ${timeout} s less 1 s, ` +
+      `less an eighth for the kernel's timers)`;
+  const lost = plan.lostProbesSurvived === null ? [] : [
+    `  a flow survives ${plan.lostProbesSurvived} lost probe${
+      plan.lostProbesSurvived === 1 ? "" : "s"
+    } in a row: the retries, too, come before the timeout`,
+  ];
   const apply = applyPlan(plan);
   const width = Math.max(...Object.keys(apply).map((key) => key.length));
   return [
@@ -218,6 +230,7 @@ export function formatPlan(plan: Plan): string[] {
     `  count         ${plan.count}: dead after this many unanswered probes`,
     `  user timeout  ${plan.userTimeoutSeconds} s: sent data unacknowledged this long fails too`,
     "",
+    ...lost,
     `  worst case: a dead peer is noticed ${plan.worstCaseDetectionSeconds} s after its last ` +
     `packet (${plan.idleSeconds} + ${plan.intervalSeconds} x ${plan.count})`,
     `  cost: ${describeRate(plan)}`,

@@ -112,6 +112,14 @@ Deno.test("a Deno.TlsConn and a Deno.TlsListener are tuned, and accepted TLS con
     setKeepAlive(client, { time: 5_000 });
     assertEquals(getKeepAlive(client).time, 5_000);
     assertEquals(getKeepAliveState(client).established, true);
+    // Deno.startTls: a TCP connection upgraded (its addresses carry no transport).
+    const acceptingPlain = listener.accept();
+    const plain = await Deno.connect({ hostname, port: listener.addr.port });
+    using upgraded = await Deno.startTls(plain, { hostname, caCerts: [ca] });
+    using acceptedTls = await acceptingPlain;
+    await Promise.all([upgraded.handshake(), acceptedTls.handshake()]);
+    setKeepAlive(upgraded, { time: 11_000 });
+    assertEquals(getKeepAlive(upgraded).time, 11_000);
   }
 });
 

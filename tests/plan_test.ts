@@ -7,10 +7,10 @@ import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/a
 import { KEEPALIVE_LIMITS } from "../keepalive.ts";
 import {
   applyPlan,
-  idleMargin,
   MIDDLEBOXES,
   parsePlanArgs,
   planKeepAlive,
+  probeCeiling,
   UsageError,
 } from "../plan.ts";
 import { run } from "./_helpers.ts";
@@ -31,22 +31,25 @@ Deno.test("plan: the worked examples of the README", () => {
     60,
   ]);
   assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 5, detectWithinSeconds: 10 })), [
-    3,
+    1,
     1,
     3,
-    6,
-    6,
+    4,
+    4,
   ]);
-  assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 240 })), [216, 22, 3, 282, 282]);
+  assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 240 })), [170, 21, 3, 233, 233]);
   assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 600 })), [
-    300,
+    110,
     100,
     3,
-    600,
-    600,
+    410,
+    410,
   ]);
   assertEquals(pick(planKeepAlive({ detectWithinSeconds: 3 })), [1, 1, 2, 3, 3]);
   assertEquals(pick(planKeepAlive({ detectWithinSeconds: 2 })), [1, 1, 1, 2, 2]);
+  assertEquals(probeCeiling(350), 310);
+  assertEquals(planKeepAlive({ middleboxTimeoutSeconds: 350 }).lostProbesSurvived, 2);
+  assertEquals(planKeepAlive({ middleboxTimeoutSeconds: 3 }).lostProbesSurvived, 0);
 }); // deno-fmt-ignore
 
 Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () => {
@@ -60,13 +63,16 @@ Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () =>
         const { min, max } = KEEPALIVE_LIMITS[option];
         assert(Number.isInteger(value) && value >= min && value <= max, `${where}: ${option} ${value}`);
       }
-      // Rule 1: idle below the timeout by the margin; and so the gap between
-      // answered probes, max(idle, interval).
+      // Rules 1 and 2: every probe, the retries of lost ones included, is due
+      // by the ceiling, and leaves (an eighth late at most) before the timeout.
       if (timeout !== undefined) {
-        assert(p.idleSeconds <= timeout - idleMargin(timeout), where);
-        assert(Math.max(p.idleSeconds, p.intervalSeconds) <= timeout - idleMargin(timeout), where);
+        const ceiling = Math.min(32767, probeCeiling(timeout));
+        assertEquals(p.lostProbesSurvived, Math.min(p.count - 1, ceiling - 1), where);
+        const lastRetry = p.idleSeconds + p.intervalSeconds * p.lostProbesSurvived!;
+        assert(lastRetry <= ceiling, where);
+        assert(Math.max(p.idleSeconds, p.intervalSeconds) <= ceiling, where);
+        if (ceiling < 32767) assert(lastRetry * 9 / 8 + 1 <= timeout, where);
       }
-      assert(idleMargin(timeout ?? 100) >= 2);
       // Rule 3: the worst case, and within the deadline.
       assertEquals(p.worstCaseDetectionSeconds, p.idleSeconds + p.intervalSeconds * p.count, where);
       if (deadline !== undefined) assert(p.worstCaseDetectionSeconds <= deadline, where);
@@ -145,10 +151,10 @@ Deno.test("plan.ts exits 0 with a plan, 2 with one line for what cannot be, and 
   assertEquals(ok.code, 0, ok.stderr);
   const plan = JSON.parse(ok.stdout);
   assertEquals([plan.idleSeconds, plan.intervalSeconds, plan.count, plan.userTimeoutSeconds], [
-    3,
+    1,
     1,
     3,
-    6,
+    4,
   ]);
   const text = await run([Deno.execPath(), "run", "plan.ts", "--middlebox", "aws-nat-gateway"]);
   assertStringIncludes(
