@@ -213,8 +213,8 @@ export function formatPlan(plan: Plan): string[] {
     ? ""
     : timeout !== undefined && probeCeiling(timeout) > MAX_IDLE
     ? ` (at most ${MAX_IDLE} s: the kernel's limit)`
-    : ` (probes due by ${plan.idleCeilingSeconds} s after the last packet: ${timeout} s less 1 s, ` +
-      `less an eighth for the kernel's timers)`;
+    : ` (every probe due by ${plan.idleCeilingSeconds} s after the last packet: even an ` +
+      `eighth late, it leaves by ${timeout! - 1} s)`;
   const lost = plan.lostProbesSurvived === null ? [] : [
     `  a flow survives ${plan.lostProbesSurvived} lost probe${
       plan.lostProbesSurvived === 1 ? "" : "s"
