@@ -64,7 +64,20 @@ let staleRemoved: Promise<void> | null = null;
  * skipped with a one-line reason; with CI=true it runs and fails loudly.
  */
 export function netnsTest(name: string, fn: (t: Deno.TestContext) => Promise<void>): void {
-  const reason = netnsUnavailableReason();
+  requiringTest(name, netnsUnavailableReason(), fn);
+}
+
+/**
+ * Registers a test that needs something the machine may lack; `reason` says
+ * what is missing, or is null when nothing is. Without it the test is
+ * skipped with that one line, except with CI=true: then it runs and fails
+ * loudly, naming what is missing.
+ */
+export function requiringTest(
+  name: string,
+  reason: string | null,
+  fn: (t: Deno.TestContext) => Promise<void>,
+): void {
   if (reason !== null && !CI) {
     console.warn(`skipping "${name}": ${reason}`);
     Deno.test({ name, ignore: true, fn });

@@ -243,15 +243,31 @@ Deno.test("setKeepAliveAll tunes exactly the connections to the peer it is given
 });
 
 Deno.test("setKeepAliveAll reaches fetch's pooled connection", async () => {
+  // The server learns the port of fetch's connection from each request.
+  const ports: number[] = [];
   await using server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    () => new Response("ok"),
+    (_request, info) => {
+      ports.push(info.remoteAddr.port);
+      return new Response("ok");
+    },
   );
   const url = `http://127.0.0.1:${server.addr.port}/`;
   await (await fetch(url)).text();
   // The pool keeps the connection; the filter names the server, so only the
   // client's end (whose peer is the server) is tuned.
   assertEquals(setKeepAliveAll(tuning, { hostname: "127.0.0.1", port: server.addr.port }), 1);
+  const pooled = {
+    localAddress: "127.0.0.1",
+    localPort: ports[0],
+    remoteAddress: "127.0.0.1",
+    remotePort: server.addr.port,
+  };
+  assertEquals(getKeepAlive(pooled), readBack, "read back from fetch's own socket");
+  const accepted = { ...pooled, localPort: server.addr.port, remotePort: ports[0] };
+  assert(getKeepAlive(accepted).time !== tuning.time, "the server's end was tuned too");
+  await (await fetch(url)).text();
+  assertEquals(ports[1], ports[0], "the second request did not reuse the pooled connection");
 });
 
 Deno.test("setKeepAliveAllEvery tunes connections made after it started, until stopped", async () => {

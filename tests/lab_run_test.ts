@@ -12,7 +12,7 @@ import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { XMLValidator } from "fast-xml-parser";
 import type { LabResult, Packet, ScenarioResult } from "../lab/result.ts";
 import { missingTools, trySandbox } from "../lab/sandbox.ts";
-import { CI, delay, keepaliveSysctls, ROOT_DIR, run } from "./_helpers.ts";
+import { delay, keepaliveSysctls, requiringTest, ROOT_DIR, run } from "./_helpers.ts";
 
 async function labUnavailableReason(): Promise<string | null> {
   if (Deno.build.os !== "linux") return "the lab needs Linux";
@@ -52,13 +52,7 @@ async function labProcesses(): Promise<string> {
 }
 
 function labTest(name: string, fn: () => Promise<void>) {
-  if (reason !== null && !CI) {
-    console.warn(`skipping "${name}": ${reason}`);
-    Deno.test({ name, ignore: true, fn });
-    return;
-  }
-  Deno.test(name, async () => {
-    if (reason !== null) throw new Error(`CI=true, so this test must run, but ${reason}`);
+  requiringTest(name, reason, async () => {
     const before = await hostState();
     try {
       await fn();

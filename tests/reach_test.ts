@@ -18,7 +18,14 @@ import { assert, assertEquals } from "@std/assert";
 import { addNamespace, cutCable, deleteNamespace } from "../lab/netns.ts";
 import { buildRouter, type Router } from "../lab/router.ts";
 import { planKeepAlive } from "../plan.ts";
-import { CI, delay, netnsUnavailableReason, run, spawnScript, withNetns } from "./_helpers.ts";
+import {
+  delay,
+  netnsUnavailableReason,
+  requiringTest,
+  run,
+  spawnScript,
+  withNetns,
+} from "./_helpers.ts";
 
 const TIMEOUT = 5; // seconds after which the router forgets an idle flow
 const IDLE = 3 * TIMEOUT + 1; // how long each client stays idle: more than three timeouts
@@ -36,15 +43,7 @@ async function missing(): Promise<string | null> {
 const reason = await missing();
 
 function reachTest(name: string, fn: () => Promise<void>) {
-  if (reason !== null && !CI) {
-    console.warn(`skipping "${name}": ${reason}`);
-    Deno.test({ name, ignore: true, fn });
-    return;
-  }
-  Deno.test(name, async () => {
-    if (reason !== null) throw new Error(`CI=true, so this test must run, but ${reason}`);
-    await fn();
-  });
+  requiringTest(name, reason, fn);
 }
 
 interface Path {
