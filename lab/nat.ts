@@ -300,183 +300,236 @@ interface NatObservation {
   durationSeconds: number;
 }
 
-function judge(
-  variant: NatVariant,
-  settings: NatSettings,
-  seen: NatObservation,
-): ScenarioResult {
-  const event = (name: string): ScriptEvent | undefined =>
-    seen.client.events.find((e) => e.event === name);
-  const at = (e: ScriptEvent | undefined) => e ? eventTime(e) - seen.start : null;
-  const sent = event("sent");
-  const received = event("received");
-  const timedOut = event("timed-out");
-  const data = packetsOf(seen.packets, "data", "client");
-  const retransmissions = packetsOf(seen.packets, "retransmission", "client");
-  const probes = packetsOf(seen.packets, "keepalive probe", "client");
-  const capture = seen.packets.length > 0;
-  const forgotten = seen.conntrack?.forgottenAtSeconds ?? null;
-  const traced = seen.conntrack !== null; // without it, the checks of the router's table are left out
-  const checks: Check[] = [];
-  const observed: ScenarioResult["observed"] = {
-    forgottenAtSeconds: forgotten,
-    lineSentAtSeconds: at(sent) === null ? null : ms(at(sent)!),
-    lineReachedServer: seen.echoedByServer > 0,
-    echoReceived: received !== undefined,
-    probesSent: capture ? probes.length : null,
-    probesDroppedAtRouter: capture
-      ? probes.filter((p) => p.fate === "dropped-at-router").length
-      : null,
-    retransmissions: capture ? retransmissions.length : null,
-    timedOutAtSeconds: at(timedOut) === null ? null : ms(at(timedOut)!),
-    serverStillThinksOpen: !seen.serverEnded,
+// What judging a variant looks at: the settings, and the facts of the run.
+interface Facts {
+  variant: NatVariant;
+  settings: NatSettings;
+  seen: NatObservation;
+  /** The router's timeout. */
+  m: number;
+  /** Seconds since the SYN of a client event, or null. */
+  at(event: ScriptEvent | undefined): number | null;
+  sent?: ScriptEvent;
+  received?: ScriptEvent;
+  timedOut?: ScriptEvent;
+  data: Packet[];
+  retransmissions: Packet[];
+  probes: Packet[];
+  /** Whether there was a capture (tcpdump). */
+  capture: boolean;
+  /** When the router forgot the flow; null if it did not (or without its table). */
+  forgotten: number | null;
+  /** Whether the router's table was read (without it, its checks are left out). */
+  traced: boolean;
+}
+
+// What judging adds up: expected and observed values, and the checks.
+interface Verdict {
+  expected: ScenarioResult["expected"];
+  observed: ScenarioResult["observed"];
+  checks: Check[];
+}
+
+function judge(variant: NatVariant, settings: NatSettings, seen: NatObservation): ScenarioResult {
+  const event = (name: string) => seen.client.events.find((e) => e.event === name);
+  const f: Facts = {
+    variant,
+    settings,
+    seen,
+    m: settings.timeout,
+    at: (e) => e ? eventTime(e) - seen.start : null,
+    sent: event("sent"),
+    received: event("received"),
+    timedOut: event("timed-out"),
+    data: packetsOf(seen.packets, "data", "client"),
+    retransmissions: packetsOf(seen.packets, "retransmission", "client"),
+    probes: packetsOf(seen.packets, "keepalive probe", "client"),
+    capture: seen.packets.length > 0,
+    forgotten: seen.conntrack?.forgottenAtSeconds ?? null,
+    traced: seen.conntrack !== null,
   };
-  const expected: ScenarioResult["expected"] = {};
-  const m = settings.timeout;
-  if (variant.name === "nat-no-keepalive" || variant.name === "nat-user-timeout") {
-    expected.forgottenAtSeconds = m;
-    expected.lineReachedServer = false;
-    checks.push(
-      ...(traced
-        ? [
-          check(
-            "router forgets the idle flow",
-            `after ~${m} s`,
-            seconds(forgotten),
-            forgotten !== null && forgotten >= m - 0.5 && forgotten <= m + 1.5,
-          ),
-        ]
-        : []),
-      check(
-        "the line reaches the server",
-        "no: dropped at the router",
-        seen.echoedByServer > 0 ? "yes" : "no",
-        seen.echoedByServer === 0,
-      ),
-      check(
-        "the server still thinks it is open",
-        "yes (half-open)",
-        seen.serverEnded ? "no" : "yes",
-        !seen.serverEnded,
-      ),
-    ); // deno-fmt-ignore
-    if (capture) {
-      const dropped = [...data, ...retransmissions].every((p) => p.fate === "dropped-at-router");
-      checks.push(check("the line and its retransmissions", "all dropped at the router", `${data.length + retransmissions.length} sent, ${dropped ? "all" : "not all"} dropped`, data.length === 1 && dropped)); // deno-fmt-ignore
-    }
-  }
-  if (variant.name === "nat-no-keepalive") {
-    const hung = at(sent) === null ? null : seen.durationSeconds - at(sent)!;
-    // Still waiting: no ending of any kind (a reset or a close would be news too).
-    const ended = seen.client.events.find((e) =>
-      ["timed-out", "reset", "server-closed", "error"].includes(e.event)
-    );
-    expected.failsAfterSeconds = RETRANSMISSION_LIMIT_SECONDS;
-    observed.stillHangingAfterSeconds = ended || hung === null ? null : ms(hung);
-    checks.push(
-      check(
-        "the client still waits when the lab stops",
-        `yes (Linux gives up after ~${RETRANSMISSION_LIMIT_SECONDS} s)`,
-        ended
-          ? `no: ${ended.event} ${seconds(at(ended)! - (at(sent) ?? 0))} after the line`
-          : `yes, ${seconds(hung)} after the line`,
-        !ended && sent !== undefined,
-      ),
-    ); // deno-fmt-ignore
-  }
-  if (variant.name === "nat-user-timeout") {
-    const failedAfter = timedOut && sent ? at(timedOut)! - at(sent)! : null;
-    expected.failsAfterSeconds = settings.userTimeout;
-    observed.failedAfterSeconds = failedAfter === null ? null : ms(failedAfter);
-    checks.push(
-      check(
-        "the client fails after the user timeout",
-        `${settings.userTimeout} s after the line`,
-        seconds(failedAfter),
-        onTime(failedAfter, settings.userTimeout, 1, 0.1),
-      ),
-    ); // deno-fmt-ignore
-  }
-  if (variant.name === "nat-idle-below") {
-    const idle = at(sent);
-    expected.survivedSeconds = 3 * m;
-    expected.echoReceived = true;
-    observed.survivedSeconds = idle === null ? null : ms(idle);
-    checks.push(
-      ...(traced
-        ? [
-          check(
-            "the router keeps the flow",
-            "never forgets it",
-            forgotten === null ? "never forgot it" : `forgot it at ${seconds(forgotten)}`,
-            forgotten === null,
-          ),
-        ]
-        : []),
-      check(
-        "the line after the idle comes back",
-        `echo after >= ${3 * m} s idle (3 timeouts)`,
-        received ? `echoed, after ${seconds(idle)}` : "no echo",
-        received !== undefined && idle !== null && idle >= 3 * m,
-      ),
-    ); // deno-fmt-ignore
-    if (capture) {
-      const gaps = probes.slice(1).map((p, i) => p.seconds - probes[i].seconds);
-      const widest = Math.max(probes[0]?.seconds ?? Infinity, ...gaps);
-      checks.push(check(
-        "keepalive probes",
-        `every ${variant.idle} s (< ${m} s), all through the router`,
-        `${probes.length} sent, ${probes.filter((p) => p.fate === "delivered").length} through, at most ${seconds(widest)} apart`,
-        probes.length >= 2 && probes.every((p) => p.fate === "delivered") && widest < m,
-      )); // deno-fmt-ignore
-    }
-  }
-  if (variant.name === "nat-idle-above") {
-    const lastHeard = seen.packets.filter((p) => p.from === "server").at(-1)?.seconds ?? 0;
-    const detect = (variant.idle ?? 0) + 2;
-    const detectedAfter = at(timedOut) === null ? null : at(timedOut)! - lastHeard;
-    expected.detectedAfterSeconds = detect;
-    expected.flowKeptAlive = false;
-    observed.detectedAfterSeconds = detectedAfter === null ? null : ms(detectedAfter);
-    checks.push(
-      ...(traced
-        ? [
-          check(
-            "router forgets the idle flow",
-            `after ~${m} s, before the first probe`,
-            seconds(forgotten),
-            forgotten !== null && forgotten <= (variant.idle ?? 0),
-          ),
-        ]
-        : []),
-      check(
-        "the dead flow is detected",
-        `${detect} s = idle ${variant.idle} + 1 x 2`,
-        seconds(detectedAfter),
-        onTime(detectedAfter, detect, 1, 0.1),
-      ),
-    ); // deno-fmt-ignore
-    if (capture) {
-      checks.push(check("keepalive probes", "all dropped at the router", `${probes.length} sent, ${probes.filter((p) => p.fate === "dropped-at-router").length} dropped`, probes.length >= 1 && probes.every((p) => p.fate === "dropped-at-router"))); // deno-fmt-ignore
-    }
-  }
+  const verdict: Verdict = { expected: {}, observed: observedOf(f), checks: [] };
+  for (const part of JUDGES[variant.name] ?? []) part(f, verdict);
   return {
     name: variant.name,
     title: variant.title,
     hosts: ["client", "router", "server"],
     settings: {
-      middleboxTimeoutSeconds: m,
+      middleboxTimeoutSeconds: f.m,
       keepalive: variant.flags.includes("--idle") ? variant.flags.join(" ") : "off",
       userTimeoutSeconds: variant.name === "nat-user-timeout" ? settings.userTimeout : null,
       sendAfterSeconds: variant.sendAfter,
     },
-    expected,
-    observed,
-    checks,
-    passed: checks.every((c) => c.passed),
+    ...verdict,
+    passed: verdict.checks.every((c) => c.passed),
     packets: seen.packets,
     moments: seen.moments,
     conntrack: seen.conntrack,
     durationSeconds: seen.durationSeconds,
   };
+}
+
+// The parts of each variant's verdict.
+const JUDGES: Record<string, ((f: Facts, v: Verdict) => void)[]> = {
+  "nat-no-keepalive": [judgeLineLost, judgeStillWaiting],
+  "nat-user-timeout": [judgeLineLost, judgeUserTimeout],
+  "nat-idle-below": [judgeKeptAlive],
+  "nat-idle-above": [judgeDetectedNotKept],
+};
+
+function observedOf(f: Facts): ScenarioResult["observed"] {
+  const { at, sent, received, timedOut, probes, capture } = f;
+  return {
+    forgottenAtSeconds: f.forgotten,
+    lineSentAtSeconds: at(sent) === null ? null : ms(at(sent)!),
+    lineReachedServer: f.seen.echoedByServer > 0,
+    echoReceived: received !== undefined,
+    probesSent: capture ? probes.length : null,
+    probesDroppedAtRouter: capture
+      ? probes.filter((p) => p.fate === "dropped-at-router").length
+      : null,
+    retransmissions: capture ? f.retransmissions.length : null,
+    timedOutAtSeconds: at(timedOut) === null ? null : ms(at(timedOut)!),
+    serverStillThinksOpen: !f.seen.serverEnded,
+  };
+}
+
+// Without keepalive: the router forgets, and the line never arrives.
+function judgeLineLost(f: Facts, v: Verdict) {
+  const { m, forgotten, seen, data, retransmissions } = f;
+  v.expected.forgottenAtSeconds = m;
+  v.expected.lineReachedServer = false;
+  if (f.traced) {
+    v.checks.push(
+      check(
+        "router forgets the idle flow",
+        `after ~${m} s`,
+        seconds(forgotten),
+        forgotten !== null && forgotten >= m - 0.5 && forgotten <= m + 1.5,
+      ),
+    ); // deno-fmt-ignore
+  }
+  v.checks.push(
+    check(
+      "the line reaches the server",
+      "no: dropped at the router",
+      seen.echoedByServer > 0 ? "yes" : "no",
+      seen.echoedByServer === 0,
+    ),
+    check(
+      "the server still thinks it is open",
+      "yes (half-open)",
+      seen.serverEnded ? "no" : "yes",
+      !seen.serverEnded,
+    ),
+  ); // deno-fmt-ignore
+  if (f.capture) {
+    const dropped = [...data, ...retransmissions].every((p) => p.fate === "dropped-at-router");
+    v.checks.push(check("the line and its retransmissions", "all dropped at the router", `${data.length + retransmissions.length} sent, ${dropped ? "all" : "not all"} dropped`, data.length === 1 && dropped)); // deno-fmt-ignore
+  }
+}
+
+// No user timeout: the client is still retransmitting when the lab stops.
+function judgeStillWaiting(f: Facts, v: Verdict) {
+  const { at, sent } = f;
+  const hung = at(sent) === null ? null : f.seen.durationSeconds - at(sent)!;
+  // Still waiting: no ending of any kind (a reset or a close would be news too).
+  const ended = f.seen.client.events.find((e) =>
+    ["timed-out", "reset", "server-closed", "error"].includes(e.event)
+  );
+  v.expected.failsAfterSeconds = RETRANSMISSION_LIMIT_SECONDS;
+  v.observed.stillHangingAfterSeconds = ended || hung === null ? null : ms(hung);
+  v.checks.push(check(
+    "the client still waits when the lab stops",
+    `yes (Linux gives up after ~${RETRANSMISSION_LIMIT_SECONDS} s)`,
+    ended
+      ? `no: ${ended.event} ${seconds(at(ended)! - (at(sent) ?? 0))} after the line`
+      : `yes, ${seconds(hung)} after the line`,
+    !ended && sent !== undefined,
+  ));
+}
+
+// With a user timeout: the client fails that long after the line.
+function judgeUserTimeout(f: Facts, v: Verdict) {
+  const { at, sent, timedOut, settings } = f;
+  const failedAfter = timedOut && sent ? at(timedOut)! - at(sent)! : null;
+  v.expected.failsAfterSeconds = settings.userTimeout;
+  v.observed.failedAfterSeconds = failedAfter === null ? null : ms(failedAfter);
+  v.checks.push(check(
+    "the client fails after the user timeout",
+    `${settings.userTimeout} s after the line`,
+    seconds(failedAfter),
+    onTime(failedAfter, settings.userTimeout, 1, 0.1),
+  ));
+}
+
+// Keepalive idle below the timeout: the flow lives, and the line comes back.
+function judgeKeptAlive(f: Facts, v: Verdict) {
+  const { m, forgotten, received, probes } = f;
+  const idle = f.at(f.sent);
+  v.expected.survivedSeconds = 3 * m;
+  v.expected.echoReceived = true;
+  v.observed.survivedSeconds = idle === null ? null : ms(idle);
+  if (f.traced) {
+    v.checks.push(
+      check(
+        "the router keeps the flow",
+        "never forgets it",
+        forgotten === null ? "never forgot it" : `forgot it at ${seconds(forgotten)}`,
+        forgotten === null,
+      ),
+    ); // deno-fmt-ignore
+  }
+  v.checks.push(
+    check(
+      "the line after the idle comes back",
+      `echo after >= ${3 * m} s idle (3 timeouts)`,
+      received ? `echoed, after ${seconds(idle)}` : "no echo",
+      received !== undefined && idle !== null && idle >= 3 * m,
+    ),
+  ); // deno-fmt-ignore
+  if (f.capture) {
+    const gaps = probes.slice(1).map((p, i) => p.seconds - probes[i].seconds);
+    const widest = Math.max(probes[0]?.seconds ?? Infinity, ...gaps);
+    const through = probes.filter((p) => p.fate === "delivered").length;
+    v.checks.push(check(
+      "keepalive probes",
+      `every ${f.variant.idle} s (< ${m} s), all through the router`,
+      `${probes.length} sent, ${through} through, at most ${seconds(widest)} apart`,
+      probes.length >= 2 && through === probes.length && widest < m,
+    ));
+  }
+}
+
+// Keepalive idle above the timeout: the dead flow is noticed, not kept.
+function judgeDetectedNotKept(f: Facts, v: Verdict) {
+  const { m, forgotten, probes, variant } = f;
+  const lastHeard = f.seen.packets.filter((p) => p.from === "server").at(-1)?.seconds ?? 0;
+  const detect = (variant.idle ?? 0) + 2;
+  const detectedAfter = f.at(f.timedOut) === null ? null : f.at(f.timedOut)! - lastHeard;
+  v.expected.detectedAfterSeconds = detect;
+  v.expected.flowKeptAlive = false;
+  v.observed.detectedAfterSeconds = detectedAfter === null ? null : ms(detectedAfter);
+  if (f.traced) {
+    v.checks.push(
+      check(
+        "router forgets the idle flow",
+        `after ~${m} s, before the first probe`,
+        seconds(forgotten),
+        forgotten !== null && forgotten <= (variant.idle ?? 0),
+      ),
+    ); // deno-fmt-ignore
+  }
+  v.checks.push(
+    check(
+      "the dead flow is detected",
+      `${detect} s = idle ${variant.idle} + 1 x 2`,
+      seconds(detectedAfter),
+      onTime(detectedAfter, detect, 1, 0.1),
+    ),
+  ); // deno-fmt-ignore
+  if (f.capture) {
+    const dropped = probes.filter((p) => p.fate === "dropped-at-router").length;
+    v.checks.push(check("keepalive probes", "all dropped at the router", `${probes.length} sent, ${dropped} dropped`, probes.length >= 1 && dropped === probes.length)); // deno-fmt-ignore
+  }
 }
