@@ -169,7 +169,7 @@ export function parseLabArgs(args: string[]): LabOptions | "help" {
     },
     json: flags.json,
     svg,
-  }; // deno-fmt-ignore
+  };
 }
 
 /**
@@ -303,7 +303,7 @@ export function plannedSeconds(
       (plan.scenarios.includes("dead-peer") ? dead : 0) +
       (plan.scenarios.includes("nat") ? nat : 0),
   );
-} // deno-fmt-ignore
+}
 
 // Starts lab/inside.ts in the sandbox and relays its progress; a quit
 // request (Enter, Ctrl-C, SIGTERM) kills the sandbox, and with it everything.
@@ -342,8 +342,7 @@ async function runSandboxed(
         if (typeof message.progress === "string") {
           lastProgress = message.progress;
           progress(message.progress);
-        }
-        else if (message.result || message.error) outcome = message;
+        } else if (message.result || message.error) outcome = message;
       }
     }
   })();

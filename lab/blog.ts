@@ -80,7 +80,7 @@ export async function runBlog(ctx: LabContext, settings: BlogSettings): Promise<
     "--json",
     `time=${settings.time}`,
     `intvl=${settings.intvl}`,
-  ]); // deno-fmt-ignore
+  ]);
   const capture = ctx.capture ? await startCapture(ns.server, "to-client") : null;
   cleanup.defer(async () => void await capture?.stop());
   const server = startScript(ctx.place, ns.server, "server.ts", ["--allow-net"], [
@@ -89,7 +89,7 @@ export async function runBlog(ctx: LabContext, settings: BlogSettings): Promise<
     "::",
     "--port",
     "8888",
-  ]); // deno-fmt-ignore
+  ]);
   cleanup.defer(async () => void await server.stop());
   await server.waitFor("listening", 20_000);
   const probesBefore = await readNetstat(ns.server, "TcpExt", "TCPKeepAlive");
@@ -99,7 +99,7 @@ export async function runBlog(ctx: LabContext, settings: BlogSettings): Promise<
     SERVER,
     "--port",
     "8888",
-  ]); // deno-fmt-ignore
+  ]);
   cleanup.defer(async () => void await client.stop());
   const connected = await client.waitFor("connected", 20_000);
 
@@ -187,14 +187,31 @@ function judge(settings: BlogSettings, seen: BlogObservation): ScenarioResult {
       seconds(observedCadence),
       near(observedCadence, cadence),
     ),
-  ]; // deno-fmt-ignore
+  ];
   if (seen.probeTimes === null) {
     checks.push(
-      check("probes answered", `at least ${BLOG_PROBES}, all answered`, `${answers.length} of ${probes.length}`, probes.length >= BLOG_PROBES && answers.length === probes.length),
-      check("probes in capture = TCPKeepAlive", `${seen.probesSent} (kernel counter)`, `${probes.length} (tcpdump)`, probes.length === seen.probesSent),
-    ); // deno-fmt-ignore
+      check(
+        "probes answered",
+        `at least ${BLOG_PROBES}, all answered`,
+        `${answers.length} of ${probes.length}`,
+        probes.length >= BLOG_PROBES && answers.length === probes.length,
+      ),
+      check(
+        "probes in capture = TCPKeepAlive",
+        `${seen.probesSent} (kernel counter)`,
+        `${probes.length} (tcpdump)`,
+        probes.length === seen.probesSent,
+      ),
+    );
   } else {
-    checks.push(check("probes sent (TCPKeepAlive)", `at least ${BLOG_PROBES}`, `${seen.probesSent}`, seen.probesSent >= BLOG_PROBES)); // deno-fmt-ignore
+    checks.push(
+      check(
+        "probes sent (TCPKeepAlive)",
+        `at least ${BLOG_PROBES}`,
+        `${seen.probesSent}`,
+        seen.probesSent >= BLOG_PROBES,
+      ),
+    );
   }
   return {
     name: "blog",

@@ -92,7 +92,7 @@ export async function runDeadPeer(
     String(settings.intvl),
     "--count",
     String(settings.probes),
-  ]); // deno-fmt-ignore
+  ]);
   cleanup.defer(async () => void await server.stop());
   await server.waitFor("listening", 20_000);
   const client = startScript(ctx.place, ns.client, "client.ts", ["--allow-net"], [
@@ -101,7 +101,7 @@ export async function runDeadPeer(
     SERVER,
     "--port",
     "8888",
-  ]); // deno-fmt-ignore
+  ]);
   cleanup.defer(async () => void await client.stop());
   const connected = await client.waitFor("connected", 20_000);
 
@@ -180,7 +180,7 @@ function judge(settings: DeadPeerSettings, seen: DeadPeerObservation): ScenarioR
       onTime(detected, expected, 1, 0.1),
     ),
     check("how the read failed", "ETIMEDOUT", seen.code ?? "it did not", seen.code === "ETIMEDOUT"),
-  ]; // deno-fmt-ignore
+  ];
   if (seen.probesAfterCut === null) {
     checks.unshift(check("probes answered before the cut", "2", `${answered}`, answered === 2));
   }

@@ -107,7 +107,7 @@ export function natVariants(settings: NatSettings): NatVariant[] {
       title: `keepalive idle ${above} s (above the router's ${m} s), interval 1 s, 2 probes`,
       idle: above,
     },
-  ]; // deno-fmt-ignore
+  ];
 }
 
 /** How long the scenario watches, in seconds after the connections are made. */
@@ -145,7 +145,7 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
     "--port",
     "8888",
     "--echo",
-  ]); // deno-fmt-ignore
+  ]);
   cleanup.defer(async () => void await server.stop());
   await server.waitFor("listening", 20_000);
 
@@ -166,7 +166,7 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
       "8888",
       ...variant.flags,
       ...send,
-    ]); // deno-fmt-ignore
+    ]);
     cleanup.defer(async () => void await client.stop());
     clients.push(client);
   }
@@ -217,7 +217,7 @@ export async function runNat(ctx: LabContext, settings: NatSettings): Promise<Sc
       ),
       start,
       durationSeconds: ms(Date.now() / 1000 - start),
-    }); // deno-fmt-ignore
+    });
   });
   if (pcaps) {
     // Drops the capture saw before the counter was read: one more may land
@@ -407,7 +407,7 @@ function judgeLineLost(f: Facts, v: Verdict) {
         seconds(forgotten),
         forgotten !== null && forgotten >= m - 0.5 && forgotten <= m + 1.5,
       ),
-    ); // deno-fmt-ignore
+    );
   }
   v.checks.push(
     check(
@@ -422,10 +422,17 @@ function judgeLineLost(f: Facts, v: Verdict) {
       seen.serverEnded ? "no" : "yes",
       !seen.serverEnded,
     ),
-  ); // deno-fmt-ignore
+  );
   if (f.capture) {
     const dropped = [...data, ...retransmissions].every((p) => p.fate === "dropped-at-router");
-    v.checks.push(check("the line and its retransmissions", "all dropped at the router", `${data.length + retransmissions.length} sent, ${dropped ? "all" : "not all"} dropped`, data.length === 1 && dropped)); // deno-fmt-ignore
+    v.checks.push(
+      check(
+        "the line and its retransmissions",
+        "all dropped at the router",
+        `${data.length + retransmissions.length} sent, ${dropped ? "all" : "not all"} dropped`,
+        data.length === 1 && dropped,
+      ),
+    );
   }
 }
 
@@ -478,7 +485,7 @@ function judgeKeptAlive(f: Facts, v: Verdict) {
         forgotten === null ? "never forgot it" : `forgot it at ${seconds(forgotten)}`,
         forgotten === null,
       ),
-    ); // deno-fmt-ignore
+    );
   }
   v.checks.push(
     check(
@@ -487,7 +494,7 @@ function judgeKeptAlive(f: Facts, v: Verdict) {
       received ? `echoed, after ${seconds(idle)}` : "no echo",
       received !== undefined && idle !== null && idle >= 3 * m,
     ),
-  ); // deno-fmt-ignore
+  );
   if (f.capture) {
     const gaps = probes.slice(1).map((p, i) => p.seconds - probes[i].seconds);
     const widest = Math.max(probes[0]?.seconds ?? Infinity, ...gaps);
@@ -518,7 +525,7 @@ function judgeDetectedNotKept(f: Facts, v: Verdict) {
         seconds(forgotten),
         forgotten !== null && forgotten <= (variant.idle ?? 0),
       ),
-    ); // deno-fmt-ignore
+    );
   }
   v.checks.push(
     check(
@@ -527,9 +534,16 @@ function judgeDetectedNotKept(f: Facts, v: Verdict) {
       seconds(detectedAfter),
       onTime(detectedAfter, detect, 1, 0.1),
     ),
-  ); // deno-fmt-ignore
+  );
   if (f.capture) {
     const dropped = probes.filter((p) => p.fate === "dropped-at-router").length;
-    v.checks.push(check("keepalive probes", "all dropped at the router", `${probes.length} sent, ${dropped} dropped`, probes.length >= 1 && dropped === probes.length)); // deno-fmt-ignore
+    v.checks.push(
+      check(
+        "keepalive probes",
+        "all dropped at the router",
+        `${probes.length} sent, ${dropped} dropped`,
+        probes.length >= 1 && dropped === probes.length,
+      ),
+    );
   }
 }

@@ -97,7 +97,7 @@ export async function addCable(a: CableEnd, b: CableEnd): Promise<void> {
     b.link,
     "netns",
     b.ns,
-  ]); // deno-fmt-ignore
+  ]);
   for (const end of [a, b]) {
     const nodad = end.address.includes(":") ? ["nodad"] : [];
     await runOk(["ip", "-n", end.ns, "addr", "add", end.address, "dev", end.link, ...nodad]);
@@ -134,7 +134,7 @@ export async function cutCable(end: CableEnd, other: CableEnd, voidNs: string): 
     other.link,
     "nud",
     "permanent",
-  ]); // deno-fmt-ignore
+  ]);
   await runOk(["ip", "-n", end.ns, "link", "set", end.link, "netns", voidNs]);
   await runOk(["ip", "-n", voidNs, "link", "set", end.link, "up"]);
 }
@@ -194,7 +194,7 @@ export async function startCapture(ns: string, link: string): Promise<Capture> {
       "-w",
       "-",
       "tcp",
-    ], // deno-fmt-ignore
+    ],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

@@ -65,7 +65,7 @@ async function testCertificate(): Promise<{ ca: string; cert: string; key: strin
       "-out",
       `${dir}/cert.pem`,
     ],
-  ]; // deno-fmt-ignore
+  ];
   try {
     await Deno.writeTextFile(
       `${dir}/leaf.ext`,
@@ -357,4 +357,4 @@ Deno.test("a filter's address is parsed strictly: nothing that is not an address
     TypeError,
     "IP addresses",
   );
-}); // deno-fmt-ignore
+});

@@ -73,15 +73,37 @@ Deno.test("pcap: IPv4 and IPv6 TCP segments come out whole, however the stream i
       bytes: ipv6Frame(v6b, v6a, tcpHeader(8888, 40001, 4294967295, 12, PSH | ACK), 6),
     },
     { time: 102, bytes: [...new Array(12).fill(0), 0x08, 0x06, 1, 2, 3] }, // ARP: skipped
-  ]); // deno-fmt-ignore
+  ]);
   for (const size of [1, 7, 16, file.length]) {
     const parser = createPcapParser();
     const segments: Segment[] = [];
-    for (let i = 0; i < file.length; i += size) segments.push(...parser.push(file.slice(i, i + size)));
+    for (let i = 0; i < file.length; i += size) {
+      segments.push(...parser.push(file.slice(i, i + size)));
+    }
     assertEquals(segments, [
-      { time: 100.25, source: "10.0.0.1", destination: "10.0.0.2", sourcePort: 40000, destinationPort: 8888, seq: 7, ack: 0, flags: SYN, length: 0 },
-      { time: 101.5, source: "fd6c:ab::2", destination: "fd6c:ab::1", sourcePort: 8888, destinationPort: 40001, seq: 4294967295, ack: 12, flags: PSH | ACK, length: 6 },
-    ], `chunks of ${size}`); // deno-fmt-ignore
+      {
+        time: 100.25,
+        source: "10.0.0.1",
+        destination: "10.0.0.2",
+        sourcePort: 40000,
+        destinationPort: 8888,
+        seq: 7,
+        ack: 0,
+        flags: SYN,
+        length: 0,
+      },
+      {
+        time: 101.5,
+        source: "fd6c:ab::2",
+        destination: "fd6c:ab::1",
+        sourcePort: 8888,
+        destinationPort: 40001,
+        seq: 4294967295,
+        ack: 12,
+        flags: PSH | ACK,
+        length: 6,
+      },
+    ], `chunks of ${size}`);
   }
 });
 
@@ -123,7 +145,7 @@ function segment(
       flags,
       length,
     };
-} // deno-fmt-ignore
+}
 
 // The client's first sequence number is 1000, the server's 5000.
 const story = [
@@ -215,7 +237,7 @@ Deno.test("conntrack entries are read from /proc's format and from conntrack -L'
       state: "TIME_WAIT",
       remainingSeconds: 431999,
     },
-  ]); // deno-fmt-ignore
+  ]);
 });
 
 // --- lab.ts's flags -----------------------------------------------------------

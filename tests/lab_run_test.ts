@@ -73,9 +73,13 @@ async function runLab(args: string[]): Promise<LabResult> {
     "lab.ts",
     "--json",
     ...args,
-  ]); // deno-fmt-ignore
+  ]);
   if (output.code !== 0) {
-    throw new Error(`lab.ts ${args.join(" ")}: exit ${output.code}: ${output.stderr}${output.stdout.slice(-3000)}`);
+    throw new Error(
+      `lab.ts ${args.join(" ")}: exit ${output.code}: ${output.stderr}${
+        output.stdout.slice(-3000)
+      }`,
+    );
   }
   return JSON.parse(output.stdout);
 }
@@ -279,7 +283,7 @@ labTest(
         "--json",
         "--svg",
         `${dir}/lab.svg`,
-      ], { cwd: repo }); // deno-fmt-ignore
+      ], { cwd: repo });
       assertEquals(output.code, 0, output.stderr + output.stdout.slice(-3000));
       const result: LabResult = JSON.parse(output.stdout);
       assertEquals(result.scenarios.map((s) => s.name), [
@@ -289,7 +293,7 @@ labTest(
         "nat-user-timeout",
         "nat-idle-below",
         "nat-idle-above",
-      ]); // deno-fmt-ignore
+      ]);
       assert(result.passed, JSON.stringify(result.scenarios.map((s) => s.checks)));
       assertEquals(
         (await Deno.stat(`${dir}/lab.svg`)).uid,

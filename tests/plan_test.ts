@@ -50,7 +50,7 @@ Deno.test("plan: the worked examples of the README", () => {
   assertEquals(probeCeiling(350), 310);
   assertEquals(planKeepAlive({ middleboxTimeoutSeconds: 350 }).lostProbesSurvived, 2);
   assertEquals(planKeepAlive({ middleboxTimeoutSeconds: 3 }).lostProbesSurvived, 0);
-}); // deno-fmt-ignore
+});
 
 Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () => {
   for (const timeout of [undefined, 3, 4, 5, 8, 30, 240, 350, 600, 900, 432_000, 31_536_000]) {
@@ -59,9 +59,17 @@ Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () =>
       const where = `timeout ${timeout}, deadline ${deadline}`;
       const p = planKeepAlive({ middleboxTimeoutSeconds: timeout, detectWithinSeconds: deadline });
       // Within the kernel's limits, whole seconds.
-      for (const [value, option] of [[p.idleSeconds * 1000, "time"], [p.intervalSeconds * 1000, "interval"], [p.count, "retries"]] as const) {
+      for (
+        const [value, option] of [[p.idleSeconds * 1000, "time"], [
+          p.intervalSeconds * 1000,
+          "interval",
+        ], [p.count, "retries"]] as const
+      ) {
         const { min, max } = KEEPALIVE_LIMITS[option];
-        assert(Number.isInteger(value) && value >= min && value <= max, `${where}: ${option} ${value}`);
+        assert(
+          Number.isInteger(value) && value >= min && value <= max,
+          `${where}: ${option} ${value}`,
+        );
       }
       // Rules 1 and 2: every probe, the retries of lost ones included, is due
       // by the ceiling, and leaves (an eighth late at most) before the timeout.
@@ -80,27 +88,41 @@ Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () =>
       assertEquals(p.userTimeoutSeconds, p.worstCaseDetectionSeconds, where);
       assert(p.userTimeoutSeconds * 1000 <= KEEPALIVE_LIMITS.userTimeout.max, where);
       // Rule 5: one probe and one answer per max(idle, interval), 66 bytes each.
-      assertEquals(p.probesPerHour, Math.round(3600 / Math.max(p.idleSeconds, p.intervalSeconds) * 100) / 100);
+      assertEquals(
+        p.probesPerHour,
+        Math.round(3600 / Math.max(p.idleSeconds, p.intervalSeconds) * 100) / 100,
+      );
       assertEquals(p.bytesPerHourIPv4, Math.round(p.probesPerHour * 2 * 66));
     }
   }
-}); // deno-fmt-ignore
+});
 
 Deno.test("plan: impossible requests are refused with what is possible", () => {
   for (const timeout of [1, 2]) {
-    assertThrows(() => planKeepAlive({ middleboxTimeoutSeconds: timeout }), UsageError, "at least 3 s");
+    assertThrows(
+      () => planKeepAlive({ middleboxTimeoutSeconds: timeout }),
+      UsageError,
+      "at least 3 s",
+    );
   }
-  assertThrows(() => planKeepAlive({ detectWithinSeconds: 1 }), UsageError, "the least keepalive can do is 2 s");
+  assertThrows(
+    () => planKeepAlive({ detectWithinSeconds: 1 }),
+    UsageError,
+    "the least keepalive can do is 2 s",
+  );
   assertThrows(() => planKeepAlive({}), UsageError, "--detect-within");
   // A long deadline must not stretch the interval past the timeout (an answered
   // probe is followed by the next after max(idle, interval)).
   const long = planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 3600 });
   assert(Math.max(long.idleSeconds, long.intervalSeconds) <= 315, JSON.stringify(long));
-}); // deno-fmt-ignore
+});
 
 Deno.test("plan: how to apply it, with each tool's numbers in its own units", () => {
   const apply = applyPlan(planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 60 }));
-  assertEquals(apply["server.ts / client.ts"], "--idle 30 --interval 10 --count 3 --user-timeout 60");
+  assertEquals(
+    apply["server.ts / client.ts"],
+    "--idle 30 --interval 10 --count 3 --user-timeout 60",
+  );
   assertEquals(
     apply["keepalive.ts"],
     "setKeepAlive(conn, { time: 30_000, interval: 10_000, retries: 3, userTimeout: 60_000 })",
@@ -118,7 +140,7 @@ Deno.test("plan flags: a known middlebox or a timeout, a deadline, and nothing e
       detectWithinSeconds: 60,
     },
     json: false,
-  }); // deno-fmt-ignore
+  });
   assertEquals(MIDDLEBOXES["azure-lb"].timeoutSeconds, 240);
   for (
     const [args, words] of [
@@ -167,4 +189,4 @@ Deno.test("plan.ts exits 0 with a plan, 2 with one line for what cannot be, and 
   const bad = await run([Deno.execPath(), "run", "plan.ts", "--detect-within", "x"]);
   assertEquals(bad.code, 2);
   assertStringIncludes(bad.stderr, "(see --help)");
-}); // deno-fmt-ignore
+});

@@ -94,7 +94,7 @@ async function clientFixture(path: Path, fixture: string, args: object) {
     "--allow-sys",
     `tests/fixtures/${fixture}`,
     JSON.stringify(args),
-  ]); // deno-fmt-ignore
+  ]);
   assertEquals(output.code, 0, output.stderr);
   return JSON.parse(output.stdout.trim().split("\n").at(-1)!);
 }
@@ -131,7 +131,7 @@ reachTest(
           waitSeconds: WAIT,
           tuning,
         }),
-      ]); // deno-fmt-ignore
+      ]);
       // Without tuning: the router forgot the pooled connection; the request
       // on it is dropped and nothing comes back in WAIT seconds.
       assertEquals(plain.second, null, `the untuned request completed: ${JSON.stringify(plain)}`);
@@ -169,31 +169,41 @@ reachTest(
         ],
         stdout: "piped",
         stderr: "piped",
-      }).spawn(); // deno-fmt-ignore
+      }).spawn();
       try {
-      const ready = redis.stdout.pipeThrough(new TextDecoderStream()).getReader();
-      for (let seen = ""; !seen.includes("Ready to accept connections");) {
-        const { value, done } = await ready.read();
-        if (done) throw new Error(`redis-server ended: ${seen}`);
-        seen += value;
+        const ready = redis.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        for (let seen = ""; !seen.includes("Ready to accept connections");) {
+          const { value, done } = await ready.read();
+          if (done) throw new Error(`redis-server ended: ${seen}`);
+          seen += value;
+        }
+        ready.releaseLock();
+        redis.stdout.cancel().catch(() => {});
+        const host = path.net.serverAddress;
+        const [plain, tuned] = await Promise.all([
+          clientFixture(path, "reach_redis_client.ts", {
+            host,
+            idleSeconds: IDLE,
+            waitSeconds: WAIT,
+            tuning: null,
+          }),
+          clientFixture(path, "reach_redis_client.ts", {
+            host,
+            idleSeconds: IDLE,
+            waitSeconds: WAIT,
+            tuning,
+          }),
+        ]);
+        assertEquals(plain.value, null, `the untuned GET was answered: ${JSON.stringify(plain)}`);
+        assert(/timed out/i.test(plain.error), JSON.stringify(plain));
+        assertEquals(tuned.error, null, JSON.stringify(tuned));
+        assertEquals(tuned.value, "alive");
+        assertEquals(tuned.settings.time, tuning.time, "read back from the driver's socket");
+      } finally {
+        redis.kill("SIGKILL");
+        await redis.status;
+        await redis.stderr.cancel().catch(() => {});
       }
-      ready.releaseLock();
-      redis.stdout.cancel().catch(() => {});
-      const host = path.net.serverAddress;
-      const [plain, tuned] = await Promise.all([
-        clientFixture(path, "reach_redis_client.ts", { host, idleSeconds: IDLE, waitSeconds: WAIT, tuning: null }),
-        clientFixture(path, "reach_redis_client.ts", { host, idleSeconds: IDLE, waitSeconds: WAIT, tuning }),
-      ]); // deno-fmt-ignore
-      assertEquals(plain.value, null, `the untuned GET was answered: ${JSON.stringify(plain)}`);
-      assert(/timed out/i.test(plain.error), JSON.stringify(plain));
-      assertEquals(tuned.error, null, JSON.stringify(tuned));
-      assertEquals(tuned.value, "alive");
-      assertEquals(tuned.settings.time, tuning.time, "read back from the driver's socket");
-    } finally {
-      redis.kill("SIGKILL");
-      await redis.status;
-      await redis.stderr.cancel().catch(() => {});
-    }
     });
   },
 );
@@ -262,4 +272,4 @@ reachTest(
       }
     });
   },
-); // deno-fmt-ignore
+);

@@ -617,7 +617,7 @@ Deno.test("server --echo sends each peer back exactly its own bytes, with others
     "0",
     "--echo",
     "--json",
-  ]); // deno-fmt-ignore
+  ]);
   const port = Number(String((await server.waitForEvent("listening")).address).split(":").at(-1));
   // Four peers each send 2,000 lines of their own letter, in small writes
   // that interleave with the others', then read everything that comes back.
