@@ -74,6 +74,11 @@ export interface ServerOptions {
   hostname: string;
   /** The port to listen on; 0 lets the kernel pick a free one. */
   port: number;
+  /**
+   * How many completed connections the kernel may queue until they are
+   * accepted (`listen`'s backlog; the kernel caps it at `net.core.somaxconn`).
+   */
+  backlog: number;
   /** Whether to turn `SO_KEEPALIVE` on for each accepted connection. */
   keepAlive: boolean;
   /** Connections over this many are closed as soon as they are accepted. */
@@ -117,6 +122,7 @@ export class TuningError extends Error {}
  *   {
  *     hostname: "127.0.0.1",
  *     port: 0,
+ *     backlog: 511,
  *     keepAlive: true,
  *     maxConnections: 10,
  *     tuning: { time: 60_000, interval: 10_000, retries: 3 },
@@ -133,7 +139,11 @@ export function startServer(
   options: ServerOptions,
   onEvent: (event: ServerEvent) => void,
 ): RunningServer {
-  const listener = Deno.listen({ hostname: options.hostname, port: options.port });
+  const listener = Deno.listen({
+    hostname: options.hostname,
+    port: options.port,
+    tcpBacklog: options.backlog,
+  });
   // Per-connection times go on the listener, once: every connection it
   // accepts inherits them, so accepting costs nothing extra. (--watch alone
   // only reads them back: that proves FFI works before any connection
@@ -407,6 +417,9 @@ each connection ends. Quit with Enter, Ctrl-C or SIGTERM.
 Options:
   --hostname ADDRESS      address to listen on (default 0.0.0.0; :: for IPv6 too)
   --port N                port to listen on, 0..65535 (default 8888; 0 picks a free port)
+  --backlog N             connections the kernel may hold until they are accepted (default 511,
+                          as Deno's and Node's; raise it for bursts of connections; the kernel
+                          caps it at net.core.somaxconn)
   --no-keepalive          leave SO_KEEPALIVE off on accepted connections
   --max-connections N     close connections beyond N open ones at once (default 1000)
   --echo                  send back whatever a peer sends (each read reported: "sent N bytes,
@@ -427,15 +440,15 @@ per-connection flags (Deno cannot set them itself yet).`;
  * ```ts
  * import { parseServerArgs } from "./server.ts";
  * parseServerArgs(["--port", "0", "--hostname", "::"]);
- * // { hostname: "::", port: 0, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, echo: false, json: false }
+ * // { hostname: "::", port: 0, backlog: 511, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, echo: false, json: false }
  * ```
  */
 export function parseServerArgs(args: string[]): ServerOptions | "help" {
   const flags = parseFlags(args, {
-    string: ["hostname", "port", "max-connections", ...TUNING_FLAGS],
+    string: ["hostname", "port", "backlog", "max-connections", ...TUNING_FLAGS],
     boolean: ["keepalive", "json", "watch", "echo"],
     negatable: ["keepalive"],
-    default: { hostname: "0.0.0.0", port: "8888", "max-connections": "1000" },
+    default: { hostname: "0.0.0.0", port: "8888", backlog: "511", "max-connections": "1000" },
   });
   if (flags.help) return "help";
   const tuning = parseTuningFlags(flags);
@@ -447,6 +460,7 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
   return {
     hostname: parseHostname("--hostname", flags.hostname!),
     port: parseInteger("--port", flags.port!, 0, 65535),
+    backlog: parseInteger("--backlog", flags.backlog!, 1, 65535),
     keepAlive: flags.keepalive,
     maxConnections: parseInteger("--max-connections", flags["max-connections"]!, 1, 1_000_000),
     tuning,

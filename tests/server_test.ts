@@ -15,6 +15,7 @@ Deno.test("server flags default to the C server: every IPv4 address, port 8888, 
   assertEquals(parseServerArgs([]), {
     hostname: "0.0.0.0",
     port: 8888,
+    backlog: 511,
     keepAlive: true,
     maxConnections: 1000,
     tuning: null,
@@ -30,6 +31,7 @@ Deno.test("server flags take a port, an IPv6 hostname with or without brackets, 
     {
       hostname: "::1",
       port: 0,
+      backlog: 511,
       keepAlive: false,
       maxConnections: 1000,
       tuning: null,
@@ -41,6 +43,7 @@ Deno.test("server flags take a port, an IPv6 hostname with or without brackets, 
   assertEquals(parseServerArgs(["--hostname=::", "--max-connections=5"]), {
     hostname: "::",
     port: 8888,
+    backlog: 511,
     keepAlive: true,
     maxConnections: 5,
     tuning: null,
@@ -266,6 +269,22 @@ for (const hostname of ["127.0.0.1", "::1"]) {
     assertEquals(clientSide?.timer, "none");
   });
 }
+
+Deno.test("server --backlog reaches the kernel's listen queue, and is checked", async () => {
+  assertThrows(() => parseServerArgs(["--backlog", "0"]), UsageError, "--backlog");
+  assertThrows(() => parseServerArgs(["--backlog", "65536"]), UsageError, "--backlog");
+  for (const backlog of [511, 1000]) {
+    await using server = startServer(["--hostname", "127.0.0.1", "--backlog", String(backlog)]);
+    const port = await listeningPort(server);
+    // ss shows a listener's queue limit as its Send-Q (the kernel caps it at somaxconn).
+    const somaxconn = Number(await Deno.readTextFile("/proc/sys/net/core/somaxconn"));
+    const { stdout } = await new Deno.Command("ss", {
+      args: ["-Hltn", `sport = :${port}`],
+    }).output();
+    const columns = new TextDecoder().decode(stdout).trim().split(/\s+/);
+    assertEquals(Number(columns[2]), Math.min(backlog, somaxconn), columns.join(" "));
+  }
+});
 
 Deno.test("server with --no-keepalive leaves the accepted connection without a keepalive timer", async () => {
   await using server = startServer(["--hostname", "127.0.0.1", "--no-keepalive"]);
