@@ -11,7 +11,8 @@
  * | `--interval S`     | `interval` (ms)       | `tcp_keepalive_intvl`     |
  * | `--count N`        | `retries`             | `tcp_keepalive_probes`    |
  * | `--user-timeout S` | `userTimeout` (ms)    | (none: retransmissions)   |
- * | `--watch`          | `watchKeepAlive`      |                           |
+ * | `--watch`          | `watchKeepAlive`, or  | (none)                    |
+ * |                    | `watchKeepAliveAll`   |                           |
  *
  * A flag's value is converted once, here (seconds to the option's
  * milliseconds), and checked once, by `keepalive.ts`'s own range check, so a

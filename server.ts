@@ -22,13 +22,15 @@
  * the count: `--idle`, `--interval`, `--count` and `--user-timeout` set
  * them for this server's connections only, through `keepalive.ts` (FFI, so
  * `--allow-ffi`), and
- * `--watch` prints each probe the kernel sends and whether it was answered.
+ * `--watch` prints each probe the kernel sends and whether it was answered:
+ * once a second it reads every connection's `TCP_INFO` in one netlink
+ * request (`sock_diag.ts`), so 10,000 connections cost one look, not 10,000.
  *
  * The file reads top to bottom as the story: listening and keepalive, the
  * accept loop, the read loop and what each ending means; then the command
  * line; then printing, which never waits for the terminal (`cli.ts`).
  *
- * Copying this file into your project? Copy `keepalive.ts`,
+ * Copying this file into your project? Copy `keepalive.ts`, `sock_diag.ts`,
  * `keepalive_flags.ts` and `cli.ts` beside it and map `@std/cli` in your
  * `deno.json` (the README's "Copying a file into your project" has the
  * lines). It needs `--allow-net`, plus `--allow-ffi` for the tuning flags.
@@ -55,7 +57,7 @@ import {
   type KeepAliveSettings,
   type ProbeEvent,
   setKeepAlive,
-  watchKeepAlive,
+  watchKeepAliveAll,
 } from "./keepalive.ts";
 import {
   describeKeepAlive,
@@ -171,11 +173,15 @@ export function startServer(
     maxConnections: options.maxConnections,
     tuning,
   });
+  // --watch: one watcher for every connection, looking at all of them at
+  // once each second (one netlink request, not one per connection).
+  const watcher = options.watch ? watchProbes(listener, tuning!, server) : null;
   const accepting = acceptLoop(listener, server);
   return {
     addr: listener.addr,
     async close() {
       server.closing = true;
+      watcher?.stop();
       listener.close();
       await accepting;
       server.summary.closedOnQuit = server.open.size;
@@ -315,9 +321,7 @@ const ECHO_BUFFER_BYTES = 4096;
 async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): Promise<void> {
   const { options, summary } = server;
   let bytes = 0;
-  let watcher: { stop(): void } | null = null;
   try {
-    if (options.watch) watcher = watchProbes(conn, peer, server);
     const buffer = options.echo ? new Uint8Array(ECHO_BUFFER_BYTES) : discardBuffer;
     for (;;) {
       const n = await conn.read(buffer);
@@ -341,7 +345,6 @@ async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): P
       server.emit({ event: "error", peer, message: errorMessage(error) });
     }
   } finally {
-    watcher?.stop();
     if (server.open.delete(conn)) conn.close();
   }
 }
@@ -354,12 +357,23 @@ async function echo(conn: Deno.TcpConn, bytes: Uint8Array, peer: string, server:
   server.emit({ event: "echoed", peer, bytes: bytes.length });
 }
 
-// --watch: the kernel's probes on this connection, read from TCP_INFO.
-function watchProbes(conn: Deno.TcpConn, peer: string, server: Server) {
+// --watch: the kernel's probes on every connection, from each socket's
+// TCP_INFO, read for all of them at once through NETLINK_SOCK_DIAG
+// (keepalive.ts, sock_diag.ts). The connections inherited their limits from
+// the listener, so the listener's say how many probes end one.
+function watchProbes(listener: Deno.TcpListener, tuning: KeepAliveSettings, server: Server) {
+  const { hostname, port } = listener.addr;
   try {
-    return watchKeepAlive(conn, (probe) => server.emit({ event: "probe", peer, ...probe }));
+    return watchKeepAliveAll(
+      { hostname, port },
+      (probe, remote) => server.emit({ event: "probe", peer: formatAddr(remote), ...probe }),
+      {
+        limits: tuning,
+        onError: (error) => server.emit({ event: "watch-error", message: errorMessage(error) }),
+      },
+    );
   } catch (error) {
-    server.emit({ event: "watch-error", peer, message: errorMessage(error) });
+    server.emit({ event: "watch-error", message: errorMessage(error) });
     return null;
   }
 }
@@ -499,7 +513,7 @@ export type ServerEventBody =
     code: string;
   }
   | { event: "error"; peer: string; message: string }
-  | { event: "watch-error"; peer: string; message: string }
+  | { event: "watch-error"; message: string }
   | { event: "accept-error"; message: string }
   | { event: "accept-resumed"; failedMs: number; retries: number }
   | ({ event: "probe"; peer: string } & ProbeEvent)
@@ -577,7 +591,7 @@ function describeServerEvent(event: ServerEventBody, how: { enterQuits: boolean 
     case "error":
       return `${event.peer} error: ${event.message}`;
     case "watch-error":
-      return `${event.peer} cannot watch probes: ${event.message}`;
+      return `cannot watch probes any more: ${event.message}`;
     case "accept-error":
       return `accept failed: ${event.message}; retrying every ${ACCEPT_RETRY_MS} ms, ` +
         `connections wait in the backlog meanwhile`;

@@ -1,0 +1,94 @@
+/**
+ * Tests for sock_diag.ts: what the kernel's NETLINK_SOCK_DIAG answer says
+ * about real loopback sockets of this process, compared with what Deno says
+ * about them. No root needed.
+ */
+import { assert, assertEquals, assertThrows } from "@std/assert";
+import { DiagError, formatAddress, SockDiag } from "../sock_diag.ts";
+
+Deno.test("sock_diag finds a listener and its IPv4 and IPv6 connections, as Deno names them", async () => {
+  using listener = Deno.listen({ hostname: "::", port: 0, tcpBacklog: 300 });
+  const { port } = listener.addr;
+  using v4 = await Deno.connect({ hostname: "127.0.0.1", port });
+  using v4Accepted = await listener.accept();
+  using v6 = await Deno.connect({ hostname: "::1", port });
+  using v6Accepted = await listener.accept();
+  v6Accepted.setKeepAlive(true);
+  using diag = new SockDiag();
+
+  const mine = diag.tcpSockets({ localPort: port });
+  assertEquals(mine.length, 3, "the listener and two accepted connections, not the clients' ends");
+  const listening = mine.find((s) => s.state === "listen")!;
+  assertEquals(listening.sendQueue, 300, "a listener's send queue is its backlog");
+  const find = (conn: Deno.TcpConn) =>
+    mine.find((s) => s.remote.port === conn.remoteAddr.port && s.state === "established")!;
+  for (const conn of [v4Accepted, v6Accepted]) {
+    const socket = find(conn);
+    assertEquals(socket.remote, { ...conn.remoteAddr });
+    assertEquals(socket.local, { ...conn.localAddr });
+    assertEquals(socket.tcpInfo!.getUint8(0), 1, "tcpi_state ESTABLISHED");
+    assertEquals(socket.tcpInfo!.getUint8(3), 0, "no unanswered probe");
+  }
+  assertEquals(find(v4Accepted).remote.hostname, "::ffff:127.0.0.1");
+  assertEquals(find(v4Accepted).timer, "none");
+  assertEquals(find(v6Accepted).timer, "keepalive");
+  assert(find(v6Accepted).timerMs > 7_000_000, "the first probe is due in about 7200 s");
+  assert(find(v4Accepted).cookie !== find(v6Accepted).cookie);
+
+  // The clients' ends have the server's port as their remote port: found
+  // by another local port, in IPv4 and IPv6 dumps.
+  const client = diag.tcpSockets({ localPort: v4.localAddr.port, families: ["ipv4"] });
+  assertEquals(client.map((s) => [s.family, s.remote.port]), [["ipv4", port]]);
+  assertEquals(diag.tcpSockets({ localPort: v6.localAddr.port, families: ["ipv4"] }), []);
+  assertEquals(diag.tcpSockets({ localPort: port, states: ["listen"] }).length, 1);
+});
+
+Deno.test("sock_diag sees bytes waiting to be read, and a closing connection's state", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  using accepted = await listener.accept();
+  await conn.write(new Uint8Array(1234));
+  using diag = new SockDiag();
+  const waiting = () => diag.tcpSockets({ localPort: listener.addr.port, states: ["established"] });
+  for (let i = 0; i < 50 && waiting()[0]?.receiveQueue !== 1234; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assertEquals(waiting()[0]?.receiveQueue, 1234);
+  conn.close();
+  for (let i = 0; i < 50; i++) {
+    const [socket] = diag.tcpSockets({ localPort: listener.addr.port, states: ["close-wait"] });
+    if (socket) {
+      assertEquals(socket.remote.port, accepted.remoteAddr.port);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error("the server's end never showed close-wait");
+});
+
+Deno.test("sock_diag refuses a bad filter and a closed diag with one clear error", () => {
+  const diag = new SockDiag();
+  assertThrows(() => diag.tcpSockets({ localPort: 65536 }), TypeError, "localPort");
+  assertThrows(
+    // deno-lint-ignore no-explicit-any
+    () => diag.tcpSockets({ states: ["open" as any] }),
+    TypeError,
+    'unknown TCP state "open"',
+  );
+  diag.close();
+  diag.close(); // twice is fine
+  assertThrows(() => diag.tcpSockets(), DiagError, "closed");
+});
+
+Deno.test("sock_diag formats addresses as Deno does (RFC 5952)", () => {
+  const v6 = (...groups: number[]) => new Uint8Array(groups.flatMap((g) => [g >> 8, g & 0xff]));
+  assertEquals(formatAddress(new Uint8Array([10, 0, 0, 1])), "10.0.0.1");
+  assertEquals(formatAddress(v6(0, 0, 0, 0, 0, 0, 0, 0)), "::");
+  assertEquals(formatAddress(v6(0, 0, 0, 0, 0, 0, 0, 1)), "::1");
+  assertEquals(formatAddress(v6(1, 0, 0, 0, 0, 0, 0, 0)), "1::");
+  assertEquals(formatAddress(v6(0x2001, 0xdb8, 0, 0, 1, 0, 0, 1)), "2001:db8::1:0:0:1");
+  assertEquals(formatAddress(v6(0x2001, 0, 0, 1, 0, 0, 0, 1)), "2001:0:0:1::1");
+  assertEquals(formatAddress(v6(0x2001, 0xdb8, 0, 1, 1, 1, 1, 1)), "2001:db8:0:1:1:1:1:1");
+  assertEquals(formatAddress(v6(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1)), "::ffff:127.0.0.1");
+  assertEquals(formatAddress(v6(0xfe80, 0, 0, 0, 0xabcd, 0, 0, 0)), "fe80::abcd:0:0:0");
+});
