@@ -160,7 +160,7 @@ export function describeProbe(probe: ProbeEvent): string {
  * ```
  */
 export function missingFfiPermission(
-  options: { tuning: KeepAliveOptions | null; watch: boolean },
+  options: { tuning: KeepAliveOptions | null; watch: boolean; epoll?: boolean },
   moduleUrl: string,
   args: readonly string[],
 ): string | null {
@@ -169,6 +169,7 @@ export function missingFfiPermission(
   )
     .map((flag) => `--${flag}`);
   if (options.watch) flags.push("--watch");
+  if (options.epoll) flags.push("--engine epoll");
   if (flags.length === 0 || Deno.permissions.querySync({ name: "ffi" }).state === "granted") {
     return null;
   }

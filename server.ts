@@ -67,6 +67,7 @@ import {
   TUNING_FLAGS,
   TUNING_HELP,
 } from "./keepalive_flags.ts";
+import { EpollError, startEpollServer } from "./epoll_server.ts";
 export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
 export { type CommandIO, UsageError } from "./cli.ts";
 
@@ -93,6 +94,13 @@ export interface ServerOptions {
   echo: boolean;
   /** Print events as JSON lines instead of text. */
   json: boolean;
+  /**
+   * How connections are read: "deno", a `Deno.Conn` and a pending read each
+   * (this file, the story); "epoll", one epoll for all of them through FFI
+   * (`epoll_server.ts`), for thousands of idle connections at a C server's
+   * cost. Same events either way.
+   */
+  engine: "deno" | "epoll";
 }
 
 // ## Listening
@@ -436,6 +444,10 @@ Options:
                           caps it at net.core.somaxconn)
   --no-keepalive          leave SO_KEEPALIVE off on accepted connections
   --max-connections N     close connections beyond N open ones at once (default 1000)
+  --engine deno|epoll     deno (default): a Deno.Conn and a pending read per connection, as
+                          this file tells it; epoll: one epoll for every connection through FFI
+                          (epoll_server.ts, needs --allow-ffi), for many idle connections at
+                          about a third of the memory; same events
   --echo                  send back whatever a peer sends (each read reported: "sent N bytes,
                           echoed back")
   --json                  print one JSON object per event instead of text
@@ -454,15 +466,21 @@ per-connection flags (Deno cannot set them itself yet).`;
  * ```ts
  * import { parseServerArgs } from "./server.ts";
  * parseServerArgs(["--port", "0", "--hostname", "::"]);
- * // { hostname: "::", port: 0, backlog: 511, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, echo: false, json: false }
+ * // { hostname: "::", port: 0, backlog: 511, keepAlive: true, maxConnections: 1000, tuning: null, watch: false, echo: false, json: false, engine: "deno" }
  * ```
  */
 export function parseServerArgs(args: string[]): ServerOptions | "help" {
   const flags = parseFlags(args, {
-    string: ["hostname", "port", "backlog", "max-connections", ...TUNING_FLAGS],
+    string: ["hostname", "port", "backlog", "max-connections", "engine", ...TUNING_FLAGS],
     boolean: ["keepalive", "json", "watch", "echo"],
     negatable: ["keepalive"],
-    default: { hostname: "0.0.0.0", port: "8888", backlog: "511", "max-connections": "1000" },
+    default: {
+      hostname: "0.0.0.0",
+      port: "8888",
+      backlog: "511",
+      "max-connections": "1000",
+      engine: "deno",
+    },
   });
   if (flags.help) return "help";
   const tuning = parseTuningFlags(flags);
@@ -481,7 +499,13 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
     watch: flags.watch,
     echo: flags.echo,
     json: flags.json,
+    engine: parseEngine(flags.engine!),
   };
+}
+
+function parseEngine(text: string): ServerOptions["engine"] {
+  if (text === "deno" || text === "epoll") return text;
+  throw new UsageError(`--engine must be deno or epoll, not ${showTyped(text)}`);
 }
 
 // ## Printing
@@ -628,7 +652,11 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   if (typeof options === "number") return options;
   // Ask before listening: a missing permission should stop us before any
   // client connects, not after.
-  const ffi = missingFfiPermission(options, import.meta.url, args);
+  const ffi = missingFfiPermission(
+    { ...options, epoll: options.engine === "epoll" },
+    import.meta.url,
+    args,
+  );
   if (ffi) {
     stderr(`server.ts: ${ffi}`);
     return 1;
@@ -641,7 +669,9 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   });
   let server: RunningServer;
   try {
-    server = startServer(options, out.print);
+    server = options.engine === "epoll"
+      ? startEpollServer(options, out.print)
+      : startServer(options, out.print);
   } catch (error) {
     stderr(`server.ts: ${describeListenError(error, options, args)}`);
     return 1;
@@ -655,10 +685,12 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
 }
 
 function describeListenError(error: unknown, options: ServerOptions, args: string[]): string {
-  if (error instanceof TuningError) return error.message;
+  if (error instanceof TuningError || error instanceof EpollError) return error.message;
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
   if (error instanceof Deno.errors.NotCapable) {
-    const ffi = options.tuning || options.watch ? ["--allow-ffi"] : [];
+    const ffi = options.tuning || options.watch || options.engine === "epoll"
+      ? ["--allow-ffi"]
+      : [];
     return `listening on ${where} needs the --allow-net permission: ` +
       runAgainWith(["--allow-net", ...ffi], import.meta.url, args);
   }

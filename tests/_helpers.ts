@@ -14,6 +14,9 @@ export const delay = (ms: number): Promise<void> =>
 /** True when the tests run in CI, where tests that need root must run, not skip. */
 export const CI = Deno.env.get("CI") === "true";
 
+/** server.ts's engine for the servers tests start: "epoll" when KAKIT_SERVER_ENGINE says so. */
+export const SERVER_ENGINE = Deno.env.get("KAKIT_SERVER_ENGINE") === "epoll" ? "epoll" : "deno";
+
 /** The repository's root directory, where the scripts and deno.json live. */
 export const ROOT_DIR = `${import.meta.dirname}/../`;
 
@@ -261,7 +264,15 @@ export function spawnScript(
   args: string[],
   options: { permissions?: string[]; netns?: Netns; prefix?: string[]; readStdout?: boolean } = {},
 ): ScriptProcess {
-  const permissions = options.permissions ?? ["--allow-net"];
+  let permissions = options.permissions ?? ["--allow-net"];
+  // tests/epoll_engine_test.ts runs server_test.ts again with server.ts's
+  // other engine: every server the tests start then uses it.
+  if (script === "server.ts" && SERVER_ENGINE === "epoll") {
+    args = [...args, "--engine", "epoll"];
+    if (permissions.includes("--allow-net")) {
+      permissions = [...new Set([...permissions, "--allow-ffi"])];
+    }
+  }
   const cmd = [
     ...(options.netns?.exec ?? []),
     ...(options.prefix ?? []),

@@ -7,7 +7,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows }
 import net from "node:net";
 import { main, parseServerArgs, UsageError } from "../server.ts";
 import { findTcpSocket, readTcpSockets, type TcpSocket } from "../proc_net.ts";
-import { delay, type ScriptProcess, spawnScript } from "./_helpers.ts";
+import { delay, type ScriptProcess, SERVER_ENGINE, spawnScript } from "./_helpers.ts";
 
 // --- Flags -----------------------------------------------------------------
 
@@ -22,6 +22,7 @@ Deno.test("server flags default to the C server: every IPv4 address, port 8888, 
     watch: false,
     echo: false,
     json: false,
+    engine: "deno",
   });
 });
 
@@ -38,6 +39,7 @@ Deno.test("server flags take a port, an IPv6 hostname with or without brackets, 
       watch: false,
       echo: false,
       json: true,
+      engine: "deno",
     },
   );
   assertEquals(parseServerArgs(["--hostname=::", "--max-connections=5"]), {
@@ -50,6 +52,7 @@ Deno.test("server flags take a port, an IPv6 hostname with or without brackets, 
     watch: false,
     echo: false,
     json: false,
+    engine: "deno",
   });
   assertEquals(parseServerArgs(["--help"]), "help");
   assertEquals(parseServerArgs(["-h"]), "help");
@@ -213,10 +216,15 @@ Deno.test("server without --allow-net exits 1 with a command that adds it to the
   });
   const { code, stderr } = await server.finish();
   assertEquals(code, 1);
+  // (With the epoll engine, asked for by tests/epoll_engine_test.ts, FFI is
+  // checked first, and the command adds both.)
   assertEquals(
     stderr,
-    "server.ts: listening on [::1]:0 needs the --allow-net permission: " +
-      "deno run --allow-net server.ts --port 0 --hostname ::1 --json\n",
+    SERVER_ENGINE === "epoll"
+      ? "server.ts: --engine epoll needs the --allow-ffi permission: deno run --allow-net " +
+        "--allow-ffi server.ts --port 0 --hostname ::1 --json --engine epoll\n"
+      : "server.ts: listening on [::1]:0 needs the --allow-net permission: " +
+        "deno run --allow-net server.ts --port 0 --hostname ::1 --json\n",
   );
   // With a tuning flag and --allow-ffi already given, the command keeps it.
   const tuned = spawnScript("server.ts", ["--port", "0", "--watch"], {
@@ -224,7 +232,8 @@ Deno.test("server without --allow-net exits 1 with a command that adds it to the
   });
   assertStringIncludes(
     (await tuned.finish()).stderr,
-    "permission: deno run --allow-net --allow-ffi server.ts --port 0 --watch\n",
+    "permission: deno run --allow-net --allow-ffi server.ts --port 0 --watch" +
+      (SERVER_ENGINE === "epoll" ? " --engine epoll\n" : "\n"),
   );
 });
 

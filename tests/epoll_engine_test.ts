@@ -1,0 +1,25 @@
+/**
+ * `server.ts --engine epoll` (epoll_server.ts) must behave as the default
+ * engine does: this runs server.ts's own tests, the namespace tests of its
+ * tuning flags and of --watch at scale again, with every
+ * server they start on the epoll engine (tests/_helpers.ts adds
+ * `--engine epoll` and `--allow-ffi` when KAKIT_SERVER_ENGINE=epoll).
+ */
+import { assertEquals } from "@std/assert";
+import { ROOT_DIR } from "./_helpers.ts";
+
+for (const file of ["server_test.ts", "tuning_test.ts", "watch_all_test.ts"]) {
+  Deno.test(`tests/${file} passes with server.ts --engine epoll`, async () => {
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["test", "-A", `tests/${file}`],
+      cwd: ROOT_DIR,
+      env: { KAKIT_SERVER_ENGINE: "epoll", NO_COLOR: "1" },
+      stdin: "null",
+    }).output();
+    const output = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+    // The whole report on failure: which tests failed, and why.
+    assertEquals(code, 0, output);
+    const summary = output.match(/ok \| (\d+) passed \| 0 failed/);
+    assertEquals(summary !== null && Number(summary[1]) > 0, true, output);
+  });
+}
