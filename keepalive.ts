@@ -759,7 +759,12 @@ function probesBetween(
 export interface LocalFilter {
   /** The local port: a server's listening port. */
   port: number;
-  /** The local address, unless the server listens on every address (`0.0.0.0`, `::`). */
+  /**
+   * The address the server listens on, `0.0.0.0` and `::` included: only
+   * connections to it are watched, and it says which address family to ask
+   * the kernel for (`::` takes IPv4 clients as IPv4-mapped IPv6). Left out:
+   * every address, both families.
+   */
   hostname?: string;
 }
 
@@ -822,10 +827,18 @@ export function watchKeepAliveAll(
   }
   const limits = () => ({ retries, userTimeout });
   // Only the connections to this local address: on a wildcard address,
-  // every address's.
+  // every address's. And only the family that can have them: a listener on
+  // an IPv4 address has IPv4 sockets only; one on an IPv6 address (`::`
+  // too) has IPv6 sockets, its IPv4 clients' among them (IPv4-mapped). Each
+  // family asked for is a walk of the kernel's whole table.
   const local = filter.hostname === undefined || isWildcard(filter.hostname)
     ? null
     : addressBytes(filter.hostname) ?? badAddress(filter.hostname);
+  const families: ("ipv4" | "ipv6")[] = filter.hostname === undefined
+    ? ["ipv4", "ipv6"]
+    : filter.hostname.includes(":")
+    ? ["ipv6"]
+    : ["ipv4"];
   const diag = new SockDiag(); // fails here, not in the timer, without --allow-ffi
   // The last look at each connection, by the kernel's cookie for its socket,
   // updated in place (10,000 connections: no new objects each look), and
@@ -843,8 +856,9 @@ export function watchKeepAliveAll(
       const now = performance.now();
       const elapsedMs = now - previousAt;
       const thisLook = ++looks;
-      diag.forEachTcpSocket({ localPort: filter.port, states: ["established"] }, (entry) => {
-        if (local && !sameBytes(entry, local)) return;
+      const which = { localPort: filter.port, states: ["established"] as const, families };
+      diag.forEachTcpSocket(which, (entry) => {
+        if (local && !entry.localAddressIs(local)) return;
         if (!readTcpInfoInto(entry, current)) return;
         const key = entry.cookieNumber;
         const before = previous.get(key);
@@ -901,14 +915,6 @@ function isWildcard(hostname: string): boolean {
   return bytes !== null && (bytes.every((b) => b === 0) ||
     (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff &&
       bytes.subarray(12).every((b) => b === 0)));
-}
-
-// Whether a dumped socket's local address is `bytes` (16 bytes; IPv4 as
-// IPv4-mapped, as addressBytes makes them).
-function sameBytes(entry: DiagEntry, bytes: Uint8Array): boolean {
-  const text = entry.local().hostname;
-  const mine = addressBytes(text);
-  return mine !== null && mine.every((b, i) => b === bytes[i]);
 }
 
 // The fields of KeepAliveState from a dumped struct tcp_info (the same

@@ -359,6 +359,28 @@ export class DiagEntry {
     if (this.#info < 0 || offset + 1 > this.#infoLength) return undefined;
     return this.#view.getUint8(this.#info + offset);
   }
+  /**
+   * Whether this end's address is `address`: 4 bytes (IPv4) or 16 (IPv6),
+   * an IPv4 address matching its IPv4-mapped form too. Compares the
+   * kernel's bytes in place: no text is made.
+   */
+  localAddressIs(address: Uint8Array): boolean {
+    const view = this.#view, at = this.#at + 8;
+    const own = (i: number) => view.getUint8(at + i);
+    const mapped = (bytes: (i: number) => number) =>
+      [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].every((i) => bytes(i) === 0) &&
+      bytes(10) === 0xff && bytes(11) === 0xff;
+    if (this.family === "ipv4") {
+      if (address.length === 4) return [0, 1, 2, 3].every((i) => own(i) === address[i]);
+      return mapped((i) => address[i]) && [0, 1, 2, 3].every((i) => own(i) === address[12 + i]);
+    }
+    if (address.length === 16) {
+      for (let i = 0; i < 16; i++) if (own(i) !== address[i]) return false;
+      return true;
+    }
+    return mapped(own) && [0, 1, 2, 3].every((i) => own(12 + i) === address[i]);
+  }
+
   /** The remote end, formatted as Deno formats `conn.remoteAddr`. */
   remote(): Deno.NetAddr {
     return this.#address(24, 6);

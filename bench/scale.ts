@@ -395,6 +395,12 @@ class ServerUnderTest {
   droppedLines = 0;
   /** Probes a watcher counted without printing them ("watched" events). */
   watchedProbes = 0;
+  /**
+   * This side's probes among the "probe" events: answered, or unanswered
+   * (a probe reported unanswered and then answered late is one probe, and a
+   * probe of the peer's is not this kernel's).
+   */
+  ownProbes = 0;
   address: string | null = null;
   private exit: Deno.CommandStatus | null = null;
   private stderrTail = "";
@@ -430,6 +436,7 @@ class ServerUnderTest {
     if (event === "listening") this.address = JSON.parse(line).address;
     if (event === "output-dropped") this.droppedLines += JSON.parse(line).lines ?? 0;
     if (event === "watched") this.watchedProbes += JSON.parse(line).probes ?? 0;
+    if (event === "probe" && /"kind":"(answered|unanswered)"/.test(line)) this.ownProbes++;
     const times = this.arrivals.get(event) ?? [];
     times.push(at);
     this.arrivals.set(event, times);
@@ -816,8 +823,10 @@ interface WatchRun {
   /** CPU over the idle window, in % of one core. */
   cpuPercent?: number;
   probesReported?: number;
-  /** Keepalive probes the kernel sent while the server ran (TcpExt TCPKeepAlive). */
+  /** Keepalive probes the kernel sent until the server was told to quit (TcpExt TCPKeepAlive). */
   kernelProbes?: number;
+  /** Keepalive probes the kernel sent until the server had exited. */
+  kernelProbesAtExit?: number;
   notes: string[];
   failure?: string;
 }
@@ -831,10 +840,12 @@ async function measureWatchRun(variant: Variant, options: BenchOptions, run: num
   let phase = "starting";
   let server: ServerUnderTest | null = null;
   let client: HoldClient | null = null;
-  // Probes are compared over the server's whole life: the kernel's count
-  // from before it starts to after it has gone, against every probe it
-  // reported, the last look's (taken when it quits) included. A window in
-  // the middle would cut off the probes a watcher has not looked at yet.
+  // Probes are counted from before the server starts. The watcher's last
+  // look comes soon after it is told to quit, and its connections close
+  // after that, with probes still going out meanwhile (5,000 a second
+  // here): so every probe the kernel counted before the SIGTERM must have
+  // been reported, and none that it had not counted once the server exited.
+  // A run is right when the reported count lies between the two.
   const kernelBefore = tcpExt().TCPKeepAlive;
   try {
     server = new ServerUnderTest(spawn(variant.command, "null"));
@@ -854,9 +865,10 @@ async function measureWatchRun(variant: Variant, options: BenchOptions, run: num
     result.cpuTicks = ticks - startTicks;
     result.cpuPercent = result.cpuTicks * 10 / elapsedMs * 100;
     phase = "stopping";
-    await server.stop(); // SIGTERM: the watcher's last look, then the connections close
     result.kernelProbes = tcpExt().TCPKeepAlive - kernelBefore;
-    result.probesReported = server.count("probe") + server.watchedProbes;
+    await server.stop(); // SIGTERM: the watcher's last look, then the connections close
+    result.kernelProbesAtExit = tcpExt().TCPKeepAlive - kernelBefore;
+    result.probesReported = server.ownProbes + server.watchedProbes;
     say(
       `CPU ${result.cpuPercent.toFixed(1)}%, ${result.probesReported} probes reported, ` +
         `${result.kernelProbes} sent by the kernel`,
@@ -957,6 +969,13 @@ function allNoticed(runs: MainRun[], pick: (run: MainRun) => number | undefined)
   return worst === runs[0].connections ? ", all" : `, only ${worst}/${runs[0].connections}`;
 }
 
+// What each connection past the first step added: the cost once the
+// server's code has warmed up, which the first step's figure includes.
+function marginalKb(run: MainRun): number | undefined {
+  if (run.rssFirstKb === undefined || run.rssNKb === undefined) return undefined;
+  return (run.rssNKb - run.rssFirstKb) / (run.connections - run.first);
+}
+
 function ratioCell(value: Spread | null, reference: Spread | null): string {
   if (!value || !reference || reference.median === 0) return "-";
   return `${(value.median / reference.median).toFixed(2)}x`;
@@ -973,6 +992,7 @@ function mainTable(variants: Variant[], runs: MainRun[], options: BenchOptions):
     "variant",
     `KB/conn at ${countLabel(first)}`,
     `KB/conn at ${countLabel(n)}`,
+    `KB/conn added from ${countLabel(first)} to ${countLabel(n)}`,
     "growth",
     "accept ms (listen overflows)",
     "close notice ms (all?)",
@@ -989,6 +1009,7 @@ function mainTable(variants: Variant[], runs: MainRun[], options: BenchOptions):
       variantLabel(variant, own),
       spreadCell(own, (run) => run.perConnFirstKb, kb),
       spreadCell(own, (run) => run.perConnNKb, kb),
+      spreadCell(own, (run) => marginalKb(run), kb),
       spreadCell(own, (run) => run.growth, (value) => value.toFixed(2)),
       spreadCell(own, (run) => run.acceptMs, ms) +
       (overflows ? `; ${overflows.max} overflows` : ""),
@@ -1010,17 +1031,27 @@ function watchTable(variants: Variant[], runs: WatchRun[]): string[][] {
     "watcher variant",
     "accept ms",
     "CPU % of one core (20 s idle)",
-    "probes reported / kernel count (whole run)",
+    "probes reported (kernel count at quit - at exit)",
   ];
   const rows = variants.map((variant) => {
     const own = runs.filter((run) => run.variant === variant.id);
-    const reported = spreadOf(own.map((run) => run.probesReported));
-    const kernel = spreadOf(own.map((run) => run.kernelProbes));
-    let probes = spreadCell(own, (run) => run.kernelProbes, String);
-    if (variant.reference) probes = `none / ${probes}`;
-    else if (reported && kernel) {
-      const share = (reported.median / kernel.median * 100).toFixed(0);
-      probes = `${Math.round(reported.median)} / ${Math.round(kernel.median)} (${share}%)`;
+    let probes = `none (${spreadCell(own, (run) => run.kernelProbes, String)})`;
+    if (!variant.reference) {
+      // Every run's own verdict: all reported, some missed, or more than sent.
+      const verdicts = own.filter((run) => run.probesReported !== undefined).map((run) => {
+        const [reported, low, high] = [
+          run.probesReported!,
+          run.kernelProbes!,
+          run.kernelProbesAtExit!,
+        ];
+        const verdict = reported < low
+          ? `missed ${low - reported}`
+          : reported > high
+          ? `${reported - high} too many`
+          : "all";
+        return `${reported} (${low}-${high}) ${verdict}`;
+      });
+      probes = verdicts.length > 0 ? verdicts.join("; ") : probes;
     }
     return withoutRepeatedFailures([
       variantLabel(variant, own),

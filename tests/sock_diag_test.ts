@@ -43,6 +43,31 @@ Deno.test("sock_diag finds a listener and its IPv4 and IPv6 connections, as Deno
   assertEquals(diag.tcpSockets({ localPort: port, states: ["listen"] }).length, 1);
 });
 
+Deno.test("sock_diag compares a socket's local address in place, IPv4-mapped or not", async () => {
+  using dual = Deno.listen({ hostname: "::", port: 0 });
+  using v4 = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using toDual = await Deno.connect({ hostname: "127.0.0.1", port: dual.addr.port });
+  using toV4 = await Deno.connect({ hostname: "127.0.0.1", port: v4.addr.port });
+  using _a = await dual.accept();
+  using _b = await v4.accept();
+  using diag = new SockDiag();
+  const loopback4 = new Uint8Array([127, 0, 0, 1]);
+  const mapped = new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]);
+  const loopback6 = new Uint8Array(16).fill(0, 0, 15).fill(1, 15);
+  const other4 = new Uint8Array([127, 0, 0, 2]);
+  const answers = (port: number) => {
+    const found: boolean[][] = [];
+    diag.forEachTcpSocket({ localPort: port, states: ["established"] }, (entry) => {
+      found.push([loopback4, mapped, loopback6, other4].map((a) => entry.localAddressIs(a)));
+    });
+    return found;
+  };
+  // An IPv4 client of a `::` listener is an IPv6 socket at ::ffff:127.0.0.1.
+  assertEquals(answers(dual.addr.port), [[true, true, false, false]]);
+  assertEquals(answers(v4.addr.port), [[true, true, false, false]]);
+  assertEquals([toDual.localAddr.port > 0, toV4.localAddr.port > 0], [true, true]);
+});
+
 Deno.test("sock_diag sees bytes waiting to be read, and a closing connection's state", async () => {
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
