@@ -225,6 +225,12 @@ export function parseHostname(flag: string, text: string): string {
     throw new UsageError(`${flag} ${showTyped(text)}: brackets are for IPv6 addresses only`);
   }
   if (unbracketed.includes(":")) {
+    if (unbracketed.includes("%")) {
+      throw new UsageError(
+        `${flag} ${showTyped(text)}: zone ids (%eth0) are not supported; use a global or ` +
+          `unique-local IPv6 address, or :: for every address`,
+      );
+    }
     // The URL parser knows IPv6 exactly (it refuses "::gg" and ":::"), but
     // it drops tabs and newlines before it looks: only hex, ':' and '.'.
     if (!/^[0-9A-Fa-f:.]+$/.test(unbracketed) || !canParse(`http://[${unbracketed}]/`)) {

@@ -359,7 +359,7 @@ if (import.meta.main) {
 //     net.ipv4.tcp_keepalive_probes = 9
 //
 //   Starting server.ts (--idle 2 --interval 2 --count 3) and client.ts, both with --watch:
-//     server | 2026-11-25T21:08:32.842Z listening on 127.0.0.1:45565, keepalive on for accepted connections (idle 2 s, interval 2 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
+//     server | 2026-11-25T21:08:32.842Z listening on 127.0.0.1:45565 (engine deno, backlog 511), keepalive on for accepted connections (idle 2 s, interval 2 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
 //     server | 2026-11-25T21:08:32.919Z accepted 127.0.0.1:57730, keepalive on (1 open)
 //     client | 2026-11-25T21:08:32.942Z connected from 127.0.0.1:57730 to 127.0.0.1:45565, keepalive off; Enter quits
 //

@@ -46,7 +46,7 @@ import {
   socketDescriptor,
   watchKeepAliveAll,
 } from "./keepalive.ts";
-import { formatAddress } from "./sock_diag.ts";
+import { formatAddress, listenerBacklog } from "./sock_diag.ts";
 
 const EPOLLIN = 0x1;
 const EPOLLOUT = 0x4;
@@ -166,6 +166,9 @@ export function startEpollServer(
   emit({
     event: "listening",
     address: formatAddr(listener.addr),
+    engine: "epoll",
+    backlog: options.backlog,
+    kernelBacklog: backlogInKernel(listener.addr),
     keepAlive: options.keepAlive,
     maxConnections: options.maxConnections,
     tuning,
@@ -414,6 +417,15 @@ const GAVE_UP: Record<number, "ETIMEDOUT" | "ENETUNREACH" | "EHOSTUNREACH"> = {
   101: "ENETUNREACH",
   113: "EHOSTUNREACH",
 };
+
+// What the kernel made of --backlog; null if it cannot be read.
+function backlogInKernel(addr: Deno.NetAddr): number | null {
+  try {
+    return listenerBacklog(addr);
+  } catch {
+    return null;
+  }
+}
 
 function epollEvent(mask: number, fd: number): Uint8Array {
   const event = new Uint8Array(EVENT_BYTES);

@@ -776,7 +776,9 @@ export interface LocalFilter {
  * look at 10,000 connections costs a few hundred system calls instead of
  * 20,000, and idle connections cost no timer of their own. `onEvent` gets
  * each probe with the connection's remote address (formatted as Deno formats
- * `conn.remoteAddr`).
+ * `conn.remoteAddr`). It sees every socket on that local address in the
+ * network namespace, whichever process holds it (a server shares its port
+ * with nobody, unless with `reusePort`).
  *
  * `limits` are the connections' `TCP_KEEPCNT` and `TCP_USER_TIMEOUT`, which
  * `tcp_info` does not carry: pass what the listener holds
@@ -795,7 +797,7 @@ export interface LocalFilter {
  * const listener = Deno.listen({ port: 8888 });
  * setKeepAlive(listener, { time: 2_000, interval: 2_000, retries: 3 });
  * const watcher = watchKeepAliveAll(
- *   { port: 8888 },
+ *   listener.addr, // { hostname: "0.0.0.0", port: 8888 }: IPv4 only, every address
  *   (event, remote) => console.log(remote.hostname, remote.port, event),
  *   { limits: getKeepAlive(listener) },
  * );
@@ -831,9 +833,15 @@ export function watchKeepAliveAll(
   // an IPv4 address has IPv4 sockets only; one on an IPv6 address (`::`
   // too) has IPv6 sockets, its IPv4 clients' among them (IPv4-mapped). Each
   // family asked for is a walk of the kernel's whole table.
+  if (filter.hostname !== undefined && addressBytes(filter.hostname) === null) {
+    throw new TypeError(
+      `hostname must be an IP address, as the listener's addr.hostname is, not ` +
+        JSON.stringify(filter.hostname),
+    );
+  }
   const local = filter.hostname === undefined || isWildcard(filter.hostname)
     ? null
-    : addressBytes(filter.hostname) ?? badAddress(filter.hostname);
+    : addressBytes(filter.hostname);
   const families: ("ipv4" | "ipv6")[] = filter.hostname === undefined
     ? ["ipv4", "ipv6"]
     : filter.hostname.includes(":")

@@ -75,6 +75,7 @@ import {
   TUNING_HELP,
 } from "./keepalive_flags.ts";
 import { EpollError, startEpollServer } from "./epoll_server.ts";
+import { listenerBacklog } from "./sock_diag.ts";
 export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
 export { type CommandIO, UsageError } from "./cli.ts";
 
@@ -184,6 +185,9 @@ export function startServer(
   server.emit({
     event: "listening",
     address: formatAddr(listener.addr),
+    engine: "deno",
+    backlog: options.backlog,
+    kernelBacklog: tuning ? backlogInKernel(listener.addr) : null,
     keepAlive: options.keepAlive,
     maxConnections: options.maxConnections,
     tuning,
@@ -438,7 +442,7 @@ function acceptTrouble(server: Server) {
 // ## The command line
 
 /** The `--help` text. */
-export const HELP = `Usage: deno run --allow-net server.ts [options]
+export const HELP = `Usage: deno run --allow-net [--allow-ffi] server.ts [options]
 
 Listens for TCP connections, turns keepalive on for each one, and reports how
 each connection ends. Quit with Enter, Ctrl-C or SIGTERM.
@@ -446,15 +450,15 @@ each connection ends. Quit with Enter, Ctrl-C or SIGTERM.
 Options:
   --hostname ADDRESS      address to listen on (default 0.0.0.0; :: for IPv6 too)
   --port N                port to listen on, 0..65535 (default 8888; 0 picks a free port)
-  --backlog N             connections the kernel may hold until they are accepted (default 511,
-                          as Deno's and Node's; raise it for bursts of connections; the kernel
-                          caps it at net.core.somaxconn)
+  --backlog N             connections the kernel may hold until they are accepted, 1..65535
+                          (default 511, as Deno's and Node's; raise it for bursts of
+                          connections; the kernel caps it at net.core.somaxconn, 4096 by default)
   --no-keepalive          leave SO_KEEPALIVE off on accepted connections
-  --max-connections N     close connections beyond N open ones at once (default 1000)
+  --max-connections N     close connections beyond N open ones at once, 1..1000000 (default 1000)
   --engine deno|epoll     deno (default): a Deno.Conn and a pending read per connection, as
                           this file tells it; epoll: one epoll for every connection through FFI
-                          (epoll_server.ts, needs --allow-ffi), for many idle connections at
-                          about a third of the memory; same events
+                          (epoll_server.ts, needs --allow-ffi): about 1.3 KB per idle
+                          connection at 10,000 instead of 6; same events
   --echo                  send back whatever a peer sends (each read reported: "sent N bytes,
                           echoed back")
   --json                  print one JSON object per event instead of text
@@ -462,8 +466,11 @@ Options:
 
 ${TUNING_HELP}
 
-Permissions: --allow-net (to listen and accept), and --allow-ffi for the
-per-connection flags (Deno cannot set them itself yet).`;
+Permissions: --allow-net (to listen and accept), and --allow-ffi for
+--engine epoll and the per-connection flags (Deno cannot set them itself yet).
+
+Exit codes: 0 after a quit (Enter, Ctrl-C, SIGTERM), 1 when it cannot listen
+or a permission is missing, 2 for bad flags.`;
 
 /**
  * Parses the command-line flags. Throws a {@linkcode UsageError} for
@@ -525,6 +532,15 @@ export type ServerEventBody =
   | {
     event: "listening";
     address: string;
+    /** Which engine serves the connections (`--engine`). */
+    engine: "deno" | "epoll";
+    /** The backlog asked for (`--backlog`). */
+    backlog: number;
+    /**
+     * The backlog the kernel holds (capped at `net.core.somaxconn`), read
+     * when FFI is allowed (`--engine epoll`, tuning, `--watch`); null otherwise.
+     */
+    kernelBacklog: number | null;
     keepAlive: boolean;
     maxConnections: number;
     /** What the kernel holds for the listener (ms), with --watch or tuning; null otherwise. */
@@ -592,10 +608,34 @@ export function formatServerEvent(
   return `${event.time} ${describeServerEvent(event, how)}`;
 }
 
+// "engine epoll, backlog 4096"; and what the kernel made of a larger one.
+function describeQueue(event: { engine: string; backlog: number; kernelBacklog: number | null }) {
+  const { engine, backlog, kernelBacklog } = event;
+  const queue = kernelBacklog !== null && kernelBacklog < backlog
+    ? `backlog ${kernelBacklog}: ${backlog} asked, capped at net.core.somaxconn`
+    : kernelBacklog === null && backlog > SOMAXCONN_DEFAULT
+    ? `backlog ${backlog} asked, at most net.core.somaxconn, ${SOMAXCONN_DEFAULT} by default`
+    : `backlog ${backlog}`;
+  return `engine ${engine}, ${queue}`;
+}
+
+// What the kernel made of --backlog, when FFI is allowed; null if it cannot
+// be read (the listener works the same either way).
+function backlogInKernel(addr: Deno.NetAddr): number | null {
+  try {
+    return listenerBacklog(addr);
+  } catch {
+    return null;
+  }
+}
+
+// Linux's default net.core.somaxconn since 5.4.
+const SOMAXCONN_DEFAULT = 4096;
+
 function describeServerEvent(event: ServerEventBody, how: { enterQuits: boolean }): string {
   switch (event.event) {
     case "listening":
-      return `listening on ${event.address}, keepalive ${
+      return `listening on ${event.address} (${describeQueue(event)}), keepalive ${
         event.keepAlive ? "on" : "off"
       } for accepted connections${
         event.tuning ? ` (${describeKeepAlive(event.tuning)})` : ""
@@ -740,7 +780,7 @@ if (import.meta.main) Deno.exit(await main(Deno.args));
 // probe, and quit; then Ctrl-C quit the server:
 //
 //   $ deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 --watch
-//   2026-11-25T20:08:03.075Z listening on 0.0.0.0:8888, keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
+//   2026-11-25T20:08:03.075Z listening on 0.0.0.0:8888 (engine deno, backlog 511), keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
 //   2026-11-25T20:08:04.073Z accepted 127.0.0.1:33626, keepalive on (1 open)
 //   2026-11-25T20:08:06.102Z 127.0.0.1:33626 probe answered, after 2.01 s idle
 //   2026-11-25T20:08:07.216Z 127.0.0.1:33626 closed by peer after 0 bytes
@@ -750,7 +790,7 @@ if (import.meta.main) Deno.exit(await main(Deno.args));
 // veth cable that was cut one second after the client connected:
 //
 //   $ sudo ip netns exec srv deno run --allow-net --allow-ffi server.ts --hostname :: --idle 2 --interval 1 --count 3 --watch
-//   2026-11-25T20:08:12.387Z listening on [::]:8888, keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
+//   2026-11-25T20:08:12.387Z listening on [::]:8888 (engine deno, backlog 511), keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
 //   2026-11-25T20:08:13.590Z accepted [fd6b:61::2]:55972, keepalive on (1 open)
 //   2026-11-25T20:08:15.616Z [fd6b:61::2]:55972 probe 1/3 unanswered
 //   2026-11-25T20:08:16.820Z [fd6b:61::2]:55972 probe 2/3 unanswered

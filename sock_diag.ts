@@ -246,6 +246,27 @@ export class SockDiag {
   }
 }
 
+/**
+ * The backlog the kernel holds for a listener of this process, found by its
+ * address: what `listen` asked for, capped at `net.core.somaxconn`, which
+ * a program cannot read without `/proc`. Null when no such listener exists.
+ * Needs `--allow-ffi`.
+ *
+ * @example
+ * ```ts ignore
+ * import { listenerBacklog } from "./sock_diag.ts";
+ * const listener = Deno.listen({ port: 0, tcpBacklog: 100_000 });
+ * listenerBacklog(listener.addr); // 4096 with Linux's default somaxconn
+ * ```
+ */
+export function listenerBacklog(addr: Deno.NetAddr): number | null {
+  using diag = new SockDiag();
+  const family = addr.hostname.includes(":") ? "ipv6" : "ipv4";
+  const found = diag.tcpSockets({ localPort: addr.port, states: ["listen"], families: [family] })
+    .find((socket) => socket.local.hostname === addr.hostname);
+  return found?.sendQueue ?? null;
+}
+
 /** A failed netlink call: what was asked, and the kernel's errno. */
 export class DiagError extends Error {
   /** The errno, e.g. 13 (EACCES). */
@@ -495,6 +516,20 @@ function openLibc(): Libc {
   throw new Error(`no C library found (tried ${names.join(", ")})`);
 }
 
+const USAGE = `Usage: deno run --allow-ffi sock_diag.ts [--port N]
+
+Prints every TCP socket of this network namespace, one line each, the way
+\`ss -tn\` does, with its keepalive timer and unanswered probes, read with one
+NETLINK_SOCK_DIAG request per address family.
+
+  --port N    only sockets whose LOCAL port is N (a server's listener and its
+              connections; a client's sockets have the server's port as their
+              remote port), 0..65535
+  -h, --help  show this help
+
+Exit codes: 0, 1 when the kernel cannot be asked (or --allow-ffi is missing),
+2 for bad flags.`;
+
 /**
  * `deno run --allow-ffi sock_diag.ts [--port N]`: one line per TCP socket
  * (on local port N), like `ss -tn` with the keepalive timer and the
@@ -502,20 +537,29 @@ function openLibc(): Libc {
  * asked, 2 for bad flags.
  */
 export function main(args: string[], print: (line: string) => void = console.log): number {
-  const port = args.length === 0
-    ? undefined
-    : args[0] === "--port" && args.length === 2
-    ? Number(args[1])
-    : NaN;
-  if (port !== undefined && !(/^\d+$/.test(args[1]) && port <= 65535)) {
-    console.error("sock_diag.ts: usage: deno run --allow-ffi sock_diag.ts [--port 0..65535]");
+  if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) {
+    print(USAGE);
+    return 0;
+  }
+  const words = args.length === 1 && args[0].startsWith("--port=")
+    ? ["--port", args[0].slice("--port=".length)]
+    : args;
+  const valid = words.length === 0 ||
+    (words.length === 2 && words[0] === "--port" && /^\d{1,5}$/.test(words[1]) &&
+      Number(words[1]) <= 65535);
+  if (!valid) {
+    console.error(
+      `sock_diag.ts: expected nothing or --port 0..65535, not ${JSON.stringify(args.join(" "))} ` +
+        "(see --help)",
+    );
     return 2;
   }
+  const localPort = words.length === 2 ? Number(words[1]) : undefined;
   const at = (a: Deno.NetAddr) =>
     a.hostname.includes(":") ? `[${a.hostname}]:${a.port}` : `${a.hostname}:${a.port}`;
   try {
     using diag = new SockDiag();
-    for (const s of diag.tcpSockets({ localPort: port })) {
+    for (const s of diag.tcpSockets({ localPort })) {
       const probes = s.tcpInfo ? s.tcpInfo.getUint8(3) : "-";
       print(
         `${s.state} ${at(s.local)} ${
@@ -524,7 +568,11 @@ export function main(args: string[], print: (line: string) => void = console.log
       );
     }
   } catch (error) {
-    console.error(`sock_diag.ts: ${error instanceof Error ? error.message : error}`);
+    const message = error instanceof Error ? error.message : String(error);
+    const again = error instanceof Deno.errors.NotCapable
+      ? `: deno run --allow-ffi sock_diag.ts${args.length ? " " + args.join(" ") : ""}`
+      : "";
+    console.error(`sock_diag.ts: ${message}${again}`);
     return 1;
   }
   return 0;

@@ -133,6 +133,7 @@ Deno.test("parseHostname refuses broken IPv6, unmatched brackets and junk, showi
     const [typed, message] of [
       ["::gg", '--hostname "::gg" is not an IPv6 address'],
       [":::", '--hostname ":::" is not an IPv6 address'],
+      ["fe80::1%lo", '--hostname "fe80::1%lo": zone ids (%eth0) are not supported'],
       ["[::1", '--hostname "[::1" is not an address: unmatched bracket'],
       ["::1]", '--hostname "::1]" is not an address: unmatched bracket'],
       ["[localhost]", "brackets are for IPv6 addresses only"],

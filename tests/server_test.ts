@@ -282,11 +282,19 @@ for (const hostname of ["127.0.0.1", "::1"]) {
 Deno.test("server --backlog reaches the kernel's listen queue, and is checked", async () => {
   assertThrows(() => parseServerArgs(["--backlog", "0"]), UsageError, "--backlog");
   assertThrows(() => parseServerArgs(["--backlog", "65536"]), UsageError, "--backlog");
-  for (const backlog of [511, 1000]) {
+  const somaxconn = Number(await Deno.readTextFile("/proc/sys/net/core/somaxconn"));
+  for (const backlog of [511, 1000, somaxconn + 1]) {
     await using server = startServer(["--hostname", "127.0.0.1", "--backlog", String(backlog)]);
     const port = await listeningPort(server);
+    // It says what it asked for, and what the kernel holds when it can read
+    // that (FFI: the epoll engine here, or tuning flags).
+    const listening = await server.waitForEvent("listening");
+    assertEquals([listening.engine, listening.backlog], [SERVER_ENGINE, backlog]);
+    assertEquals(
+      listening.kernelBacklog,
+      SERVER_ENGINE === "epoll" ? Math.min(backlog, somaxconn) : null,
+    );
     // ss shows a listener's queue limit as its Send-Q (the kernel caps it at somaxconn).
-    const somaxconn = Number(await Deno.readTextFile("/proc/sys/net/core/somaxconn"));
     const { stdout } = await new Deno.Command("ss", {
       args: ["-Hltn", `sport = :${port}`],
     }).output();
@@ -427,7 +435,10 @@ Deno.test("a second SIGTERM while the server closes down does not kill it halfwa
 Deno.test("server prints one line of text per event, with a timestamp and the peer", async () => {
   await using server = spawnScript("server.ts", ["--port", "0", "--hostname", "127.0.0.1"]);
   const listening = await server.waitForLine((line) => line.includes("listening on"));
-  assertMatch(listening, /^\d{4}-\d\d-\d\dT[\d:.]+Z listening on 127\.0\.0\.1:\d+, keepalive on/);
+  assertMatch(
+    listening,
+    /^\d{4}-\d\d-\d\dT[\d:.]+Z listening on 127\.0\.0\.1:\d+ \(engine (deno|epoll), backlog 511\), keepalive on/,
+  );
   // Its stdin is a pipe, not a terminal: it does not promise that Enter quits.
   assertMatch(listening, /; SIGTERM quits$/);
   const port = Number(listening.match(/127\.0\.0\.1:(\d+)/)![1]);
