@@ -127,7 +127,7 @@ export function startEpollServer(
   });
   const emit = (event: ServerEventBody) => onEvent({ time: new Date().toISOString(), ...event });
   let tuning: KeepAliveSettings | null = null;
-  let listenFd: number, epollFd: number, wakeFd: number;
+  let listenFd: number, epollFd = -1, wakeFd = -1;
   try {
     if (options.tuning) setKeepAlive(listener, options.tuning);
     if (options.tuning || options.watch) tuning = getKeepAlive(listener);
@@ -137,6 +137,8 @@ export function startEpollServer(
     watchFd(libc, epollFd, EPOLL_CTL_ADD, listenFd, EPOLLIN);
     watchFd(libc, epollFd, EPOLL_CTL_ADD, wakeFd, EPOLLIN);
   } catch (error) {
+    if (wakeFd >= 0) libc.close(wakeFd);
+    if (epollFd >= 0) libc.close(epollFd);
     listener.close();
     const message = error instanceof Error ? error.message.split("\n")[0] : String(error);
     throw new EpollError(`cannot serve with --engine epoll: ${message}`, { cause: error });
@@ -173,16 +175,24 @@ export function startEpollServer(
     maxConnections: options.maxConnections,
     tuning,
   });
-  const watcher = options.watch
-    ? watchKeepAliveAll(
-      { hostname: listener.addr.hostname, port: listener.addr.port },
-      (probe, remote) => emit({ event: "probe", peer: formatAddr(remote), ...probe }),
-      {
-        limits: tuning!,
-        onError: (error) => emit({ event: "watch-error", message: errorMessage(error) }),
-      },
-    )
-    : null;
+  // --watch, as in server.ts: one look at every connection a second. If the
+  // kernel cannot be asked (no descriptor left for the netlink socket), the
+  // server says so and serves on.
+  let watcher: { stop(): void } | null = null;
+  if (options.watch) {
+    try {
+      watcher = watchKeepAliveAll(
+        { hostname: listener.addr.hostname, port: listener.addr.port },
+        (probe, remote) => emit({ event: "probe", peer: formatAddr(remote), ...probe }),
+        {
+          limits: tuning!,
+          onError: (error) => emit({ event: "watch-error", message: errorMessage(error) }),
+        },
+      );
+    } catch (error) {
+      emit({ event: "watch-error", message: errorMessage(error) });
+    }
+  }
 
   // Accepting: every connection waiting in the backlog, until EAGAIN.
   const acceptAll = () => {
@@ -386,28 +396,36 @@ export function startEpollServer(
     }
   })();
 
+  let closed: Promise<ServerSummary> | null = null;
   return {
     addr: listener.addr,
-    async close() {
-      closing = true;
-      watcher?.stop();
-      clearTimeout(acceptPaused);
-      clearTimeout(recovering);
-      // Wake the waiting epoll_wait, and let it return before its fd goes.
-      libc.write(wakeFd, new BigUint64Array([1n]), 8n);
-      await loop;
-      listener.close();
-      summary.closedOnQuit = open.size;
-      for (const fd of open.keys()) libc.close(fd);
-      open.clear();
-      libc.close(epollFd);
-      libc.close(wakeFd);
-      const { accepted, rejected, resetBeforeAccept } = summary;
-      const result = { connections: accepted + rejected + resetBeforeAccept, ...summary };
-      emit({ event: "summary", ...result });
-      return result;
+    // Once: a second call gets the first one's summary (and closes no
+    // descriptor twice: its number may belong to someone else by then).
+    close() {
+      closed ??= closeOnce();
+      return closed;
     },
   };
+
+  async function closeOnce(): Promise<ServerSummary> {
+    closing = true;
+    watcher?.stop();
+    clearTimeout(acceptPaused);
+    clearTimeout(recovering);
+    // Wake the waiting epoll_wait, and let it return before its fd goes.
+    libc.write(wakeFd, new BigUint64Array([1n]), 8n);
+    await loop;
+    listener.close();
+    summary.closedOnQuit = open.size;
+    for (const fd of open.keys()) libc.close(fd);
+    open.clear();
+    libc.close(epollFd);
+    libc.close(wakeFd);
+    const { accepted, rejected, resetBeforeAccept } = summary;
+    const result = { connections: accepted + rejected + resetBeforeAccept, ...summary };
+    emit({ event: "summary", ...result });
+    return result;
+  }
 }
 
 // The errors that end a connection whose keepalive probes went unanswered

@@ -196,23 +196,30 @@ export function startServer(
   // once each second (one netlink request, not one per connection).
   const watcher = options.watch ? watchProbes(listener, tuning!, server) : null;
   const accepting = acceptLoop(listener, server);
+  let closed: Promise<ServerSummary> | null = null;
   return {
     addr: listener.addr,
-    async close() {
-      server.closing = true;
-      watcher?.stop();
-      listener.close();
-      await accepting;
-      server.summary.closedOnQuit = server.open.size;
-      for (const conn of server.open) conn.close();
-      server.open.clear();
-      await Promise.all(server.readers);
-      const { accepted, rejected, resetBeforeAccept } = server.summary;
-      const summary = { connections: accepted + rejected + resetBeforeAccept, ...server.summary };
-      server.emit({ event: "summary", ...summary });
-      return summary;
+    // Once: a second call gets the first one's summary.
+    close() {
+      closed ??= closeOnce();
+      return closed;
     },
   };
+
+  async function closeOnce(): Promise<ServerSummary> {
+    server.closing = true;
+    watcher?.stop();
+    listener.close();
+    await accepting;
+    server.summary.closedOnQuit = server.open.size;
+    for (const conn of server.open) conn.close();
+    server.open.clear();
+    await Promise.all(server.readers);
+    const { accepted, rejected, resetBeforeAccept } = server.summary;
+    const summary = { connections: accepted + rejected + resetBeforeAccept, ...server.summary };
+    server.emit({ event: "summary", ...summary });
+    return summary;
+  }
 }
 
 // What the loops below share for one running server. No globals: a test
@@ -351,7 +358,11 @@ async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): P
     summary.peerClosed++;
     server.emit({ event: "peer-closed", peer, bytes });
   } catch (error) {
-    if (server.closing) return; // we closed it ourselves, on quit
+    // On quit the server closes what is still open, and those reads fail:
+    // not counted here (they are "closed on quit"). A connection that ended
+    // by itself while the server was quitting is still in `open`, and is
+    // counted like any other.
+    if (server.closing && !server.open.has(conn)) return;
     const gaveUp = keepAliveGaveUp(error);
     if (error instanceof Deno.errors.ConnectionReset) {
       summary.reset++;

@@ -179,10 +179,19 @@ export class SockDiag {
    */
   forEachTcpSocket(filter: DiagFilter, visit: (entry: DiagEntry) => void): void {
     if (this.#fd < 0) throw new DiagError("read from a closed SockDiag", 9 /* EBADF */);
+    // (A visitor that throws ends the look; the next one starts afresh.)
     const families = filter.families ?? ["ipv4", "ipv6"];
     for (const family of families) {
-      this.#send(request(family === "ipv4" ? AF_INET : AF_INET6, filter, ++this.#sequence));
-      this.#receive(visit);
+      const sequence = ++this.#sequence;
+      this.#send(request(family === "ipv4" ? AF_INET : AF_INET6, filter, sequence));
+      try {
+        this.#receive(visit, sequence);
+      } catch (error) {
+        // The rest of this dump may still be queued on the socket, and would
+        // be read as the answer to the next request: start afresh instead.
+        this.#reopen();
+        throw error;
+      }
     }
   }
 
@@ -211,7 +220,12 @@ export class SockDiag {
   // request, and each next part as the previous one is read, so a read never
   // has to wait: MSG_DONTWAIT turns a kernel that stopped answering into an
   // error instead of a hang.
-  #receive(visit: (entry: DiagEntry) => void): void {
+  #reopen(): void {
+    this.#libc.close(this.#fd);
+    this.#fd = this.#libc.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  }
+
+  #receive(visit: (entry: DiagEntry) => void, sequence: number): void {
     const buffer = this.#buffer;
     const view = new DataView(buffer.buffer);
     const entry = new DiagEntry(view);
@@ -225,6 +239,11 @@ export class SockDiag {
         const type = view.getUint16(at + 4, true);
         if (length < NLMSG_HEADER || at + length > got) {
           throw new DiagError("a netlink message that does not fit its read", 74 /* EBADMSG */);
+        }
+        // A part of an earlier request's answer (there should be none): skipped.
+        if (view.getUint32(at + 8, true) !== sequence) {
+          at += align4(length);
+          continue;
         }
         if (type === NLMSG_DONE) return;
         if (type === NLMSG_ERROR) {

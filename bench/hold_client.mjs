@@ -49,7 +49,10 @@ function parseCommandLine() {
   }
   const port = Number(values.port);
   const batch = Number(values.batch);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`--port is missing; ${USAGE}`);
+  if (values.port === undefined) fail(`--port is missing; ${USAGE}`);
+  if (!/^\d+$/.test(values.port) || port < 1 || port > 65535) {
+    fail(`--port must be an integer from 1 to 65535, not ${JSON.stringify(values.port)}; ${USAGE}`);
+  }
   if (!Number.isInteger(batch) || batch < 1) fail(`--batch must be a positive integer; ${USAGE}`);
   return { host: values.host, port, batch };
 }

@@ -40,7 +40,7 @@
  *
  * @module
  */
-import { parseArgs } from "@std/cli/parse-args";
+import { parseFlags, UsageError } from "../cli.ts";
 import { parseNetstat } from "../proc_net.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
@@ -68,9 +68,6 @@ interface BenchOptions {
   /** Print one JSON document instead of the tables. */
   json: boolean;
 }
-
-/** A bad command line: one line on stderr, exit code 2. */
-class UsageError extends Error {}
 
 /** Something the bench needs is missing (cc, node, ip): one line on stderr, exit code 1. */
 class SetupError extends Error {}
@@ -111,14 +108,12 @@ ${
   --json            one JSON document with every run, instead of the tables`;
 
 function parseBenchArgs(args: string[]): BenchOptions | "help" {
-  const flags = parseArgs(args, {
+  // The kit's strict flags: no value for a boolean (--json=false is misuse,
+  // not "no"), nothing given twice, no stray arguments.
+  const flags = parseFlags(args, {
     string: ["runs", "connections", "backlog", "only"],
-    boolean: ["json", "help"],
-    alias: { h: "help" },
+    boolean: ["json"],
     default: { runs: "3", connections: "10000", backlog: "4096" },
-    unknown: (flag: string) => {
-      throw new UsageError(`unknown flag or argument ${JSON.stringify(flag)}`);
-    },
   });
   if (flags.help) return "help";
   // Every connection is a descriptor in the server and one in the client.
@@ -126,15 +121,18 @@ function parseBenchArgs(args: string[]): BenchOptions | "help" {
   const only = flags.only === undefined
     ? null
     : new Set(String(flags.only).split(",").filter(Boolean));
+  if (only?.size === 0) {
+    throw new UsageError(`--only needs at least one variant id: ${variantIdsHelp()}`);
+  }
   for (const id of only ?? []) {
     if (!(id in VARIANT_IDS)) {
       throw new UsageError(`--only: no variant ${JSON.stringify(id)}; ids: ${variantIdsHelp()}`);
     }
   }
   return {
-    runs: parseInteger("--runs", flags.runs, 1, 100),
-    connections: parseInteger("--connections", flags.connections, 100, maxConnections),
-    backlog: parseInteger("--backlog", flags.backlog, 1, 65535),
+    runs: parseInteger("--runs", flags.runs!, 1, 100),
+    connections: parseInteger("--connections", flags.connections!, 100, maxConnections),
+    backlog: parseInteger("--backlog", flags.backlog!, 1, 65535),
     only,
     json: flags.json,
   };
@@ -188,10 +186,12 @@ async function runInNewNetworkNamespace(): Promise<number> {
   }
   // Ctrl-C reaches the bench inside too (same process group): it cleans up
   // and exits, and its exit code is ours. A SIGTERM is passed on.
-  Deno.addSignalListener("SIGINT", () => {});
+  // A signal sent to this process alone is passed on.
+  Deno.addSignalListener("SIGINT", () => child.kill("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => child.kill("SIGTERM"));
   const status = await child.status;
-  return status.signal === null ? status.code : 128 + 15;
+  if (status.signal === null) return status.code;
+  return 128 + (status.signal === "SIGINT" ? 2 : status.signal === "SIGKILL" ? 9 : 15);
 }
 
 async function bringLoopbackUp(): Promise<void> {
@@ -328,11 +328,19 @@ function buildVariants(
 
 async function compileEpollServer(directory: string): Promise<string> {
   const binary = `${directory}/epoll_server`;
-  const result = await runCommand(["cc", "-O2", "-o", binary, EPOLL_SOURCE]);
-  if (result.notFound) {
+  // Started like the servers, so that an interrupt kills it too.
+  let cc: Deno.ChildProcess;
+  try {
+    cc = spawn(["cc", "-O2", "-o", binary, EPOLL_SOURCE], "null");
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
     throw new SetupError("cc not found: the C epoll row needs a C compiler (apt-get install gcc)");
   }
-  if (!result.ok) throw new SetupError(`cc could not compile ${EPOLL_SOURCE}: ${result.error}`);
+  const { success, stderr } = await cc.output();
+  if (!success) {
+    const said = new TextDecoder().decode(stderr).trim().split("\n")[0];
+    throw new SetupError(`cc could not compile ${EPOLL_SOURCE}: ${said}`);
+  }
   return binary;
 }
 
@@ -1146,19 +1154,25 @@ function describeDuration(totalMs: number): string {
 async function bench(options: BenchOptions): Promise<void> {
   const startedMs = performance.now();
   await bringLoopbackUp();
-  if (!(await runCommand(["node", "--version"])).ok) {
-    throw new SetupError("node not found: the client and the node:net row need Node 20 or later");
+  // Without Node on PATH, Deno puts its own "node" there for the programs it
+  // starts (a Deno in disguise): that would measure Deno twice, as node:net.
+  const node = await runCommand(["node", "-p", "process.versions.deno ?? process.version"]);
+  if (!node.ok || !node.stdout.startsWith("v")) {
+    throw new SetupError(
+      "node not found (or only Deno's stand-in for it): the client and the node:net row need " +
+        "Node 20 or later on PATH",
+    );
   }
   const directory = await Deno.makeTempDir({ prefix: "keepalive-bench-" });
   // Ctrl-C or SIGTERM: finally blocks do not run on Deno.exit, so clean up here.
-  const interrupted = () => {
+  const interrupted = (code: number) => () => {
     killEverything();
     Deno.removeSync(directory, { recursive: true });
     progress("interrupted; every process it started is killed");
-    Deno.exit(130);
+    Deno.exit(code);
   };
-  Deno.addSignalListener("SIGINT", interrupted);
-  Deno.addSignalListener("SIGTERM", interrupted);
+  Deno.addSignalListener("SIGINT", interrupted(130));
+  Deno.addSignalListener("SIGTERM", interrupted(143));
   try {
     const wantsC = options.only?.has("c") ?? true;
     const epollBinary = wantsC ? await compileEpollServer(directory) : "";

@@ -179,6 +179,35 @@ for (const engine of ENGINES) {
     await quit(server);
   });
 
+  Deno.test(`${name}: peers that reset while the server quits are counted once, as resets`, async () => {
+    await using server = startServer(engine, ["--backlog", "1024"]);
+    const port = await listeningPort(server);
+    const sockets = await openConnections(port, 400);
+    await waitForCount(server, "accepted", 400);
+    // Stopped, the server sees the resets and the SIGTERM together when it
+    // goes on: some connections end by themselves while it is quitting.
+    server.child.kill("SIGSTOP");
+    try {
+      for (const socket of sockets.slice(0, 200)) socket.resetAndDestroy();
+      await delay(200);
+      server.child.kill("SIGTERM");
+      await delay(100);
+    } finally {
+      server.child.kill("SIGCONT");
+    }
+    const summary = await server.waitForEvent("summary", 20_000);
+    assertSummaryAddsUp(summary);
+    assertEquals(summary.accepted, 400);
+    assertEquals(
+      Number(summary.reset) + Number(summary.closedOnQuit),
+      400,
+      JSON.stringify(summary),
+    );
+    assert(Number(summary.reset) <= 200);
+    assertEquals((await server.finish()).code, 0);
+    for (const socket of sockets) socket.destroy();
+  });
+
   Deno.test(`${name}: SIGTERM with 2,000 open: exit 0 and a summary that adds up`, async () => {
     await using server = startServer(engine, ["--backlog", "1024", "--max-connections", "5000"]);
     const port = await listeningPort(server);

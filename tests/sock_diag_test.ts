@@ -101,6 +101,30 @@ Deno.test("sock_diag sees bytes waiting to be read, and a closing connection's s
   throw new Error("the server's end never showed close-wait");
 });
 
+Deno.test("sock_diag answers the next request right after a visitor threw in the middle of a dump", async () => {
+  using a = Deno.listen({ hostname: "127.0.0.1", port: 0, tcpBacklog: 500 });
+  using b = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  // Enough sockets on port A for a dump of several reads.
+  const clients = await Promise.all(
+    Array.from({ length: 300 }, () => Deno.connect({ hostname: "127.0.0.1", port: a.addr.port })),
+  );
+  const accepted: Deno.TcpConn[] = [];
+  for (let i = 0; i < clients.length; i++) accepted.push(await a.accept());
+  using diag = new SockDiag();
+  assertThrows(
+    () =>
+      diag.forEachTcpSocket({ localPort: a.addr.port }, () => {
+        throw new Error("stop");
+      }),
+    Error,
+    "stop",
+  );
+  const onB = diag.tcpSockets({ localPort: b.addr.port });
+  assertEquals(onB.map((s) => [s.state, s.local.port]), [["listen", b.addr.port]]);
+  assertEquals(diag.tcpSockets({ localPort: a.addr.port, states: ["established"] }).length, 300);
+  for (const conn of [...clients, ...accepted]) conn.close();
+});
+
 Deno.test("sock_diag refuses a bad filter and a closed diag with one clear error", () => {
   const diag = new SockDiag();
   assertThrows(() => diag.tcpSockets({ localPort: 65536 }), TypeError, "localPort");

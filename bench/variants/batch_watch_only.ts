@@ -18,34 +18,46 @@
  *
  * @module
  */
-import { parseArgs } from "@std/cli/parse-args";
+import { parseFlags, parseHostname, parseInteger } from "../../cli.ts";
 import { getKeepAlive, setKeepAlive, watchKeepAliveAll } from "../../keepalive.ts";
 
-function integer(flags: Record<string, string | undefined>, name: string, fallback: string) {
-  const text = flags[name] ?? fallback;
-  if (!/^\d+$/.test(text)) {
-    console.error(
-      `batch_watch_only: --${name} must be a whole number, not ${JSON.stringify(text)}`,
-    );
-    Deno.exit(2);
-  }
-  return Number(text);
+// The kit's strict flags; anything wrong is one line and exit code 2.
+function start() {
+  const flags = parseFlags(Deno.args, {
+    string: ["hostname", "port", "backlog", "idle", "interval", "count"],
+    boolean: [],
+    default: {
+      hostname: "127.0.0.1",
+      port: "8888",
+      backlog: "511",
+      idle: "2",
+      interval: "2",
+      count: "3",
+    },
+  });
+  const options = {
+    hostname: parseHostname("--hostname", flags.hostname!),
+    port: parseInteger("--port", flags.port!, 0, 65535),
+    tcpBacklog: parseInteger("--backlog", flags.backlog!, 1, 65535),
+    time: parseInteger("--idle", flags.idle!, 1, 32767) * 1000,
+    interval: parseInteger("--interval", flags.interval!, 1, 32767) * 1000,
+    retries: parseInteger("--count", flags.count!, 1, 127),
+  };
+  const { hostname, port, tcpBacklog, time, interval, retries } = options;
+  const listener = Deno.listen({ hostname, port, tcpBacklog });
+  setKeepAlive(listener, { time, interval, retries });
+  return listener;
 }
 
-const flags = parseArgs(Deno.args, {
-  string: ["hostname", "port", "backlog", "idle", "interval", "count"],
-  default: { hostname: "127.0.0.1" },
-});
-const listener = Deno.listen({
-  hostname: flags.hostname,
-  port: integer(flags, "port", "8888"),
-  tcpBacklog: integer(flags, "backlog", "511"),
-});
-setKeepAlive(listener, {
-  time: integer(flags, "idle", "2") * 1000,
-  interval: integer(flags, "interval", "2") * 1000,
-  retries: integer(flags, "count", "3"),
-});
+let listener: Deno.TcpListener;
+try {
+  listener = start();
+} catch (error) {
+  console.error(
+    `batch_watch_only: ${error instanceof Error ? error.message.split("\n")[0] : error}`,
+  );
+  Deno.exit(error instanceof Error && error.name === "UsageError" ? 2 : 1);
+}
 const { hostname, port } = listener.addr;
 console.log(JSON.stringify({ event: "listening", address: `${hostname}:${port}` }));
 
