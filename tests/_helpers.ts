@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { assertEquals } from "@std/assert";
 import { parseNetstat } from "../proc_net.ts";
 
 /** Resolves after `ms` milliseconds. */
@@ -509,4 +510,19 @@ async function settled(script: ScriptProcess, event: string): Promise<ScriptProc
     await script[Symbol.asyncDispose]();
     throw error;
   }
+}
+
+/**
+ * Checks that a summary adds up: every connection taken from the backlog was
+ * accepted, rejected or reset before accept, and every accepted one ended
+ * one way.
+ */
+export function assertSummaryAddsUp(summary: Record<string, unknown>): void {
+  const n = (key: string) => Number(summary[key]);
+  assertEquals(n("connections"), n("accepted") + n("rejected") + n("resetBeforeAccept"));
+  assertEquals(
+    n("accepted"),
+    n("peerClosed") + n("reset") + n("timedOut") + n("errors") + n("closedOnQuit"),
+    JSON.stringify(summary),
+  );
 }

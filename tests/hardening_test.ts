@@ -8,7 +8,7 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import net from "node:net";
-import { delay, type ScriptProcess, spawnScript } from "./_helpers.ts";
+import { assertSummaryAddsUp, delay, type ScriptProcess, spawnScript } from "./_helpers.ts";
 
 const ENGINES = [
   { engine: "deno", permissions: ["--allow-net"] },
@@ -65,16 +65,6 @@ async function openConnections(port: number, n: number, batch = 200): Promise<ne
   }
   for (const socket of sockets) socket.on("error", () => {});
   return sockets;
-}
-
-function assertSummaryAddsUp(summary: Record<string, unknown>): void {
-  const n = (key: string) => Number(summary[key]);
-  assertEquals(n("connections"), n("accepted") + n("rejected") + n("resetBeforeAccept"));
-  assertEquals(
-    n("accepted"),
-    n("peerClosed") + n("reset") + n("timedOut") + n("errors") + n("closedOnQuit"),
-    JSON.stringify(summary),
-  );
 }
 
 async function quit(server: ScriptProcess): Promise<Record<string, unknown>> {

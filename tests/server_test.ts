@@ -7,7 +7,13 @@ import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows }
 import net from "node:net";
 import { main, parseServerArgs, UsageError } from "../server.ts";
 import { findTcpSocket, readTcpSockets, type TcpSocket } from "../proc_net.ts";
-import { delay, type ScriptProcess, SERVER_ENGINE, spawnScript } from "./_helpers.ts";
+import {
+  assertSummaryAddsUp,
+  delay,
+  type ScriptProcess,
+  SERVER_ENGINE,
+  spawnScript,
+} from "./_helpers.ts";
 
 // --- Flags -----------------------------------------------------------------
 
@@ -154,21 +160,6 @@ Deno.test("server refuses addresses that are not ones, showing what was typed", 
     assertThrows(() => parseServerArgs(["--hostname", typed]), UsageError, message);
   }
 });
-
-/**
- * Checks that a summary adds up: every connection taken from the backlog was
- * accepted, rejected or reset before accept, and every accepted one ended
- * one way.
- */
-function assertSummaryAddsUp(summary: Record<string, unknown>): void {
-  const n = (key: string) => Number(summary[key]);
-  assertEquals(n("connections"), n("accepted") + n("rejected") + n("resetBeforeAccept"));
-  assertEquals(
-    n("accepted"),
-    n("peerClosed") + n("reset") + n("timedOut") + n("errors") + n("closedOnQuit"),
-    JSON.stringify(summary),
-  );
-}
 
 /** Runs server.ts with these arguments to its end and checks it was one line of misuse. */
 async function assertMisuse(args: string[], message: RegExp): Promise<string> {
