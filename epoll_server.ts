@@ -46,7 +46,7 @@ import {
   socketDescriptor,
   watchKeepAliveAll,
 } from "./keepalive.ts";
-import { formatAddress, listenerBacklog } from "./sock_diag.ts";
+import { formatAddress, listenerBacklog, openCLibrary } from "./sock_diag.ts";
 
 const EPOLLIN = 0x1;
 const EPOLLOUT = 0x4;
@@ -497,25 +497,5 @@ function errorMessage(error: unknown): string {
 
 let loaded: Libc | undefined;
 function openLibc(): Libc {
-  if (loaded) return loaded;
-  if (Deno.build.os !== "linux") {
-    throw new Error(`--engine epoll works on Linux only (this is ${Deno.build.os})`);
-  }
-  const names = [
-    "libc.so.6",
-    `libc.musl-${Deno.build.arch}.so.1`,
-    `ld-musl-${Deno.build.arch}.so.1`,
-  ];
-  for (const name of names) {
-    try {
-      return loaded = Deno.dlopen(name, SYMBOLS).symbols;
-    } catch (error) {
-      if (error instanceof Deno.errors.NotCapable) {
-        throw new Error(
-          "--engine epoll needs the --allow-ffi permission (it calls epoll through FFI)",
-        );
-      }
-    }
-  }
-  throw new Error(`no C library found (tried ${names.join(", ")})`);
+  return loaded ??= openCLibrary(SYMBOLS, "--engine epoll (epoll through FFI)");
 }

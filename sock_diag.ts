@@ -512,9 +512,27 @@ type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 // glibc's name first, then musl's. Opened once per process, on first use.
 let libc: Libc | undefined;
 function openLibc(): Libc {
-  if (libc) return libc;
+  return libc ??= openCLibrary(SYMBOLS, "reading sockets through NETLINK_SOCK_DIAG");
+}
+
+/**
+ * Opens the C library with `symbols`, under glibc's name or musl's, for
+ * `purpose` (which the errors name): a `Deno.errors.NotCapable` that names
+ * `--allow-ffi` without it, an `Error` on a system other than Linux or
+ * without either library. `epoll_server.ts` opens its own symbols with it.
+ *
+ * @example
+ * ```ts ignore
+ * import { openCLibrary } from "./sock_diag.ts";
+ * const { getpid } = openCLibrary({ getpid: { parameters: [], result: "i32" } }, "asking");
+ * ```
+ */
+export function openCLibrary<S extends Deno.ForeignLibraryInterface>(
+  symbols: S,
+  purpose: string,
+): Deno.DynamicLibrary<S>["symbols"] {
   if (Deno.build.os !== "linux") {
-    throw new Error(`NETLINK_SOCK_DIAG is Linux only, not ${Deno.build.os}`);
+    throw new Error(`${purpose} works on Linux only, not ${Deno.build.os}`);
   }
   const names = [
     "libc.so.6",
@@ -523,12 +541,10 @@ function openLibc(): Libc {
   ];
   for (const name of names) {
     try {
-      return libc = Deno.dlopen(name, SYMBOLS).symbols;
+      return Deno.dlopen(name, symbols).symbols;
     } catch (error) {
       if (error instanceof Deno.errors.NotCapable) {
-        throw new Deno.errors.NotCapable(
-          "reading sockets through NETLINK_SOCK_DIAG needs the --allow-ffi permission",
-        );
+        throw new Deno.errors.NotCapable(`${purpose} needs the --allow-ffi permission`);
       }
     }
   }
