@@ -187,6 +187,10 @@ function splitFlag(arg: string): [string, string | undefined] {
 /**
  * A whole number typed for `flag`, within `min..max`; otherwise a
  * {@linkcode UsageError} that names the flag, the range and what was typed.
+ * An integer here is decimal digits and nothing else (no sign, no spaces, no
+ * `0x`, no `1e3`) whose value is in range: leading zeros are taken, however
+ * many (`0080` is 80, and so is `0000000000000000080`), so what decides is
+ * the value, never how many digits were typed.
  *
  * @example
  * ```ts
@@ -195,7 +199,9 @@ function splitFlag(arg: string): [string, string | undefined] {
  * ```
  */
 export function parseInteger(flag: string, text: string, min: number, max: number): number {
-  if (!/^[0-9]{1,16}$/.test(text) || Number(text) < min || Number(text) > max) {
+  // BigInt compares exactly however long the digits are; Number would round
+  // past 2^53 and turn 400 nines into Infinity.
+  if (!/^[0-9]+$/.test(text) || BigInt(text) < BigInt(min) || BigInt(text) > BigInt(max)) {
     throw new UsageError(
       `${flag} must be an integer from ${min} to ${max}, not ${showTyped(text)}`,
     );
@@ -427,6 +433,54 @@ export function createLineWriter(options: {
   };
 }
 
+// ## Writing what a command prints
+
+/**
+ * Where {@linkcode writeText} writes: `Deno.stdout`, `Deno.stderr`, or
+ * anything with the same `writeSync`.
+ */
+export interface SyncSink {
+  /** Writes some of `bytes` and returns how many, or throws. */
+  writeSync(bytes: Uint8Array): number;
+}
+
+/**
+ * Writes `text` and a newline to `output` (stdout unless told), all of it,
+ * and returns null; when the output refuses it (`> /dev/full`, a full disk,
+ * a pipe closed by `| head`), returns why, in one line, instead of throwing.
+ * `console.log` throws there, and an error nobody catches is a stack trace
+ * and exit code 1, whatever the command meant to say.
+ *
+ * @example
+ * ```ts ignore
+ * import { printError, writeText } from "./cli.ts";
+ * const failed = writeText("the result");
+ * if (failed !== null) printError(`plan.ts: cannot write the plan: ${failed}`);
+ * ```
+ */
+export function writeText(text: string, output: SyncSink = Deno.stdout): string | null {
+  const bytes = new TextEncoder().encode(`${text}\n`);
+  try {
+    for (let sent = 0; sent < bytes.length;) {
+      const n = output.writeSync(bytes.subarray(sent));
+      if (n <= 0) return "the output took no bytes";
+      sent += n;
+    }
+    return null;
+  } catch (error) {
+    return (error instanceof Error ? error.message : String(error)).split("\n")[0];
+  }
+}
+
+/**
+ * Writes one line to stderr, or nothing at all when stderr cannot be written
+ * (`2> /dev/full`): it never throws, so the exit code still tells what
+ * happened when the message cannot.
+ */
+export function printError(line: string): void {
+  writeText(line, Deno.stderr);
+}
+
 // ## The start of a command
 
 /** Where a command reads and writes; tests pass their own. */
@@ -441,9 +495,11 @@ export interface CommandIO {
 
 /**
  * Parses a command line with `parse`, the way every script of the kit
- * starts: returns the options, or the exit code to return at once, 0 after
+ * starts: returns the options, or the exit code to return at once: 0 after
  * printing `help` for `--help`, 2 after one line of misuse on stderr
- * (`server.ts: --port is given twice (see --help)`).
+ * (`server.ts: --port is given twice (see --help)`), 1 when the help cannot
+ * be written (`> /dev/full`; one line on stderr says so). Misuse is 2 even
+ * when stderr cannot be written either: a `stderr` that throws is ignored.
  *
  * @example
  * ```ts ignore
@@ -457,18 +513,25 @@ export function parseCommandLine<O extends object>(
   args: string[],
   parse: (args: string[]) => O | "help",
   help: string,
-  stderr: (line: string) => void = (line) => console.error(line),
-): O | 0 | 2 {
+  stderr: (line: string) => void = printError,
+): O | 0 | 1 | 2 {
+  const complain = (line: string) => {
+    try {
+      stderr(line);
+    } catch { /* stderr cannot be written either: the exit code still tells */ }
+  };
   let options: O | "help";
   try {
     options = parse(args);
   } catch (error) {
-    stderr(`${script}: ${error instanceof Error ? error.message : String(error)} (see --help)`);
+    complain(`${script}: ${error instanceof Error ? error.message : String(error)} (see --help)`);
     return 2;
   }
   if (options !== "help") return options;
-  console.log(help);
-  return 0;
+  const failed = writeText(help);
+  if (failed === null) return 0;
+  complain(`${script}: cannot write the help: ${failed}`);
+  return 1;
 }
 
 // How long an exiting command gives its output by default: enough for the

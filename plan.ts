@@ -48,8 +48,10 @@ import {
   parseCommandLine,
   parseFlags,
   parseInteger,
+  printError,
   showTyped,
   UsageError,
+  writeText,
 } from "./cli.ts";
 import { KEEPALIVE_LIMITS } from "./keepalive.ts";
 export { type CommandIO, UsageError } from "./cli.ts";
@@ -215,11 +217,7 @@ export function formatPlan(plan: Plan): string[] {
     ? ` (at most ${MAX_IDLE} s: the kernel's limit)`
     : ` (every probe due by ${plan.idleCeilingSeconds} s after the last packet: even an ` +
       `eighth late, it leaves by ${timeout! - 1} s)`;
-  const lost = plan.lostProbesSurvived === null ? [] : [
-    `  a flow survives ${plan.lostProbesSurvived} lost probe${
-      plan.lostProbesSurvived === 1 ? "" : "s"
-    } in a row: the retries, too, come before the timeout`,
-  ];
+  const lost = describeLostProbes(plan);
   const apply = applyPlan(plan);
   const width = Math.max(...Object.keys(apply).map((key) => key.length));
   return [
@@ -237,6 +235,29 @@ export function formatPlan(plan: Plan): string[] {
     "",
     "Apply it:",
     ...Object.entries(apply).map(([tool, how]) => `  ${tool.padEnd(width)}  ${how}`),
+  ];
+}
+
+// Rule 2 in words: how many probes in a row may be lost without losing the
+// flow or, when none may, why not. No line without a middlebox.
+function describeLostProbes(plan: Plan): string[] {
+  const lost = plan.lostProbesSurvived;
+  if (lost === null) return [];
+  if (lost > 0) {
+    return [
+      `  a flow survives ${lost} lost probe${lost === 1 ? "" : "s"} in a row: the retries, ` +
+      `too, come before the timeout`,
+    ];
+  }
+  if (plan.count === 1) {
+    return [
+      "  no probe may be lost: the deadline leaves room for one probe only (count 1), " +
+      "so a lost one ends the connection",
+    ];
+  }
+  return [
+    `  no probe may be lost: with a ${plan.request.middleboxTimeoutSeconds} s timeout, ` +
+    `the retry of a lost probe could come after the middlebox has forgotten the flow`,
   ];
 }
 
@@ -258,6 +279,12 @@ function formatBytes(bytes: number): string {
 
 // ## The command line
 
+// What the flags take, in seconds, for --help and for the checks alike. A
+// middlebox that forgets sooner than 3 s cannot be kept (rule 1), and a dead
+// peer cannot be noticed sooner than 2 s (idle 1 s, one probe 1 s later).
+const TIMEOUT_RANGE = { min: 3, max: 31_536_000 } as const;
+const DEADLINE_RANGE = { min: 2, max: 1_000_000 } as const;
+
 /** The `--help` text. */
 export const HELP = `Usage: deno run plan.ts [--middlebox-timeout SECONDS | --middlebox NAME]
                     [--detect-within SECONDS] [--json]
@@ -267,7 +294,7 @@ a connection alive through a middlebox that forgets idle flows, and notice a
 dead peer in time; says what they cost and how to apply them.
 
 Options:
-  --middlebox-timeout SECONDS  the shortest idle timeout on the path, 3..31536000
+  --middlebox-timeout SECONDS  the shortest idle timeout on the path, ${TIMEOUT_RANGE.min}..${TIMEOUT_RANGE.max}
   --middlebox NAME             the same, from a known middlebox:
 ${
   Object.entries(MIDDLEBOXES).map(([key, box]) =>
@@ -275,12 +302,13 @@ ${
   ).join("\n")
 }
   --detect-within SECONDS      notice a dead peer within this long after its last packet,
-                               2..1000000
+                               ${DEADLINE_RANGE.min}..${DEADLINE_RANGE.max}
   --json                       print the plan as one JSON object
   -h, --help                   show this help
 
-Exit codes: 0 with a plan, 2 for bad flags or a request that cannot be met
-(one line saying what is possible). Needs no permission.`;
+Exit codes: 0 with a plan, 1 when it cannot be written (stdout full or
+closed), 2 for bad flags or a request that cannot be met (one line saying what
+is possible). Needs no permission.`;
 
 /** What the command was asked. */
 export interface PlanOptions {
@@ -322,16 +350,16 @@ export function parsePlanArgs(args: string[]): PlanOptions | "help" {
     request.middleboxTimeoutSeconds = parseInteger(
       "--middlebox-timeout",
       flags["middlebox-timeout"],
-      1,
-      31_536_000,
+      TIMEOUT_RANGE.min,
+      TIMEOUT_RANGE.max,
     );
   }
   if (flags["detect-within"] !== undefined) {
     request.detectWithinSeconds = parseInteger(
       "--detect-within",
       flags["detect-within"],
-      1,
-      1_000_000,
+      DEADLINE_RANGE.min,
+      DEADLINE_RANGE.max,
     );
   }
   if (request.middleboxTimeoutSeconds === undefined && request.detectWithinSeconds === undefined) {
@@ -341,11 +369,12 @@ export function parsePlanArgs(args: string[]): PlanOptions | "help" {
 }
 
 /**
- * The command. Returns the exit code: 0 with a plan, 2 for bad flags or a
- * request that cannot be met.
+ * The command. Returns the exit code: 0 with a plan, 1 when the plan cannot
+ * be written (one line on stderr says why, if stderr can be written), 2 for
+ * bad flags or a request that cannot be met.
  */
 export function main(args: string[], io: Pick<CommandIO, "stderr"> = {}): number {
-  const stderr = io.stderr ?? ((line: string) => console.error(line));
+  const stderr = io.stderr ?? printError;
   const options = parseCommandLine("plan.ts", args, parsePlanArgs, HELP, stderr);
   if (typeof options === "number") return options;
   let plan: Plan;
@@ -355,9 +384,14 @@ export function main(args: string[], io: Pick<CommandIO, "stderr"> = {}): number
     stderr(`plan.ts: ${(error as Error).message}`);
     return 2;
   }
-  if (options.json) console.log(JSON.stringify({ ...plan, apply: applyPlan(plan) }, null, 2));
-  else console.log(formatPlan(plan).join("\n"));
-  return 0;
+  const failed = writeText(
+    options.json
+      ? JSON.stringify({ ...plan, apply: applyPlan(plan) }, null, 2)
+      : formatPlan(plan).join("\n"),
+  );
+  if (failed === null) return 0;
+  stderr(`plan.ts: cannot write the plan: ${failed}`);
+  return 1;
 }
 
 if (import.meta.main) Deno.exit(main(Deno.args));

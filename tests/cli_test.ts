@@ -6,6 +6,7 @@ import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
 import {
   type ByteSink,
   createLineWriter,
+  parseCommandLine,
   parseFlags,
   parseHostname,
   parseInteger,
@@ -13,8 +14,9 @@ import {
   shellQuote,
   showTyped,
   UsageError,
+  writeText,
 } from "../cli.ts";
-import { delay } from "./_helpers.ts";
+import { delay, requiringTest, run } from "./_helpers.ts";
 
 const SPEC = {
   string: ["port", "hostname"],
@@ -292,3 +294,99 @@ Deno.test("after dropping lines, the notice comes out when the output catches up
   await delay(100); // no flush, no further line
   assertEquals(output.lines().slice(-2), ["line 10", "dropped 4"]);
 });
+
+// ## Writing what a command prints
+
+Deno.test("parseInteger: digits whose value is in range, at both edges, leading zeros or not", () => {
+  for (const [min, max] of [[0, 65535], [1, 86400], [3, 31_536_000]]) {
+    const range = `--n must be an integer from ${min} to ${max}, not`;
+    for (const zeros of ["", "0", "0".repeat(15), "0".repeat(16), "0".repeat(100)]) {
+      assertEquals(parseInteger("--n", `${zeros}${min}`, min, max), min);
+      assertEquals(parseInteger("--n", `${zeros}${max}`, min, max), max);
+      assertThrows(() => parseInteger("--n", `${zeros}${max + 1}`, min, max), UsageError, range);
+      if (min > 0) {
+        assertThrows(() => parseInteger("--n", `${zeros}${min - 1}`, min, max), UsageError, range);
+      }
+    }
+  }
+  // Too many digits is out of range, never rounded into it.
+  assertThrows(
+    () => parseInteger("--n", "9".repeat(400), 0, 65535),
+    UsageError,
+    "(400 characters)",
+  );
+  assertThrows(
+    () => parseInteger("--n", "9007199254740993", 0, Number.MAX_SAFE_INTEGER),
+    UsageError,
+    "from 0 to 9007199254740991",
+  );
+});
+
+Deno.test("writeText writes all of the text, and returns why when the output refuses it, never throws", () => {
+  const taken: Uint8Array[] = [];
+  // An output that takes 3 bytes a call, like a pipe that is nearly full.
+  const slow = { writeSync: (bytes: Uint8Array) => (taken.push(bytes.slice(0, 3)), 3) };
+  assertEquals(writeText("hello, world", slow), null);
+  assertEquals(
+    new TextDecoder().decode(new Uint8Array(taken.flatMap((b) => [...b]))),
+    "hello, world\n",
+  );
+  const full = {
+    writeSync(): number {
+      throw new Error("No space left on device (os error 28)\nmore");
+    },
+  };
+  assertEquals(writeText("x", full), "No space left on device (os error 28)");
+  assertEquals(writeText("x", { writeSync: () => 0 }), "the output took no bytes");
+});
+
+Deno.test("parseCommandLine: misuse is exit 2 even when stderr throws, and it is told one line", () => {
+  const parse = (args: string[]) => {
+    if (args.length > 0) throw new UsageError(`unknown flag ${showTyped(args[0])}`);
+    return { ok: true };
+  };
+  const lines: string[] = [];
+  assertEquals(parseCommandLine("x.ts", ["--bogus"], parse, "help", (l) => lines.push(l)), 2);
+  assertEquals(lines, ['x.ts: unknown flag "--bogus" (see --help)']);
+  const broken = () => {
+    throw new Error("No space left on device (os error 28)");
+  };
+  assertEquals(parseCommandLine("x.ts", ["--bogus"], parse, "help", broken), 2);
+  assertEquals(parseCommandLine("x.ts", [], parse, "help", broken), { ok: true });
+});
+
+// The scripts that start with parseCommandLine (server.ts here; client.ts and
+// lab.ts alike) with stdout or stderr on a full device.
+requiringTest(
+  "server.ts: --help it cannot write is one line and exit 1; misuse is 2 even with stderr full",
+  (() => {
+    try {
+      return Deno.statSync("/dev/full").isCharDevice ? null : "/dev/full is not a device";
+    } catch {
+      return "there is no /dev/full to write to";
+    }
+  })(),
+  async () => {
+    const server = (redirect: string, ...args: string[]) =>
+      run([
+        "sh",
+        "-c",
+        `exec "$@" ${redirect}`,
+        "sh",
+        Deno.execPath(),
+        "run",
+        "server.ts",
+        ...args,
+      ]);
+    const help = await server(">/dev/full", "--help");
+    assertEquals(help.code, 1, help.stderr);
+    assertEquals(help.stderr.trimEnd().split("\n"), [
+      "server.ts: cannot write the help: No space left on device (os error 28)",
+    ]);
+    assertEquals((await server(">/dev/full 2>/dev/full", "--help")).code, 1);
+    for (const args of [["--bogus"], ["--port", "65536"]]) {
+      const misuse = await server("2>/dev/full", ...args);
+      assertEquals([misuse.code, misuse.stdout], [2, ""], args.join(" "));
+    }
+  },
+);

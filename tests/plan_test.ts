@@ -7,13 +7,16 @@ import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/a
 import { KEEPALIVE_LIMITS } from "../keepalive.ts";
 import {
   applyPlan,
+  formatPlan,
+  HELP,
   MIDDLEBOXES,
   parsePlanArgs,
   planKeepAlive,
+  type PlanRequest,
   probeCeiling,
   UsageError,
 } from "../plan.ts";
-import { run } from "./_helpers.ts";
+import { requiringTest, run } from "./_helpers.ts";
 
 Deno.test("plan: the worked examples of the README", () => {
   const pick = (p: ReturnType<typeof planKeepAlive>) => [
@@ -190,3 +193,111 @@ Deno.test("plan.ts exits 0 with a plan, 2 with one line for what cannot be, and 
   assertEquals(bad.code, 2);
   assertStringIncludes(bad.stderr, "(see --help)");
 });
+
+Deno.test("plan flags: each range is the one --help gives, at both edges, whatever the leading zeros", () => {
+  for (
+    const { flag, min, max } of [
+      { flag: "--middlebox-timeout", min: 3, max: 31_536_000 },
+      { flag: "--detect-within", min: 2, max: 1_000_000 },
+    ]
+  ) {
+    // --help: the flag's own lines (up to the next flag) give the range.
+    const start = HELP.indexOf(`  ${flag} `);
+    const helpLines = HELP.slice(start, HELP.indexOf("\n  --", start + 1));
+    assertStringIncludes(helpLines, `${min}..${max}`, flag);
+    const refused = `${flag} must be an integer from ${min} to ${max}, not`;
+    for (const typed of [min - 1, max + 1]) {
+      for (const zeros of ["", "0", "0".repeat(30)]) {
+        assertThrows(() => parsePlanArgs([flag, `${zeros}${typed}`]), UsageError, refused);
+      }
+    }
+    for (const typed of [min, max]) {
+      // Leading zeros, however many: the value decides, not the count of digits.
+      for (const zeros of ["", "0", "0".repeat(13), "0".repeat(14), "0".repeat(30)]) {
+        const options = parsePlanArgs([flag, `${zeros}${typed}`]);
+        if (options === "help") throw new Error("not --help");
+        const request = options.request;
+        assertEquals(request.middleboxTimeoutSeconds ?? request.detectWithinSeconds, typed);
+        // What the flags take, the planner can plan.
+        planKeepAlive(request);
+      }
+    }
+  }
+  assertEquals(
+    parsePlanArgs(["--middlebox-timeout", "00000000000000350"]),
+    parsePlanArgs(["--middlebox-timeout", "0000000000000350"]),
+  );
+});
+
+Deno.test("plan text: when no probe may be lost, it says so and why, never '0 lost probes'", () => {
+  const lines = (request: PlanRequest) => formatPlan(planKeepAlive(request)).join("\n");
+  // A 3 s timeout: a probe is due 1 s after the last packet, its retry could come too late.
+  const short = lines({ middleboxTimeoutSeconds: 3 });
+  assertStringIncludes(
+    short,
+    "no probe may be lost: with a 3 s timeout, the retry of a lost probe could come after " +
+      "the middlebox has forgotten the flow",
+  );
+  assert(!short.includes("0 lost probes"), short);
+  // A 2 s deadline: one probe only, so a lost one ends the connection, middlebox or not.
+  const quick = lines({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 2 });
+  assertStringIncludes(quick, "no probe may be lost: the deadline leaves room for one probe only");
+  assert(!quick.includes("0 lost probes"), quick);
+  assertStringIncludes(
+    lines({ middleboxTimeoutSeconds: 4 }),
+    "a flow survives 1 lost probe in a row",
+  );
+  assertStringIncludes(
+    lines({ middleboxTimeoutSeconds: 350 }),
+    "a flow survives 2 lost probes in a row",
+  );
+});
+
+/** Why stdout or stderr cannot be pointed at a full device here, or null. */
+function devFullMissing(): string | null {
+  try {
+    return Deno.statSync("/dev/full").isCharDevice ? null : "/dev/full is not a device";
+  } catch {
+    return "there is no /dev/full to write to";
+  }
+}
+
+/** Runs plan.ts with its output redirected by the shell (`>/dev/full`, `2>/dev/full`). */
+function planRedirected(redirect: string, ...args: string[]) {
+  return run([
+    "sh",
+    "-c",
+    `exec "$@" ${redirect}`,
+    "sh",
+    Deno.execPath(),
+    "run",
+    "plan.ts",
+    ...args,
+  ]);
+}
+
+requiringTest(
+  "plan.ts: output it cannot write is one line and exit 1; misuse is 2 even with stderr full",
+  devFullMissing(),
+  async () => {
+    for (const args of [["--middlebox-timeout", "350"], ["--detect-within", "60", "--json"]]) {
+      const full = await planRedirected(">/dev/full", ...args);
+      assertEquals(full.code, 1, full.stderr);
+      assertEquals(full.stderr.trimEnd().split("\n"), [
+        "plan.ts: cannot write the plan: No space left on device (os error 28)",
+      ]);
+      const both = await planRedirected(">/dev/full 2>/dev/full", ...args);
+      assertEquals(both.code, 1);
+    }
+    const help = await planRedirected(">/dev/full", "--help");
+    assertEquals(help.code, 1, help.stderr);
+    assertEquals(help.stderr.trimEnd().split("\n"), [
+      "plan.ts: cannot write the help: No space left on device (os error 28)",
+    ]);
+    assertEquals((await planRedirected(">/dev/full 2>/dev/full", "--help")).code, 1);
+    for (const args of [["--bogus"], ["--detect-within", "1"], ["--middlebox-timeout", "2"]]) {
+      const misuse = await planRedirected("2>/dev/full", ...args);
+      assertEquals([misuse.code, misuse.stdout], [2, ""], args.join(" "));
+    }
+  },
+);
