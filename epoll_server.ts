@@ -72,6 +72,9 @@ const MAX_EVENTS = 1024;
 const READ_BYTES = 16 * 1024;
 // Reads per ready connection per wake-up: 64 KiB, then the next connection.
 const READS_PER_TURN = 4;
+// Connections accepted per wake-up: a burst of thousands must not queue
+// thousands of lines before the writer gets a turn (its queue holds 10,000).
+const ACCEPTS_PER_TURN = 64;
 const ACCEPT_RETRY_MS = 100;
 const ACCEPT_RECOVERED_MS = 1000;
 
@@ -165,6 +168,28 @@ export function startEpollServer(
   let episode: { sinceMs: number; lastFailureMs: number; retries: number } | null = null;
   let recovering: ReturnType<typeof setTimeout> | undefined;
 
+  // --watch, as in server.ts: one look at every connection a second. Its
+  // netlink socket opens before the server says it listens: without it (no
+  // descriptor left), the server does not start.
+  let watcher: { stop(): void } | null = null;
+  try {
+    if (options.watch) {
+      watcher = watchKeepAliveAll(
+        { hostname: listener.addr.hostname, port: listener.addr.port },
+        (probe, remote) => emit({ event: "probe", peer: formatAddr(remote), ...probe }),
+        {
+          limits: tuning!,
+          onError: (error) => emit({ event: "watch-error", message: errorMessage(error) }),
+        },
+      );
+    }
+  } catch (error) {
+    libc.close(wakeFd);
+    libc.close(epollFd);
+    listener.close();
+    throw new EpollError(`--watch cannot start: ${errorMessage(error)}`, { cause: error });
+  }
+
   emit({
     event: "listening",
     address: formatAddr(listener.addr),
@@ -175,28 +200,12 @@ export function startEpollServer(
     maxConnections: options.maxConnections,
     tuning,
   });
-  // --watch, as in server.ts: one look at every connection a second. If the
-  // kernel cannot be asked (no descriptor left for the netlink socket), the
-  // server says so and serves on.
-  let watcher: { stop(): void } | null = null;
-  if (options.watch) {
-    try {
-      watcher = watchKeepAliveAll(
-        { hostname: listener.addr.hostname, port: listener.addr.port },
-        (probe, remote) => emit({ event: "probe", peer: formatAddr(remote), ...probe }),
-        {
-          limits: tuning!,
-          onError: (error) => emit({ event: "watch-error", message: errorMessage(error) }),
-        },
-      );
-    } catch (error) {
-      emit({ event: "watch-error", message: errorMessage(error) });
-    }
-  }
-
-  // Accepting: every connection waiting in the backlog, until EAGAIN.
+  // Accepting: the connections waiting in the backlog, until EAGAIN or
+  // ACCEPTS_PER_TURN of them. The listener is level-triggered: the next
+  // epoll_wait reports the rest at once, and the event loop (the lines about
+  // the ones just taken, signals) has had its turn in between.
   const acceptAll = () => {
-    while (!closing && acceptPaused === undefined) {
+    for (let turn = 0; turn < ACCEPTS_PER_TURN && !closing && acceptPaused === undefined; turn++) {
       addressLength[0] = address.length;
       const fd = libc.accept4(listenFd, address, addressLength, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {

@@ -131,7 +131,7 @@ export class TuningError extends Error {}
  * Listens, accepts every connection, turns keepalive on, and reads each
  * connection until it ends, calling `onEvent` for everything that happens.
  * Throws what `Deno.listen` throws (port in use, no permission), or a
- * {@linkcode TuningError} when the listener cannot be tuned.
+ * {@linkcode TuningError} when the listener cannot be tuned or `--watch` cannot start.
  *
  * @example
  * ```ts ignore
@@ -182,6 +182,17 @@ export function startServer(
     readers: new Set(),
     closing: false,
   };
+  // --watch: one watcher for every connection, looking at all of them at
+  // once each second (one netlink request, not one per connection). Its
+  // socket opens now, before the server says it listens: without it (no
+  // descriptor left), the server does not start.
+  let watcher: { stop(): void } | null = null;
+  try {
+    if (options.watch) watcher = watchProbes(listener, tuning!, server);
+  } catch (error) {
+    listener.close();
+    throw new TuningError(`--watch cannot start: ${errorMessage(error)}`, { cause: error });
+  }
   server.emit({
     event: "listening",
     address: formatAddr(listener.addr),
@@ -192,9 +203,6 @@ export function startServer(
     maxConnections: options.maxConnections,
     tuning,
   });
-  // --watch: one watcher for every connection, looking at all of them at
-  // once each second (one netlink request, not one per connection).
-  const watcher = options.watch ? watchProbes(listener, tuning!, server) : null;
   const accepting = acceptLoop(listener, server);
   let closed: Promise<ServerSummary> | null = null;
   return {
@@ -391,21 +399,17 @@ async function echo(conn: Deno.TcpConn, bytes: Uint8Array, peer: string, server:
 // TCP_INFO, read for all of them at once through NETLINK_SOCK_DIAG
 // (keepalive.ts, sock_diag.ts). The connections inherited their limits from
 // the listener, so the listener's say how many probes end one.
+// Throws when the watcher cannot start; a later failure is a watch-error event.
 function watchProbes(listener: Deno.TcpListener, tuning: KeepAliveSettings, server: Server) {
   const { hostname, port } = listener.addr;
-  try {
-    return watchKeepAliveAll(
-      { hostname, port },
-      (probe, remote) => server.emit({ event: "probe", peer: formatAddr(remote), ...probe }),
-      {
-        limits: tuning,
-        onError: (error) => server.emit({ event: "watch-error", message: errorMessage(error) }),
-      },
-    );
-  } catch (error) {
-    server.emit({ event: "watch-error", message: errorMessage(error) });
-    return null;
-  }
+  return watchKeepAliveAll(
+    { hostname, port },
+    (probe, remote) => server.emit({ event: "probe", peer: formatAddr(remote), ...probe }),
+    {
+      limits: tuning,
+      onError: (error) => server.emit({ event: "watch-error", message: errorMessage(error) }),
+    },
+  );
 }
 
 // ## When accepting fails for a while
@@ -643,14 +647,25 @@ function backlogInKernel(addr: Deno.NetAddr): number | null {
 // Linux's default net.core.somaxconn since 5.4.
 const SOMAXCONN_DEFAULT = 4096;
 
+// The times keepalive uses; with keepalive off there are none to tell (the
+// listener's are only the sysctls' defaults), and --watch can see only the
+// peer's probes.
+function describeListenerTuning(event: { keepAlive: boolean; tuning: KeepAliveSettings | null }) {
+  if (!event.tuning) return "";
+  return event.keepAlive
+    ? ` (${describeKeepAlive(event.tuning)})`
+    : " (--watch sees only the peer's probes)";
+}
+
 function describeServerEvent(event: ServerEventBody, how: { enterQuits: boolean }): string {
   switch (event.event) {
     case "listening":
       return `listening on ${event.address} (${describeQueue(event)}), keepalive ${
         event.keepAlive ? "on" : "off"
       } for accepted connections${
-        event.tuning ? ` (${describeKeepAlive(event.tuning)})` : ""
-      }, at most ${event.maxConnections} at once; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
+        describeListenerTuning(event)
+      }, at most ${event.maxConnections} ` +
+        `at once; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
     case "accepted":
       return `accepted ${event.peer}, keepalive ${
         event.keepAlive ? "on" : "off"
@@ -725,6 +740,10 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
     format: (event: ServerEvent) => formatServerEvent(event, { enterQuits }),
     output: io.stdout,
   });
+  // Listen for Enter, Ctrl-C and SIGTERM first: a signal listener takes a
+  // descriptor, and when descriptors run short the listener (not the signal
+  // handler, half-way through serving) should be what fails, in one line.
+  const quit = (io.quit ?? waitForQuit)();
   let server: RunningServer;
   try {
     server = options.engine === "epoll"
@@ -734,7 +753,7 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
     stderr(`server.ts: ${describeListenError(error, options, args)}`);
     return 1;
   }
-  await (io.quit ?? waitForQuit)();
+  await quit;
   await server.close();
   // The summary gets a moment to go out, not more: a stalled stdout must not
   // keep the server from quitting.

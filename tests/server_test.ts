@@ -466,6 +466,20 @@ Deno.test('server with --watch says "user timeout off", not "0 s", and JSON keep
   );
 });
 
+Deno.test("server --no-keepalive --watch does not print times that keepalive does not use", async () => {
+  await using server = spawnScript(
+    "server.ts",
+    ["--port", "0", "--hostname", "127.0.0.1", "--no-keepalive", "--watch"],
+    { permissions: ["--allow-net", "--allow-ffi"] },
+  );
+  const line = await server.waitForLine((line) => line.includes("listening on"));
+  assertStringIncludes(
+    line,
+    "keepalive off for accepted connections (--watch sees only the peer's",
+  );
+  assert(!/idle \d+ s|probes,/.test(line), line);
+});
+
 // --- Never stalled: not by its own output, not by a full descriptor table -----
 
 /** Opens `count` connections, `batch` at a time, each given up after 3 s; resolves with the ones made. */
@@ -673,4 +687,40 @@ Deno.test("server --echo sends each peer back exactly its own bytes, with others
       `${letter} got someone else's bytes`,
     );
   }
+});
+
+Deno.test("too few descriptors for --watch: one line and exit 1 before listening, or a clean run, never a panic", async () => {
+  // Deno itself takes about 20 descriptors; the signal listeners, the
+  // listener and --watch's netlink socket take the next few. Whichever is
+  // refused, the server says so in one line, or it starts and quits cleanly.
+  const outcomes: string[] = [];
+  for (let limit = 22; limit <= 34; limit++) {
+    const server = startServer(["--hostname", "127.0.0.1", "--watch"], {
+      permissions: ["--allow-net", "--allow-ffi"],
+      prefix: ["prlimit", `--nofile=${limit}:${limit}`, "--"],
+    });
+    const listened = await server.waitForEvent("listening", 5_000).then(() => true, () => false);
+    if (listened) {
+      await delay(1_500); // a look or two of the watcher
+      try {
+        server.child.kill("SIGTERM");
+      } catch { /* it died: see below */ }
+    }
+    const { code, stdout, stderr } = await server.finish(10_000);
+    if (stderr.includes("Deno has panicked") && !listened) continue; // Deno's own start-up
+    assert(!stderr.includes("panicked"), `limit ${limit}: ${stderr}`);
+    if (listened) {
+      assertEquals(code, 0, `limit ${limit}: ${stderr}`);
+      assert(stdout.includes('"event":"summary"'), `limit ${limit}: no summary`);
+      outcomes.push("ran");
+    } else {
+      assertEquals(code, 1, `limit ${limit}: ${stderr}`);
+      // (Deno may warn that it could not load the system's certificates.)
+      const lines = stderr.split("\n").filter((line) => line && !line.includes("Warning"));
+      assertEquals(lines.length, 1, `limit ${limit}: ${stderr}`);
+      assertMatch(lines[0], /^server\.ts: .*(Too many open files|errno 24)/);
+      outcomes.push("refused");
+    }
+  }
+  assert(outcomes.includes("ran") && outcomes.includes("refused"), outcomes.join(" "));
 });
