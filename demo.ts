@@ -120,23 +120,27 @@ async function runDemo(children: Set<Deno.ChildProcess>): Promise<number> {
   await new Promise((resolve) =>
     setTimeout(resolve, WATCH_SECONDS * 1000 - (performance.now() - start))
   );
-  const probesCounted = (await readKeepaliveProbesSent()) - probesBefore;
-  const answered = server.events.filter((event) =>
-    event.event === "probe" && event.kind === "answered"
-  );
-  const answeredByClient = client.events.filter((event) => event.kind === "peer-probe");
 
-  // Step 5: what was seen, against what the settings predict.
-  showSeen(answered, answeredByClient.length, probesCounted);
-  explainSettings(sysctls);
-
-  // Step 6: quit the way the blog did: Enter in the server's terminal.
+  // Step 5: quit the way the blog did: Enter in the server's terminal. The
+  // server's watcher takes a last look first, so a probe may still be seen.
   say("\nPressing Enter in the server's terminal:");
   await server.write("\n");
   await server.next("summary");
   await client.next("server-closed");
   const [serverCode, clientCode] = [await server.exitCode(), await client.exitCode()];
+  const watchedSeconds = (performance.now() - start) / 1000;
   say(`server.ts exited ${serverCode}, client.ts exited ${clientCode}.`);
+
+  // Step 6: what was seen, against what the settings predict. Both scripts
+  // have exited, so every line counted here is one printed above, and the
+  // kernel's counter covers the same time.
+  const probesCounted = (await readKeepaliveProbesSent()) - probesBefore;
+  const answered = server.events.filter((event) =>
+    event.event === "probe" && event.kind === "answered"
+  );
+  const answeredByClient = client.events.filter((event) => event.kind === "peer-probe");
+  showSeen(watchedSeconds, answered, answeredByClient.length, probesCounted);
+  explainSettings(sysctls);
   if (answered.length === 0) {
     console.error("demo.ts: no probe was seen; the kernel did not do what the settings predict");
     return 1;
@@ -186,6 +190,7 @@ async function showTimers(clientAddress: string, serverAddress: string): Promise
 }
 
 function showSeen(
+  watchedSeconds: number,
   answered: Record<string, unknown>[],
   answeredByClient: number,
   probesCounted: number,
@@ -195,11 +200,13 @@ function showSeen(
   const silences = answered.map((event) => Number(event.idleMs) / 1000);
   const meanSilence = silences.reduce((a, b) => a + b, 0) / silences.length;
   say(`
-What was seen in ${WATCH_SECONDS} s, and what the settings predict:
+What was seen in the ${
+    watchedSeconds.toFixed(1)
+  } s the connection was watched, and what the settings predict:
   - probes the server's kernel sent and the client answered: ${answered.length}
     (predicted: one every max(idle, interval) = max(${IDLE}, ${INTERVAL}) = ${cadence} s, so ${
-    Math.floor(WATCH_SECONDS / cadence)
-  })
+    Math.floor(watchedSeconds / cadence)
+  }, or one fewer if the last was due as the server quit)
   - probes the client saw arrive and answered: ${answeredByClient}
   - silence before each probe: ${silences.length ? `${meanSilence.toFixed(2)} s on average` : "n/a"}
   - keepalive probes the kernel counted for every socket in this network namespace
@@ -317,9 +324,12 @@ function spawn(children: Set<Deno.ChildProcess>, script: string, args: string[])
       }
     },
     write: (text: string) => stdin.write(new TextEncoder().encode(text)),
+    /** Its exit code, once it has exited and every line it printed is in `events`. */
     async exitCode(): Promise<number> {
       await stdin.close().catch(() => {});
-      return (await child.status).code;
+      const { code } = await child.status;
+      await pump;
+      return code;
     },
     async [Symbol.asyncDispose]() {
       try {
