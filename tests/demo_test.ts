@@ -30,6 +30,14 @@ Deno.test("the demo shows real probes every 2 s, checks them against the predict
   // Probes seen live, one every 2 s for 11 s, each answered by the client.
   const seen = stdout.match(/probe answered, after ([\d.]+) s idle/g) ?? [];
   assert(seen.length >= 4 && seen.length <= 6, `${seen.length} probes:\n${stdout}`);
+  // The summary is made after both scripts exited, from every line they
+  // printed: no probe line can come after it (on a busy machine one did).
+  const report = stdout.indexOf("What was seen");
+  assert(
+    report > stdout.indexOf("client.ts exited"),
+    `the summary came before the exit:\n${stdout}`,
+  );
+  assert(report > stdout.lastIndexOf("probe answered"), stdout);
   const counted = Number(stdout.match(/sent and the client answered: (\d+)/)?.[1]);
   assertEquals(counted, seen.length);
   assertEquals(
