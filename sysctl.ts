@@ -38,7 +38,7 @@
  *
  * @module
  */
-import { parseFlags, shellQuote, showTyped, UsageError } from "./cli.ts";
+import { parseFlags, printError, shellQuote, showTyped, UsageError, writeText } from "./cli.ts";
 
 /** The three keepalive sysctls, in the order procps would list them for this script. */
 export const KEEPALIVE_SYSCTLS = [
@@ -437,22 +437,20 @@ export async function main(args: string[]): Promise<number> {
   try {
     return await runCommand(args);
   } catch (error) {
+    // printError never throws: with stderr full too, the exit code still tells.
     if (!(error instanceof SysctlError)) {
-      console.error(`sysctl.ts: ${firstLine(error)}`);
+      printError(`sysctl.ts: ${firstLine(error)}`);
       return 1;
     }
-    console.error(`sysctl.ts: ${error.message}${hintFor(error, args)}`);
-    for (const line of error.details) console.error(`sysctl.ts: ${line}`);
+    printError(`sysctl.ts: ${error.message}${hintFor(error, args)}`);
+    for (const line of error.details) printError(`sysctl.ts: ${line}`);
     return error.exitCode;
   }
 }
 
 async function runCommand(args: string[]): Promise<number> {
   const flags = parseCommandFlags(args);
-  if (flags.help) {
-    console.log(HELP);
-    return 0;
-  }
+  if (flags.help) return print(HELP, "the help");
 
   // Every argument is checked before the first file is touched: a typo in
   // the last one must not leave the first one written.
@@ -476,8 +474,20 @@ async function runCommand(args: string[]): Promise<number> {
       Object.fromEntries(assignments.map(({ key, value }) => [key, value])),
     )).values
     : await readKeepaliveSysctls(keys.length > 0 ? keys : KEEPALIVE_SYSCTLS);
-  console.log(formatSysctls(values, flags.json));
-  return 0;
+  // Written after the change was made: a full stdout must not hide that it was.
+  return print(
+    formatSysctls(values, flags.json),
+    writes.length > 0 ? "the new values (they were written)" : "the values",
+  );
+}
+
+// Prints `text`; when stdout refuses it (`> /dev/full`), one line on stderr
+// and exit 1, never a stack trace.
+function print(text: string, what: string): number {
+  const failed = writeText(text);
+  if (failed === null) return 0;
+  printError(`sysctl.ts: cannot print ${what}: ${failed}`);
+  return 1;
 }
 
 // The same strict flags as the other scripts (cli.ts): --json=0 is a

@@ -499,3 +499,23 @@ netnsTest(
     });
   },
 );
+
+Deno.test("sysctl.ts with stdout or stderr full: one line and exit 1 for output it cannot print, exit 2 for misuse", async () => {
+  const script = (redirect: string, args: string) =>
+    run([
+      "sh",
+      "-c",
+      `exec "$0" run -A sysctl.ts ${args} ${redirect}`,
+      Deno.execPath(),
+    ]);
+  const misuse = await script("2>/dev/full", "--bogus");
+  assertEquals(misuse.code, 2);
+  for (const args of ["", "--help", "--json time"]) {
+    const full = await script(">/dev/full", args);
+    assertEquals(full.code, 1, `${args}: ${full.stderr}`);
+    assertMatch(
+      full.stderr,
+      /^sysctl\.ts: cannot print the (values|help): No space left on device[^\n]*\n$/,
+    );
+  }
+});
