@@ -351,8 +351,12 @@ export function setKeepAliveAll(
   options: boolean | KeepAliveOptions,
   filter: PeerFilter = {},
 ): number {
-  const settings = validateOptions(options);
-  const peer = checkFilter(filter);
+  return tuneAll(validateOptions(options), checkFilter(filter));
+}
+
+// setKeepAliveAll with its options and filter already checked (and copied:
+// what was checked is what is set, however often it runs).
+function tuneAll(settings: CheckedOptions, peer: { bytes?: Uint8Array; port?: number }): number {
   const limit = openFileLimit();
   let tuned = 0;
   for (let fd = 0, unused = 0; fd < limit && unused < 1024; fd++) {
@@ -385,7 +389,8 @@ export function setKeepAliveAll(
  * connections a library opens later are tuned too, until `stop()`. Its timer
  * does not keep the program alive. `tuned()` says how many sockets the last
  * call tuned. A failure stops it and is passed to `onError` (by default,
- * thrown from the timer).
+ * thrown from the timer). The options and the filter are checked and copied
+ * once, at the call: changing the objects afterwards changes nothing.
  *
  * @example
  * ```ts ignore
@@ -408,10 +413,13 @@ export function setKeepAliveAllEvery(
     throw new TypeError(`everyMs must be an integer from 100 to 2147483647 ms, not ${everyMs}`);
   }
   if (typeof onError !== "function") throw new TypeError("onError must be a function");
-  let last = setKeepAliveAll(options, filter); // checks everything once, up front
+  // Checked and copied once, up front: every call sets what was checked.
+  const settings = validateOptions(options);
+  const peer = checkFilter(filter);
+  let last = tuneAll(settings, peer);
   const timer = setInterval(() => {
     try {
-      last = setKeepAliveAll(options, filter);
+      last = tuneAll(settings, peer);
     } catch (error) {
       clearInterval(timer);
       onError(error);
@@ -422,21 +430,17 @@ export function setKeepAliveAllEvery(
 }
 
 function checkFilter(filter: PeerFilter): { bytes?: Uint8Array; port?: number } {
-  if (typeof filter !== "object" || filter === null || Array.isArray(filter)) {
-    throw new TypeError("the filter must be an object: { hostname?, port? }");
-  }
   // A misspelt key would otherwise widen the filter to every connection.
-  const unknown = Object.keys(filter).find((key) => key !== "hostname" && key !== "port");
-  if (unknown !== undefined) {
-    throw new TypeError(
-      `unknown filter key ${JSON.stringify(unknown)}: it takes hostname and port`,
-    );
+  const { hostname, port } = readFields(
+    filter,
+    ["hostname", "port"],
+    "the filter must be an object: { hostname?, port? }",
+    (key) => `unknown filter key ${JSON.stringify(key)}: it takes hostname and port`,
+  );
+  if (port !== undefined && !isPort(port)) {
+    throw new TypeError(`filter.port must be an integer from 1 to 65535, not ${shown(port)}`);
   }
-  const { hostname, port } = filter;
-  if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
-    throw new TypeError(`filter.port must be an integer from 1 to 65535, not ${port}`);
-  }
-  if (hostname === undefined) return { port };
+  if (hostname === undefined) return { port: port as number | undefined };
   if (typeof hostname === "string" && hostname.includes("%")) {
     throw new TypeError(
       `filter.hostname ${JSON.stringify(hostname)}: a zone id cannot be matched (the kernel's ` +
@@ -447,10 +451,10 @@ function checkFilter(filter: PeerFilter): { bytes?: Uint8Array; port?: number } 
   if (!bytes) {
     throw new TypeError(
       `filter.hostname must be an IP address (resolve a name first, e.g. with Deno.resolveDns), ` +
-        `not ${JSON.stringify(hostname)}`,
+        `not ${shown(hostname)}`,
     );
   }
-  return { bytes, port };
+  return { bytes, port: port as number | undefined };
 }
 
 // What one descriptor is, for setKeepAliveAll: a connected TCP socket (its
@@ -580,37 +584,82 @@ function readTcpInfo(fd: number): KeepAliveState {
   };
 }
 
-/** What {@linkcode watchKeepAlive} saw happen on a connection. */
+/**
+ * When a {@linkcode ProbeEvent} happened. A watcher only looks now and then
+ * (every `pollMs`), so the moment `onEvent` is called is not the moment the
+ * probe went out: stamp an event with `Date.now() - event.agoMs`, taken in
+ * `onEvent`, not with the time of the call.
+ *
+ * How it is known (`agoFrom`), by kind:
+ *
+ * - `answered` and `late-answer`: the answer's arrival, from the kernel's
+ *   clock (`tcpi_last_ack_recv`, to a few ms): `"kernel"`. The probe itself
+ *   left one round trip earlier.
+ * - `unanswered`: with {@linkcode watchKeepAliveAll} given the interval (as
+ *   `getKeepAlive` returns it), from the keepalive timer the kernel re-armed,
+ *   `interval` ahead, when it sent the probe: `"kernel"`. Otherwise from the silence so far and the socket's idle time
+ *   and interval (probe N leaves after `time + (N - 1) * interval` of
+ *   silence, or a little later: the kernel's timers fire up to an eighth
+ *   late): `"estimate"`, and the probe is at most `agoMs` old. Without the
+ *   idle time and interval: `"seen"`.
+ * - `peer-probe`: nothing in `tcp_info` records when the peer's probe came:
+ *   `"seen"`.
+ *
+ * `"seen"` means `agoMs` is 0: the event happened at some moment of the
+ * `windowMs` before the look, and all that is known is when it was seen.
+ */
+export interface ProbeTiming {
+  /**
+   * How long before `onEvent` was called the event happened, in ms (whole,
+   * from 0 to `windowMs`): what `agoFrom` says.
+   */
+  agoMs: number;
+  /** How `agoMs` is known: `"kernel"` (measured), `"estimate"` (an upper bound), `"seen"` (0: unknown). */
+  agoFrom: "kernel" | "estimate" | "seen";
+  /**
+   * The time since the watcher's previous look at the connection, in ms:
+   * the event happened within it, whatever `agoFrom` says.
+   */
+  windowMs: number;
+}
+
+/**
+ * What {@linkcode watchKeepAlive} saw happen on a connection, and when
+ * ({@linkcode ProbeTiming}).
+ */
 export type ProbeEvent =
-  | {
-    /** This side's kernel sent a keepalive probe and the peer answered it. */
-    kind: "answered";
-    /** How long the connection had been silent when the probe went out, in ms. */
-    idleMs: number;
-  }
-  | {
-    /** This side's kernel sent a keepalive probe that is still unanswered. */
-    kind: "unanswered";
-    /** Which unanswered probe this is, from 1. */
-    probe: number;
-    /**
-     * How many unanswered probes end the connection (`TCP_KEEPCNT`), or null
-     * when a user timeout decides instead (then see `userTimeoutMs`).
-     */
-    of: number | null;
-    /** `TCP_USER_TIMEOUT` in ms: the silence after which the connection fails; 0 when unset. */
-    userTimeoutMs: number;
-  }
-  | {
-    /** The peer answered at last, after probes already reported as unanswered. */
-    kind: "late-answer";
-    /** How many probes were unanswered until then. */
-    unanswered: number;
-  }
-  | {
-    /** The peer sent a keepalive probe and this side's kernel answered it. */
-    kind: "peer-probe";
-  };
+  & ProbeTiming
+  & (
+    | {
+      /** This side's kernel sent a keepalive probe and the peer answered it. */
+      kind: "answered";
+      /** How long the connection had been silent when the probe went out, in ms. */
+      idleMs: number;
+    }
+    | {
+      /** This side's kernel sent a keepalive probe that is still unanswered. */
+      kind: "unanswered";
+      /** Which unanswered probe this is, from 1. */
+      probe: number;
+      /**
+       * How many unanswered probes end the connection (`TCP_KEEPCNT`), or null
+       * when a user timeout decides instead (then see `userTimeoutMs`).
+       */
+      of: number | null;
+      /** `TCP_USER_TIMEOUT` in ms: the silence after which the connection fails; 0 when unset. */
+      userTimeoutMs: number;
+    }
+    | {
+      /** The peer answered at last, after probes already reported as unanswered. */
+      kind: "late-answer";
+      /** How many probes were unanswered until then. */
+      unanswered: number;
+    }
+    | {
+      /** The peer sent a keepalive probe and this side's kernel answered it. */
+      kind: "peer-probe";
+    }
+  );
 
 /**
  * Makes the kernel's keepalive probes visible without tcpdump: polls the
@@ -630,7 +679,12 @@ export type ProbeEvent =
  * reported unanswered and then followed by a `late-answer`. Keepalive only
  * probes a connection with nothing in flight, so a look in which data moved
  * is skipped: a probe in the same look as data (within `pollMs` of it) is
- * not reported.
+ * not reported. Each event says when it happened ({@linkcode ProbeTiming}):
+ * an answer from the kernel's clock, an unanswered probe estimated from the
+ * silence and the socket's idle time and interval.
+ *
+ * Every argument is checked at the call (a `TypeError`): `onEvent` must be a
+ * function, and `options` takes `pollMs` only.
  *
  * @example
  * ```ts ignore
@@ -639,7 +693,8 @@ export type ProbeEvent =
  * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8888 });
  * setKeepAlive(conn, { time: 2_000, interval: 1_000, retries: 3 });
  * const watcher = watchKeepAlive(conn, (event) => console.log(event));
- * // { kind: "answered", idleMs: 2003 } every 2 s while the peer answers
+ * // { kind: "answered", idleMs: 2003, agoMs: 120, agoFrom: "kernel", windowMs: 200 }
+ * // every 2 s while the peer answers
  * // ... and when the connection ends:
  * watcher.stop();
  * ```
@@ -649,10 +704,8 @@ export function watchKeepAlive(
   onEvent: (event: ProbeEvent) => void,
   options: { pollMs?: number } = {},
 ): { stop(): void } {
-  const pollMs = options.pollMs ?? 200;
-  if (!Number.isInteger(pollMs) || pollMs < 10 || pollMs > 60_000) {
-    throw new TypeError(`pollMs must be an integer from 10 to 60000, not ${options.pollMs}`);
-  }
+  checkOnEvent(onEvent);
+  const pollMs = checkWatchOptions(options);
   // Found once: a closed connection's number may be reused, so each look
   // checks it still is this connection instead of searching again.
   const fd = onSocket("watch keepalive", conn, (fd) => fd);
@@ -681,10 +734,13 @@ export function watchKeepAlive(
     }
     const now = performance.now();
     // Read the limits only when a probe went unanswered: they may have
-    // changed since the watch began.
+    // changed since the watch began. (No timer here: getsockopt has none.)
     probesBetween(previous, current, now - previousAt, () => ({
       retries: getInt(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT"),
       userTimeout: getInt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"),
+      time: getInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE") * 1000,
+      interval: getInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL") * 1000,
+      keepaliveTimerMs: null,
     }), onEvent);
     previous = current;
     previousAt = now;
@@ -705,15 +761,52 @@ export function watchKeepAlive(
   };
 }
 
+// watchKeepAlive's options, read once: its pollMs.
+function checkWatchOptions(options: unknown): number {
+  const { pollMs = 200 } = readFields(
+    options,
+    ["pollMs"],
+    `watchKeepAlive's options must be an object { pollMs? }, not ${typeName(options)}`,
+    (key) => `unknown watchKeepAlive option ${JSON.stringify(key)}: it takes pollMs`,
+  );
+  checkPollMs(pollMs);
+  return pollMs;
+}
+
+function checkPollMs(pollMs: unknown): asserts pollMs is number {
+  if (!Number.isInteger(pollMs) || (pollMs as number) < 10 || (pollMs as number) > 60_000) {
+    throw new TypeError(`pollMs must be an integer from 10 to 60000, not ${shown(pollMs)}`);
+  }
+}
+
+function checkOnEvent(onEvent: unknown): void {
+  if (typeof onEvent !== "function") {
+    throw new TypeError(`onEvent must be a function, not ${shown(onEvent)}`);
+  }
+}
+
+// What a watcher knows of a connection's keepalive, asked for only when a
+// probe went unanswered: the limits, and for the probe's time, the idle
+// time and interval (ms) and the kernel's pending keepalive timer (ms
+// left), each when known.
+interface ProbeClock {
+  retries: number;
+  userTimeout: number;
+  time?: number;
+  interval?: number;
+  keepaliveTimerMs: number | null;
+}
+
 // What happened between two looks at one connection's TCP_INFO, `elapsedMs`
 // apart: the probes it sent (answered or not) and the peer's probes it
-// answered. Shared by watchKeepAlive (one connection, getsockopt) and
-// watchKeepAliveAll (every connection, one netlink dump).
+// answered, each with when it happened (ProbeTiming). Shared by
+// watchKeepAlive (one connection, getsockopt) and watchKeepAliveAll (every
+// connection, one netlink dump).
 function probesBetween(
   previous: KeepAliveState,
   current: KeepAliveState,
   elapsedMs: number,
-  limits: () => { retries: number; userTimeout: number },
+  clock: () => ProbeClock,
   onEvent: (event: ProbeEvent) => void,
 ): void {
   // Keepalive only probes an established connection with nothing in
@@ -736,23 +829,68 @@ function probesBetween(
   const answer = received > 0 && current.sinceLastAckMs + 500 < silentMs;
   const peerProbes = answer ? received - 1 : received;
   const ourProbes = sent - peerProbes;
+  const at = timingWithin(elapsedMs);
   if (answer && ourProbes > 0) {
-    onEvent({ kind: "answered", idleMs: Math.round(silentMs - current.sinceLastAckMs) });
+    onEvent({
+      kind: "answered",
+      idleMs: Math.round(silentMs - current.sinceLastAckMs),
+      ...at(current.sinceLastAckMs, "kernel"),
+    });
   } else if (answer && previous.unansweredProbes > 0) {
-    onEvent({ kind: "late-answer", unanswered: previous.unansweredProbes });
+    onEvent({
+      kind: "late-answer",
+      unanswered: previous.unansweredProbes,
+      ...at(current.sinceLastAckMs, "kernel"),
+    });
   } else if (current.unansweredProbes > previous.unansweredProbes) {
-    // With a user timeout the kernel ignores the probe count (tcp(7)).
-    const { retries, userTimeout } = limits();
-    for (let probe = previous.unansweredProbes + 1; probe <= current.unansweredProbes; probe++) {
-      onEvent({
-        kind: "unanswered",
-        probe,
-        of: userTimeout > 0 ? null : retries,
-        userTimeoutMs: userTimeout,
-      });
-    }
+    unansweredBetween(previous, current, clock(), at, onEvent);
   }
-  for (let i = 0; i < peerProbes; i++) onEvent({ kind: "peer-probe" });
+  // Nothing in tcp_info moves when the peer's probe comes: only seen.
+  for (let i = 0; i < peerProbes; i++) onEvent({ kind: "peer-probe", ...at(0, "seen") });
+}
+
+// A ProbeTiming for an event `agoMs` before a look `elapsedMs` after the
+// previous one: it happened after that look, so never longer ago.
+function timingWithin(elapsedMs: number) {
+  const windowMs = Math.max(0, Math.round(elapsedMs));
+  return (agoMs: number, agoFrom: ProbeTiming["agoFrom"]): ProbeTiming => ({
+    agoMs: Math.min(Math.max(0, Math.round(agoMs)), windowMs),
+    agoFrom,
+    windowMs,
+  });
+}
+
+// The probes sent since the last look and still unanswered, each with its
+// best known time (ProbeTiming explains the three ways).
+function unansweredBetween(
+  previous: KeepAliveState,
+  current: KeepAliveState,
+  clock: ProbeClock,
+  at: ReturnType<typeof timingWithin>,
+  onEvent: (event: ProbeEvent) => void,
+): void {
+  const { retries, userTimeout, time, interval, keepaliveTimerMs } = clock;
+  const latest = current.unansweredProbes;
+  // The silence keepalive counts (tcp_timer.c, keepalive_time_elapsed):
+  // since the peer's last ACK or last data, whichever came later.
+  const silentMs = Math.min(current.sinceLastAckMs, current.sinceLastDataMs);
+  const known = (ms: number | undefined): ms is number => ms !== undefined && ms > 0;
+  for (let probe = previous.unansweredProbes + 1; probe <= latest; probe++) {
+    // After each probe the kernel re-arms the timer `interval` ahead.
+    const timing = known(interval) && keepaliveTimerMs !== null
+      ? at(interval - keepaliveTimerMs + (latest - probe) * interval, "kernel")
+      : known(time) && known(interval)
+      ? at(silentMs - time - (probe - 1) * interval, "estimate")
+      : at(0, "seen");
+    onEvent({
+      kind: "unanswered",
+      probe,
+      // With a user timeout the kernel ignores the probe count (tcp(7)).
+      of: userTimeout > 0 ? null : retries,
+      userTimeoutMs: userTimeout,
+      ...timing,
+    });
+  }
 }
 
 /** Which connections {@linkcode watchKeepAliveAll} watches: a server's, by its local address. */
@@ -766,6 +904,35 @@ export interface LocalFilter {
    * every address, both families.
    */
   hostname?: string;
+  /**
+   * Taken so that a TCP listener's `addr` can be passed as it is; anything
+   * but `"tcp"` is refused.
+   */
+  transport?: Deno.NetAddr["transport"];
+}
+
+/** The options of {@linkcode watchKeepAliveAll}. */
+export interface WatchAllOptions {
+  /** How often to look, in ms: 10..60000, 1000 by default. */
+  pollMs?: number;
+  /**
+   * The connections' settings, which `tcp_info` does not carry: what the
+   * listener holds, as {@linkcode getKeepAlive} returns it (accepted
+   * connections inherit it). `retries` and `userTimeout` are needed;
+   * `interval` (and `time`) let each unanswered probe be timed from the
+   * kernel's keepalive timer ({@linkcode ProbeTiming}). They only time
+   * events, so any number is taken (a namespace's sysctl may hold values a
+   * socket option could not).
+   */
+  limits: {
+    retries: number;
+    userTimeout: number;
+    time?: number;
+    interval?: number;
+    enabled?: boolean;
+  };
+  /** Gets a failed look (the watcher has stopped); by default it is thrown from the timer. */
+  onError?: (error: unknown) => void;
 }
 
 /**
@@ -776,19 +943,25 @@ export interface LocalFilter {
  * look at 10,000 connections costs a few hundred system calls instead of
  * 20,000, and idle connections cost no timer of their own. `onEvent` gets
  * each probe with the connection's remote address (formatted as Deno formats
- * `conn.remoteAddr`). It sees every socket on that local address in the
- * network namespace, whichever process holds it (a server shares its port
- * with nobody, unless with `reusePort`).
+ * `conn.remoteAddr`), and when it happened ({@linkcode ProbeTiming}). It
+ * sees every socket on that local address in the network namespace,
+ * whichever process holds it (a server shares its port with nobody, unless
+ * with `reusePort`).
  *
- * `limits` are the connections' `TCP_KEEPCNT` and `TCP_USER_TIMEOUT`, which
- * `tcp_info` does not carry: pass what the listener holds
- * (`getKeepAlive(listener)`; accepted connections inherit it). A look every
- * `pollMs` (default 1000) reports each answered probe when probes on a
- * connection are at least `pollMs` apart, and every unanswered one. The
- * timer does not keep the program alive; `stop()` takes one last look. A
- * look that fails (the netlink socket refused) stops the watcher and goes to
- * `onError` (by default, thrown from the timer).
- * Needs `--allow-ffi`; Linux only.
+ * `limits` are the connections' settings, which `tcp_info` does not carry:
+ * pass what the listener holds (`getKeepAlive(listener)`; accepted
+ * connections inherit it). A look every `pollMs` (default 1000) reports each
+ * answered probe when probes on a connection are at least `pollMs` apart,
+ * and every unanswered one. The timer does not keep the program alive;
+ * `stop()` takes one last look. A look that fails (the netlink socket
+ * refused) stops the watcher and goes to `onError` (by default, thrown from
+ * the timer).
+ *
+ * Every argument is checked at the call, with a `TypeError`: the filter
+ * takes `port`, `hostname` (and a listener's `transport: "tcp"`) and nothing
+ * else, since a misspelt key would widen it to every address; `onEvent` and
+ * `onError` must be functions; the options and the limits take their own
+ * fields only. Each is read once. Needs `--allow-ffi`; Linux only.
  *
  * @example
  * ```ts ignore
@@ -808,45 +981,11 @@ export interface LocalFilter {
 export function watchKeepAliveAll(
   filter: LocalFilter,
   onEvent: (event: ProbeEvent, remote: Deno.NetAddr) => void,
-  options: {
-    pollMs?: number;
-    limits: { retries: number; userTimeout: number };
-    onError?: (error: unknown) => void;
-  },
+  options: WatchAllOptions,
 ): { stop(): void } {
-  const pollMs = options.pollMs ?? 1000;
-  if (!Number.isInteger(pollMs) || pollMs < 10 || pollMs > 60_000) {
-    throw new TypeError(`pollMs must be an integer from 10 to 60000, not ${options.pollMs}`);
-  }
-  if (!Number.isInteger(filter?.port) || filter.port < 1 || filter.port > 65535) {
-    throw new TypeError(`port must be an integer from 1 to 65535, not ${filter?.port}`);
-  }
-  const { retries, userTimeout } = options.limits ?? {};
-  if (
-    !isValidKeepAliveValue("retries", retries) || !isValidKeepAliveValue("userTimeout", userTimeout)
-  ) {
-    throw new TypeError("limits must be { retries, userTimeout }, as getKeepAlive returns them");
-  }
-  const limits = () => ({ retries, userTimeout });
-  // Only the connections to this local address: on a wildcard address,
-  // every address's. And only the family that can have them: a listener on
-  // an IPv4 address has IPv4 sockets only; one on an IPv6 address (`::`
-  // too) has IPv6 sockets, its IPv4 clients' among them (IPv4-mapped). Each
-  // family asked for is a walk of the kernel's whole table.
-  if (filter.hostname !== undefined && addressBytes(filter.hostname) === null) {
-    throw new TypeError(
-      `hostname must be an IP address, as the listener's addr.hostname is, not ` +
-        JSON.stringify(filter.hostname),
-    );
-  }
-  const local = filter.hostname === undefined || isWildcard(filter.hostname)
-    ? null
-    : addressBytes(filter.hostname);
-  const families: ("ipv4" | "ipv6")[] = filter.hostname === undefined
-    ? ["ipv4", "ipv6"]
-    : filter.hostname.includes(":")
-    ? ["ipv6"]
-    : ["ipv4"];
+  const { port, local, families } = checkLocalFilter(filter);
+  checkOnEvent(onEvent);
+  const { pollMs, limits, onError } = checkWatchAllOptions(options);
   const diag = new SockDiag(); // fails here, not in the timer, without --allow-ffi
   // The last look at each connection, by the kernel's cookie for its socket,
   // updated in place (10,000 connections: no new objects each look), and
@@ -855,6 +994,15 @@ export function watchKeepAliveAll(
   let previousAt = performance.now();
   let looks = 0;
   const current = emptyState();
+  // The socket being looked at, for the two callbacks below (made once,
+  // not once per socket per look).
+  let entry: DiagEntry;
+  const clock = (): ProbeClock => ({
+    ...limits,
+    keepaliveTimerMs: entry.timer === "keepalive" ? entry.timerMs : null,
+  });
+  const report = (event: ProbeEvent) => onEvent(event, entry.remote());
+  const which = { localPort: port, states: ["established"] as const, families };
 
   let looking = false;
   const look = () => {
@@ -864,8 +1012,8 @@ export function watchKeepAliveAll(
       const now = performance.now();
       const elapsedMs = now - previousAt;
       const thisLook = ++looks;
-      const which = { localPort: filter.port, states: ["established"] as const, families };
-      diag.forEachTcpSocket(which, (entry) => {
+      diag.forEachTcpSocket(which, (visited) => {
+        entry = visited;
         if (local && !entry.localAddressIs(local)) return;
         if (!readTcpInfoInto(entry, current)) return;
         const key = entry.cookieNumber;
@@ -874,13 +1022,7 @@ export function watchKeepAliveAll(
           previous.set(key, { ...current, look: thisLook });
           return;
         }
-        probesBetween(
-          before,
-          current,
-          elapsedMs,
-          limits,
-          (event) => onEvent(event, entry.remote()),
-        );
+        probesBetween(before, current, elapsedMs, clock, report);
         Object.assign(before, current);
         before.look = thisLook;
       });
@@ -891,6 +1033,17 @@ export function watchKeepAliveAll(
     }
   };
   look();
+  return watchEvery(pollMs, look, () => diag.close(), onError);
+}
+
+// Runs `look` every `pollMs` (unref'd) until stop(), which looks once more;
+// a look that throws stops it and goes to `onError` (or is thrown).
+function watchEvery(
+  pollMs: number,
+  look: () => void,
+  close: () => void,
+  onError: ((error: unknown) => void) | undefined,
+): { stop(): void } {
   let stopped = false;
   const timer = setInterval(() => {
     try {
@@ -898,9 +1051,9 @@ export function watchKeepAliveAll(
     } catch (error) {
       stopped = true;
       clearInterval(timer);
-      diag.close();
-      if (!options.onError) throw error;
-      options.onError(error);
+      close();
+      if (!onError) throw error;
+      onError(error);
     }
   }, pollMs);
   Deno.unrefTimer(timer);
@@ -912,9 +1065,96 @@ export function watchKeepAliveAll(
       try {
         look();
       } finally {
-        diag.close();
+        close();
       }
     },
+  };
+}
+
+// watchKeepAliveAll's filter, each field read once: the port, the local
+// address to compare (null for every address, a wildcard's too), and which
+// address families to ask for. A listener on an IPv4 address has IPv4
+// sockets only; one on an IPv6 address (`::` too) has IPv6 sockets, its
+// IPv4 clients' among them (IPv4-mapped). Each family asked for is a walk of
+// the kernel's whole table.
+function checkLocalFilter(filter: unknown): {
+  port: number;
+  local: Uint8Array | null;
+  families: ("ipv4" | "ipv6")[];
+} {
+  const { port, hostname, transport } = readFields(
+    filter,
+    ["port", "hostname", "transport"],
+    `the filter must be an object { port, hostname? } (a listener's addr), not ${typeName(filter)}`,
+    (key) => `unknown filter key ${JSON.stringify(key)}: it takes port and hostname`,
+  );
+  if (transport !== undefined && transport !== "tcp") {
+    throw new TypeError(`the filter is a TCP address: transport "tcp", not ${shown(transport)}`);
+  }
+  if (!isPort(port)) {
+    throw new TypeError(`port must be an integer from 1 to 65535, not ${shown(port)}`);
+  }
+  if (hostname === undefined) return { port, local: null, families: ["ipv4", "ipv6"] };
+  const bytes = typeof hostname === "string" ? addressBytes(hostname) : null;
+  if (bytes === null) {
+    throw new TypeError(
+      `hostname must be an IP address, as the listener's addr.hostname is, not ${shown(hostname)}`,
+    );
+  }
+  const text = hostname as string;
+  return {
+    port,
+    local: isWildcard(text) ? null : bytes,
+    families: text.includes(":") ? ["ipv6"] : ["ipv4"],
+  };
+}
+
+// watchKeepAliveAll's options and limits, each field read once.
+function checkWatchAllOptions(options: unknown): {
+  pollMs: number;
+  limits: Omit<ProbeClock, "keepaliveTimerMs">;
+  onError?: (error: unknown) => void;
+} {
+  const { pollMs = 1000, limits, onError } = readFields(
+    options,
+    ["pollMs", "limits", "onError"],
+    `watchKeepAliveAll's options must be an object { limits, pollMs?, onError? }, not ${
+      typeName(options)
+    }`,
+    (key) =>
+      `unknown watchKeepAliveAll option ${
+        JSON.stringify(key)
+      }: it takes limits, pollMs and onError`,
+  );
+  checkPollMs(pollMs);
+  if (onError !== undefined && typeof onError !== "function") {
+    throw new TypeError(`onError must be a function, not ${shown(onError)}`);
+  }
+  const usage =
+    "limits must be { retries, userTimeout, time?, interval? }, as getKeepAlive returns them";
+  const { retries, userTimeout, time, interval, enabled } = readFields(
+    limits,
+    ["retries", "userTimeout", "time", "interval", "enabled"],
+    usage,
+    (key) => `${usage}: not ${JSON.stringify(key)}`,
+  );
+  const number = (value: unknown) => value === undefined || Number.isFinite(value);
+  if (
+    !isValidKeepAliveValue("retries", retries) ||
+    !isValidKeepAliveValue("userTimeout", userTimeout) ||
+    !number(time) || !number(interval) || (enabled !== undefined && typeof enabled !== "boolean")
+  ) {
+    throw new TypeError(usage);
+  }
+  return {
+    pollMs,
+    limits: {
+      retries: retries as number,
+      userTimeout: userTimeout as number,
+      time: time as number | undefined,
+      interval: interval as number | undefined,
+    },
+    onError: onError as ((error: unknown) => void) | undefined,
   };
 }
 
@@ -963,26 +1203,77 @@ function emptyState(): KeepAliveState {
 
 type CheckedOptions = KeepAliveOptions & { enabled: boolean };
 
+const OPTION_NAMES = Object.keys(KEEPALIVE_LIMITS) as KeepAliveOption[];
+
+// The options, each field read once (a getter is called once) and checked:
+// what is set is exactly what was checked.
 function validateOptions(options: boolean | KeepAliveOptions): CheckedOptions {
   if (typeof options === "boolean") return { enabled: options };
-  if (typeof options !== "object" || options === null || Array.isArray(options)) {
-    const what = options === null ? "null" : Array.isArray(options) ? "an array" : typeof options;
-    throw new TypeError(`keepalive options must be a boolean or an object, not ${what}`);
-  }
-  for (const [option, value] of Object.entries(options)) {
-    if (!(option in KEEPALIVE_LIMITS)) {
-      throw new TypeError(`unknown keepalive option ${JSON.stringify(option)}`);
+  const fields = readFields(
+    options,
+    OPTION_NAMES,
+    `keepalive options must be a boolean or an object, not ${typeName(options)}`,
+    (key) => `unknown keepalive option ${JSON.stringify(key)}`,
+  );
+  const checked: CheckedOptions = { enabled: true };
+  for (const option of OPTION_NAMES) {
+    const value = fields[option];
+    if (value === undefined) continue;
+    if (isValidKeepAliveValue(option, value)) {
+      checked[option] = value as number;
+      continue;
     }
-    if (value === undefined || isValidKeepAliveValue(option as KeepAliveOption, value)) continue;
-    const { min, max, multipleOf } = KEEPALIVE_LIMITS[option as KeepAliveOption];
-    const shown = typeof value === "string" ? JSON.stringify(value) : String(value);
+    const { min, max, multipleOf } = KEEPALIVE_LIMITS[option];
     throw new TypeError(
       multipleOf === 1000
-        ? `${option} must be whole seconds in milliseconds, ${min}..${max} (a multiple of 1000), not ${shown}`
-        : `${option} must be an integer from ${min} to ${max}, not ${shown}`,
+        ? `${option} must be whole seconds in milliseconds, ${min}..${max} (a multiple of 1000), not ${
+          shown(value)
+        }`
+        : `${option} must be an integer from ${min} to ${max}, not ${shown(value)}`,
     );
   }
-  return { enabled: true, ...options };
+  return checked;
+}
+
+/**
+ * The fields `known` of an options object, each read exactly once (a getter
+ * is called once), into a plain object: what a caller checks is then what it
+ * uses. Throws a `TypeError` with `notObject` for anything but an object,
+ * and with `unknown(key)` for an own key it does not take (a misspelt key is
+ * a mistake to report, not a field to ignore: it may widen a filter).
+ */
+function readFields<K extends string>(
+  value: unknown,
+  known: readonly K[],
+  notObject: string,
+  unknown: (key: string) => string,
+): Partial<Record<K, unknown>> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new TypeError(notObject);
+  }
+  const extra = Object.keys(value).find((key) => !(known as readonly string[]).includes(key));
+  if (extra !== undefined) throw new TypeError(unknown(extra));
+  const fields: Partial<Record<K, unknown>> = {};
+  for (const key of known) fields[key] = (value as Record<string, unknown>)[key];
+  return fields;
+}
+
+// A value as an error message shows it: strings quoted, numbers as they
+// are, anything else by its kind (never a function's source).
+function shown(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean" || value === undefined) {
+    return String(value);
+  }
+  return typeName(value);
+}
+
+function typeName(value: unknown): string {
+  return value === null ? "null" : Array.isArray(value) ? "an array" : typeof value;
+}
+
+function isPort(value: unknown): value is number {
+  return Number.isInteger(value) && (value as number) >= 1 && (value as number) <= 65535;
 }
 
 // --- One setter per option ---------------------------------------------------

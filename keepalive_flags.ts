@@ -121,18 +121,30 @@ export function describeKeepAlive(settings: KeepAliveSettings): string {
 }
 
 /**
- * One probe seen by `watchKeepAlive`, in words.
+ * One probe seen by `watchKeepAlive` or `watchKeepAliveAll`, in words, with
+ * when it happened relative to the look that saw it (`keepalive.ts`'s
+ * `ProbeTiming`): "seen 0.82 s later" when the kernel's clock says (an
+ * answer's arrival, an unanswered probe's re-armed timer), "seen at most
+ * 0.40 s later" for an estimate (an unanswered probe, from the silence and
+ * the socket's idle time and interval), "in the 1.00 s before it was seen"
+ * when nothing says (the peer's probe). So a line stamped with the time of
+ * the look (or, better, with `Date.now() - agoMs`) says when the probe was.
  *
  * @example
  * ```ts
  * import { describeProbe } from "./keepalive_flags.ts";
- * describeProbe({ kind: "unanswered", probe: 1, of: 3, userTimeoutMs: 0 }); // "probe 1/3 unanswered"
+ * describeProbe({ kind: "unanswered", probe: 1, of: 3, userTimeoutMs: 0, agoMs: 400, agoFrom: "estimate", windowMs: 1000 });
+ * // "probe 1/3 unanswered (seen at most 0.40 s later)"
  * ```
  */
 export function describeProbe(probe: ProbeEvent): string {
+  return `${describeKind(probe)}${describeWhen(probe)}`;
+}
+
+function describeKind(probe: ProbeEvent): string {
   switch (probe.kind) {
     case "answered":
-      return `probe answered, after ${(probe.idleMs / 1000).toFixed(2)} s idle`;
+      return `probe answered, after ${seconds(probe.idleMs)} s idle`;
     case "unanswered":
       return probe.of === null
         ? `probe ${probe.probe} unanswered (dead after ${
@@ -144,6 +156,25 @@ export function describeProbe(probe: ProbeEvent): string {
     case "peer-probe":
       return "probed by the peer; our kernel answered";
   }
+}
+
+// When, relative to the look. Nothing for an event without the timing
+// fields (one read back from a log written before they existed).
+function describeWhen(probe: ProbeEvent): string {
+  if (typeof probe.agoMs !== "number") return "";
+  switch (probe.agoFrom) {
+    case "kernel":
+      return ` (seen ${seconds(probe.agoMs)} s later)`;
+    case "estimate":
+      return ` (seen at most ${seconds(probe.agoMs)} s later)`;
+    default:
+      return ` (in the ${seconds(probe.windowMs)} s before it was seen)`;
+  }
+}
+
+// Milliseconds as seconds with two decimals, as every probe line shows them.
+function seconds(ms: number): string {
+  return (ms / 1000).toFixed(2);
 }
 
 /**

@@ -74,14 +74,32 @@ const TIMERS: readonly DiagTimer[] = [
   "zero-window-probe",
 ];
 
-/** Which sockets to ask for. Every field narrows the answer; none means every TCP socket. */
+/**
+ * Which sockets to ask for. Every field narrows the answer; none means every
+ * TCP socket. It is checked before anything is asked, each field read once:
+ * a key it does not take (a misspelt one would widen the answer), an empty
+ * list (it would match nothing) and a value outside the lists below are a
+ * `TypeError`. Names are taken exactly as written here, lowercase: `"IPv4"`
+ * or `"ESTABLISHED"` is refused, not guessed at.
+ */
 export interface DiagFilter {
-  /** Only sockets whose local port is this (a server's connections and its listener). */
+  /** Only sockets whose local port is this (a server's connections and its listener), 0..65535. */
   localPort?: number;
-  /** Only sockets in these states. */
+  /** Only sockets in these states (at least one). */
   states?: readonly TcpState[];
-  /** Only these address families (default both). */
+  /** Only these address families, `"ipv4"` and/or `"ipv6"` (default both). */
   families?: readonly ("ipv4" | "ipv6")[];
+}
+
+/** The address families a {@linkcode DiagFilter} takes. */
+const FAMILIES = ["ipv4", "ipv6"] as const;
+
+// A DiagFilter checked, each field read once: the port, the states as the
+// kernel's bit mask, and the families, each once.
+interface CheckedFilter {
+  localPort: number | undefined;
+  states: number;
+  families: readonly ("ipv4" | "ipv6")[];
 }
 
 /** One socket, as the kernel described it. */
@@ -179,11 +197,13 @@ export class SockDiag {
    */
   forEachTcpSocket(filter: DiagFilter, visit: (entry: DiagEntry) => void): void {
     if (this.#fd < 0) throw new DiagError("read from a closed SockDiag", 9 /* EBADF */);
+    // Checked whole before the first request: a bad second family must not
+    // come after a first family's sockets were visited.
+    const checked = checkFilter(filter);
     // (A visitor that throws ends the look; the next one starts afresh.)
-    const families = filter.families ?? ["ipv4", "ipv6"];
-    for (const family of families) {
+    for (const family of checked.families) {
       const sequence = ++this.#sequence;
-      this.#send(request(family === "ipv4" ? AF_INET : AF_INET6, filter, sequence));
+      this.#send(request(family === "ipv4" ? AF_INET : AF_INET6, checked, sequence));
       try {
         this.#receive(visit, sequence);
       } catch (error) {
@@ -298,19 +318,70 @@ export class DiagError extends Error {
   }
 }
 
+// The filter, checked, each field read once (a getter is called once).
+function checkFilter(filter: unknown): CheckedFilter {
+  if (typeof filter !== "object" || filter === null || Array.isArray(filter)) {
+    throw new TypeError("the filter must be an object { localPort?, states?, families? }");
+  }
+  const known = ["localPort", "states", "families"];
+  const extra = Object.keys(filter).find((key) => !known.includes(key));
+  if (extra !== undefined) {
+    throw new TypeError(
+      `unknown filter key ${JSON.stringify(extra)}: it takes localPort, states and families`,
+    );
+  }
+  const { localPort, states, families } = filter as Record<string, unknown>;
+  if (
+    localPort !== undefined &&
+    !(Number.isInteger(localPort) && (localPort as number) >= 0 && (localPort as number) <= 65535)
+  ) {
+    throw new TypeError(`localPort must be an integer from 0 to 65535, not ${shown(localPort)}`);
+  }
+  let mask = 0;
+  for (const state of listOf(states, "states", TCP_STATES)) {
+    mask |= 1 << (TCP_STATES.indexOf(state) + 1);
+  }
+  return {
+    localPort: localPort as number | undefined,
+    states: mask,
+    families: [...new Set(listOf(families, "families", FAMILIES))],
+  };
+}
+
+// A filter's list: every item one of `accepted` exactly, at least one item;
+// all of `accepted` when the list is left out.
+function listOf<T extends string>(list: unknown, name: string, accepted: readonly T[]): T[] {
+  if (list === undefined) return [...accepted];
+  const takes = accepted.map((value) => JSON.stringify(value)).join(", ");
+  if (!Array.isArray(list) || list.length === 0) {
+    throw new TypeError(`${name} must be a list of at least one of ${takes}, not ${shown(list)}`);
+  }
+  const items = [...list]; // read once: what is checked is what is used
+  for (const item of items) {
+    if (!accepted.includes(item)) {
+      const what = name === "states" ? "TCP state" : "address family";
+      throw new TypeError(`unknown ${what} ${shown(item)}: ${name} takes ${takes}`);
+    }
+  }
+  return items;
+}
+
+// A value as an error message shows it: strings quoted, numbers as they
+// are, anything else by its kind (never a function's source).
+function shown(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (Array.isArray(value)) return value.length === 0 ? "an empty list" : "an array";
+  if (value === null || ["number", "boolean", "bigint", "undefined"].includes(typeof value)) {
+    return String(value);
+  }
+  return typeof value === "object" ? "an object" : `a ${typeof value}`;
+}
+
 // A dump request: netlink header, struct inet_diag_req_v2, and, for a port,
 // a two-instruction filter program that the kernel runs on every socket.
-function request(family: number, filter: DiagFilter, sequence: number): Uint8Array {
+function request(family: number, filter: CheckedFilter, sequence: number): Uint8Array {
   const port = filter.localPort;
-  if (port !== undefined && !(Number.isInteger(port) && port >= 0 && port <= 65535)) {
-    throw new TypeError(`localPort must be an integer from 0 to 65535, not ${port}`);
-  }
-  let states = 0;
-  for (const state of filter.states ?? TCP_STATES) {
-    const index = TCP_STATES.indexOf(state);
-    if (index < 0) throw new TypeError(`unknown TCP state ${JSON.stringify(state)}`);
-    states |= 1 << (index + 1);
-  }
+  const states = filter.states;
   const bytecode = port === undefined ? 0 : 4 + 8;
   const message = new Uint8Array(NLMSG_HEADER + INET_DIAG_REQ_V2 + bytecode);
   const view = new DataView(message.buffer);
@@ -380,6 +451,14 @@ export class DiagEntry {
   get state(): TcpState {
     return TCP_STATES[this.#view.getUint8(this.#at + 1) - 1] ?? "close";
   }
+  /** The pending timer (`idiag_timer`), as {@linkcode DiagSocket.timer}. */
+  get timer(): DiagTimer {
+    return TIMERS[this.#view.getUint8(this.#at + 2)] ?? "none";
+  }
+  /** Milliseconds until that timer fires (`idiag_expires`), as {@linkcode DiagSocket.timerMs}. */
+  get timerMs(): number {
+    return this.#view.getUint32(this.#at + 52, true);
+  }
   /** The cookie as a number: exact below 2^53, which a running system never reaches. */
   get cookieNumber(): number {
     return this.#view.getUint32(this.#at + 48, true) * 2 ** 32 +
@@ -446,8 +525,8 @@ export class DiagEntry {
       remote: this.remote(),
       cookie: (BigInt(view.getUint32(at + 48, true)) << 32n) |
         BigInt(view.getUint32(at + 44, true)),
-      timer: TIMERS[view.getUint8(at + 2)] ?? "none",
-      timerMs: view.getUint32(at + 52, true),
+      timer: this.timer,
+      timerMs: this.timerMs,
       receiveQueue: view.getUint32(at + 56, true),
       sendQueue: view.getUint32(at + 60, true),
       inode: view.getUint32(at + 68, true),
@@ -584,7 +663,7 @@ export function main(args: string[], print: (line: string) => void = console.log
       Number(words[1]) <= 65535);
   if (!valid) {
     console.error(
-      `sock_diag.ts: expected nothing or --port 0..65535, not ${JSON.stringify(args.join(" "))} ` +
+      `sock_diag.ts: expected nothing or --port 0..65535, not ${showTyped(args.join(" "))} ` +
         "(see --help)",
     );
     return 2;
@@ -603,7 +682,9 @@ export function main(args: string[], print: (line: string) => void = console.log
       );
     }
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    // Only the system's words here (the arguments were checked above), but a
+    // message is shown as text, never able to move the cursor.
+    const message = escapeControls(error instanceof Error ? error.message : String(error));
     const again = error instanceof Deno.errors.NotCapable
       ? `: deno run --allow-ffi sock_diag.ts${args.length ? " " + args.join(" ") : ""}`
       : "";
@@ -611,6 +692,29 @@ export function main(args: string[], print: (line: string) => void = console.log
     return 1;
   }
   return 0;
+}
+
+/**
+ * What someone typed, quoted for a message: control characters (C0, DEL,
+ * C1), format characters (bidi overrides such as U+202E, zero-width marks)
+ * and line separators escaped as `\uXXXX`, and a long value cut to `max`
+ * characters with its length said. This repeats `cli.ts`'s `showTyped` on
+ * purpose: sock_diag.ts is a library first (keepalive.ts imports it) and
+ * stays free of `cli.ts` and its `@std/cli` import.
+ */
+function showTyped(text: string, max = 40): string {
+  const cut = text.length > max ? text.slice(0, max) : text;
+  const quoted = escapeControls(JSON.stringify(cut));
+  return text.length > max ? `${quoted.slice(0, -1)}..." (${text.length} characters)` : quoted;
+}
+
+// Each character a terminal would act on or that reorders or hides text
+// (JSON already escapes C0, but not DEL, C1, U+202E, U+2028), as \uXXXX.
+function escapeControls(text: string): string {
+  return text.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => {
+    const code = c.codePointAt(0)!;
+    return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
 }
 
 if (import.meta.main) Deno.exit(main(Deno.args));

@@ -74,24 +74,39 @@ Deno.test('a user timeout of 0 reads "off", never "0 s"; JSON keeps the number',
   assertEquals(JSON.parse(JSON.stringify(settings)).userTimeout, 0);
 });
 
-Deno.test("each kind of probe has its words", () => {
+Deno.test("each kind of probe has its words, and says when it happened", () => {
+  const kernel = { agoMs: 820, agoFrom: "kernel", windowMs: 1_000 } as const;
+  const estimate = { agoMs: 400, agoFrom: "estimate", windowMs: 1_000 } as const;
+  const seen = { agoMs: 0, agoFrom: "seen", windowMs: 1_000 } as const;
   assertEquals(
-    describeProbe({ kind: "answered", idleMs: 2_013 }),
+    describeProbe({ kind: "answered", idleMs: 2_013, ...kernel }),
+    "probe answered, after 2.01 s idle (seen 0.82 s later)",
+  );
+  assertEquals(
+    describeProbe({ kind: "unanswered", probe: 2, of: 3, userTimeoutMs: 0, ...estimate }),
+    "probe 2/3 unanswered (seen at most 0.40 s later)",
+  );
+  assertEquals(
+    describeProbe({ kind: "unanswered", probe: 2, of: 3, userTimeoutMs: 0, ...kernel }),
+    "probe 2/3 unanswered (seen 0.82 s later)",
+  );
+  assertEquals(
+    describeProbe({ kind: "unanswered", probe: 1, of: null, userTimeoutMs: 4_000, ...seen }),
+    "probe 1 unanswered (dead after 4 s of silence: user timeout) (in the 1.00 s before it was seen)",
+  );
+  assertEquals(
+    describeProbe({ kind: "late-answer", unanswered: 2, ...kernel }),
+    "answered at last, after 2 unanswered probes (seen 0.82 s later)",
+  );
+  assertEquals(
+    describeProbe({ kind: "peer-probe", ...seen }),
+    "probed by the peer; our kernel answered (in the 1.00 s before it was seen)",
+  );
+  // An event read back from a log written before the timing fields: no "when".
+  assertEquals(
+    describeProbe({ kind: "answered", idleMs: 2_013 } as never),
     "probe answered, after 2.01 s idle",
   );
-  assertEquals(
-    describeProbe({ kind: "unanswered", probe: 2, of: 3, userTimeoutMs: 0 }),
-    "probe 2/3 unanswered",
-  );
-  assertEquals(
-    describeProbe({ kind: "unanswered", probe: 1, of: null, userTimeoutMs: 4_000 }),
-    "probe 1 unanswered (dead after 4 s of silence: user timeout)",
-  );
-  assertEquals(
-    describeProbe({ kind: "late-answer", unanswered: 2 }),
-    "answered at last, after 2 unanswered probes",
-  );
-  assertEquals(describeProbe({ kind: "peer-probe" }), "probed by the peer; our kernel answered");
 });
 
 for (const script of ["server.ts", "client.ts"]) {

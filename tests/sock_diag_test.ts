@@ -3,8 +3,9 @@
  * about real loopback sockets of this process, compared with what Deno says
  * about them. No root needed.
  */
-import { assert, assertEquals, assertThrows } from "@std/assert";
+import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import { DiagError, formatAddress, SockDiag } from "../sock_diag.ts";
+import { run } from "./_helpers.ts";
 
 Deno.test("sock_diag finds a listener and its IPv4 and IPv6 connections, as Deno names them", async () => {
   using listener = Deno.listen({ hostname: "::", port: 0, tcpBacklog: 300 });
@@ -150,4 +151,82 @@ Deno.test("sock_diag formats addresses as Deno does (RFC 5952)", () => {
   assertEquals(formatAddress(v6(0x2001, 0xdb8, 0, 1, 1, 1, 1, 1)), "2001:db8:0:1:1:1:1:1");
   assertEquals(formatAddress(v6(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1)), "::ffff:127.0.0.1");
   assertEquals(formatAddress(v6(0xfe80, 0, 0, 0, 0xabcd, 0, 0, 0)), "fe80::abcd:0:0:0");
+});
+
+Deno.test("sock_diag takes exactly the documented families and refuses anything else, naming them", () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const localPort = listener.addr.port;
+  using diag = new SockDiag();
+  const takes = 'families takes "ipv4", "ipv6"';
+  // "IPv4" used to find nothing, and "ipv5" to ask for IPv6: both refused.
+  for (const family of ["IPv4", "ipv5", "IPV6", "inet", "", 4]) {
+    assertThrows(
+      () => diag.tcpSockets({ localPort, families: [family as never] }),
+      TypeError,
+      `unknown address family ${JSON.stringify(family)}: ${takes}`,
+    );
+  }
+  // A bad family after a good one: refused before anything is asked.
+  let visited = 0;
+  assertThrows(
+    () =>
+      diag.forEachTcpSocket({ localPort, families: ["ipv4", "ipv5" as never] }, () => visited++),
+    TypeError,
+    '"ipv5"',
+  );
+  assertEquals(visited, 0);
+  assertThrows(() => diag.tcpSockets({ families: [] }), TypeError, "at least one of");
+  assertThrows(() => diag.tcpSockets({ families: "ipv4" as never }), TypeError, "must be a list");
+  assertThrows(() => diag.tcpSockets({ states: [] }), TypeError, "states must be a list");
+  assertThrows(
+    () => diag.tcpSockets({ states: ["LISTEN" as never] }),
+    TypeError,
+    'unknown TCP state "LISTEN": states takes "established"',
+  );
+  // A misspelt key would otherwise ask for every socket of the namespace.
+  assertThrows(
+    () => diag.tcpSockets({ localport: localPort } as never),
+    TypeError,
+    'unknown filter key "localport"',
+  );
+  assertThrows(() => diag.tcpSockets(null as never), TypeError, "must be an object");
+  // The documented values find the listener, once each.
+  assertEquals(diag.tcpSockets({ localPort, families: ["ipv4"] }).length, 1);
+  assertEquals(diag.tcpSockets({ localPort, families: ["ipv4", "ipv4"] }).length, 1);
+});
+
+Deno.test("sock_diag reads its filter once: every family is asked about the port that was checked", () => {
+  using v4 = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using v6 = Deno.listen({ hostname: "::1", port: 0 });
+  let reads = 0;
+  // The IPv4 listener's port, then the IPv6 one's on every later read.
+  const filter = {
+    get localPort() {
+      return reads++ === 0 ? v4.addr.port : v6.addr.port;
+    },
+    states: ["listen"] as const,
+  };
+  using diag = new SockDiag();
+  const found = diag.tcpSockets(filter).map((s) => `${s.local.hostname} ${s.local.port}`);
+  assertEquals(found, [`127.0.0.1 ${v4.addr.port}`]);
+});
+
+Deno.test("sock_diag.ts as a command escapes what was typed in its error line", async () => {
+  const typed = "--port=\u202e1\x9b2\u2028";
+  const { code, stdout, stderr } = await run([
+    Deno.execPath(),
+    "run",
+    "--allow-ffi",
+    "sock_diag.ts",
+    typed,
+    "x".repeat(10_000),
+  ]);
+  assertEquals([code, stdout], [2, ""]);
+  assertEquals(stderr.split("\n").length, 2, "one line");
+  // No bidi override, no C1 control (0x9b is a CSI), no line separator:
+  // each written out instead.
+  assert(!/[\u202e\x80-\x9f\u2028]/.test(stderr), JSON.stringify(stderr));
+  assertStringIncludes(stderr, "--port=\\u202e1\\u009b2\\u2028 xxx");
+  assertStringIncludes(stderr, `(${typed.length + 1 + 10_000} characters)`);
+  assert(stderr.length < 200, `${stderr.length} characters`);
 });
