@@ -172,10 +172,12 @@ export async function holdConnection(
   onEvent: (event: ClientEvent) => void,
   options: { watch?: boolean; send?: ClientOptions["send"] } = {},
 ): Promise<ClientOutcome> {
-  const emit = (event: ClientEventBody) => onEvent({ time: new Date().toISOString(), ...event });
+  // Stamped now, or when it happened: a probe is seen after it was sent.
+  const emit = (event: ClientEventBody, atMs = Date.now()) =>
+    onEvent({ time: new Date(atMs).toISOString(), ...event });
   // --watch: the kernel's probes on this connection, from TCP_INFO.
   const watcher = options.watch
-    ? watchKeepAlive(conn, (probe) => emit({ event: "probe", ...probe }))
+    ? watchKeepAlive(conn, (probe) => emit({ event: "probe", ...probe }, Date.now() - probe.agoMs))
     : null;
   const progress = { bytes: 0, sent: 0 };
   const send = options.send;

@@ -128,7 +128,8 @@ export function startEpollServer(
     port: options.port,
     tcpBacklog: options.backlog,
   });
-  const emit = (event: ServerEventBody) => onEvent({ time: new Date().toISOString(), ...event });
+  const emit = (event: ServerEventBody, atMs = Date.now()) =>
+    onEvent({ time: new Date(atMs).toISOString(), ...event });
   let tuning: KeepAliveSettings | null = null;
   let listenFd: number, epollFd = -1, wakeFd = -1;
   try {
@@ -176,7 +177,8 @@ export function startEpollServer(
     if (options.watch) {
       watcher = watchKeepAliveAll(
         { hostname: listener.addr.hostname, port: listener.addr.port },
-        (probe, remote) => emit({ event: "probe", peer: formatAddr(remote), ...probe }),
+        (probe, remote) =>
+          emit({ event: "probe", peer: formatAddr(remote), ...probe }, Date.now() - probe.agoMs),
         {
           limits: tuning!,
           onError: (error) => emit({ event: "watch-error", message: errorMessage(error) }),

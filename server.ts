@@ -176,7 +176,8 @@ export function startServer(
   }
   const server: Server = {
     options,
-    emit: (event) => onEvent({ time: new Date().toISOString(), ...event }),
+    // Stamped now, or when it happened: a probe is seen after it was sent.
+    emit: (event, atMs = Date.now()) => onEvent({ time: new Date(atMs).toISOString(), ...event }),
     summary: emptySummary(),
     open: new Set(),
     readers: new Set(),
@@ -234,7 +235,7 @@ export function startServer(
 // can run several servers in one process.
 interface Server {
   options: ServerOptions;
-  emit: (event: ServerEventBody) => void;
+  emit: (event: ServerEventBody, atMs?: number) => void;
   summary: Omit<ServerSummary, "connections">;
   open: Set<Deno.TcpConn>;
   readers: Set<Promise<void>>;
@@ -404,7 +405,8 @@ function watchProbes(listener: Deno.TcpListener, tuning: KeepAliveSettings, serv
   const { hostname, port } = listener.addr;
   return watchKeepAliveAll(
     { hostname, port },
-    (probe, remote) => server.emit({ event: "probe", peer: formatAddr(remote), ...probe }),
+    (probe, remote) =>
+      server.emit({ event: "probe", peer: formatAddr(remote), ...probe }, Date.now() - probe.agoMs),
     {
       limits: tuning,
       onError: (error) => server.emit({ event: "watch-error", message: errorMessage(error) }),

@@ -480,6 +480,39 @@ Deno.test("server --no-keepalive --watch does not print times that keepalive doe
   assert(!/idle \d+ s|probes,/.test(line), line);
 });
 
+Deno.test("server --watch stamps each answered probe with when it was answered, not when it was seen", async () => {
+  // Probes every 2 s on an idle connection; the watcher looks once a second,
+  // so a line stamped at its look is up to a second late.
+  await using server = startServer(
+    ["--hostname", "127.0.0.1", "--idle", "2", "--interval", "2", "--watch"],
+    { permissions: ["--allow-net", "--allow-ffi"] },
+  );
+  const port = await listeningPort(server);
+  using _conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const acceptedAt = Date.parse(String((await server.waitForEvent("accepted")).time));
+  const answered = () =>
+    server.lines.filter((line) => line.includes('"kind":"answered"')).map((line) =>
+      JSON.parse(line)
+    );
+  for (let waited = 0; answered().length < 3; waited += 100) {
+    assert(waited < 15_000, `${answered().length} probes answered in 15 s`);
+    await delay(100);
+  }
+  const probes = answered().slice(0, 3);
+  // The k-th probe is due 2k s after the connection's last packet; the
+  // kernel's timers fire up to an eighth late.
+  probes.forEach((probe, i) => {
+    const dueMs = 2_000 * (i + 1);
+    const stampedMs = Date.parse(String(probe.time)) - acceptedAt;
+    assert(
+      stampedMs >= dueMs - 100 && stampedMs <= dueMs * 1.125 + 250,
+      `probe ${i + 1} stamped ${stampedMs} ms after the connection, due at ${dueMs}: ${
+        JSON.stringify(probe)
+      }`,
+    );
+  });
+});
+
 // --- Never stalled: not by its own output, not by a full descriptor table -----
 
 /** Opens `count` connections, `batch` at a time, each given up after 3 s; resolves with the ones made. */
