@@ -34,8 +34,10 @@
  * @module
  */
 import {
+  type ByteSink,
   type CommandIO,
   createLineWriter,
+  type LineWriter,
   parseCommandLine,
   parseFlags,
   parseInteger,
@@ -49,9 +51,10 @@ import { type InsidePlan, type ScenarioName, SCENARIOS } from "./lab/inside.ts";
 import { natWatchSeconds } from "./lab/nat.ts";
 import { formatTimeline, formatVerdict } from "./lab/report.ts";
 import type { LabResult } from "./lab/result.ts";
-import { missingTools, sandboxCommand, trySandbox } from "./lab/sandbox.ts";
+import { sandboxCommand, trySandbox } from "./lab/sandbox.ts";
 import { renderSvg } from "./lab/svg.ts";
-export { type CommandIO, UsageError } from "./cli.ts";
+import { locateTools, SEARCHED, useTools } from "./lab/tools.ts";
+export { type ByteSink, type CommandIO, type LineWriter, UsageError } from "./cli.ts";
 
 /** What the lab does, from its command-line flags. */
 export interface LabOptions {
@@ -100,8 +103,10 @@ within 2 s. Exit codes: 0 when every check passed, 1 when one failed or the
 lab could not run, 2 for bad flags.
 
 Needs ip (iproute2), unshare and setpriv (util-linux), tcpdump and nft
-(nftables), and as an ordinary user conntrack (conntrack). With deno task, a
-relative --svg path is taken from the project's directory. Permissions: --allow-run (it starts unshare, ip, tcpdump, nft and
+(nftables), and as an ordinary user conntrack (conntrack); each is looked for on
+the PATH, then in /usr/sbin and /sbin. --svg takes a regular file (or a link to
+one) or a new name. With deno task, a relative --svg path is taken from the
+project's directory. Permissions: --allow-run (it starts unshare, ip, tcpdump, nft and
 deno; that is nearly -A), --allow-read, and --allow-write for --svg.`;
 
 /**
@@ -181,17 +186,28 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   const stderr = io.stderr ?? ((line: string) => console.error(line));
   const options = parseCommandLine("lab.ts", args, parseLabArgs, HELP, stderr);
   if (typeof options === "number") return options;
-  const problem = await checkBeforeRunning(options, args);
-  if (typeof problem === "string") {
-    stderr(`lab.ts: ${problem}`);
+  let plan: string | InsidePlan;
+  try {
+    plan = await checkBeforeRunning(options, args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    stderr(`lab.ts: ${error.message} (see --help)`);
+    return 2;
+  }
+  if (typeof plan === "string") {
+    stderr(`lab.ts: ${plan}`);
     return 1;
   }
+  const stdout = keepingFailure(io.stdout ?? Deno.stdout);
   const out = createLineWriter({
-    output: io.stdout,
+    output: stdout,
     droppedNotice: (n) => `(${n} lines of output dropped: stdout was not being read)`,
   });
+  // From here on a quit request (Enter, Ctrl-C, SIGTERM) is awaited by every
+  // step that can wait: its signal listeners stay, so a step that ignored it
+  // would leave the lab deaf to SIGINT and SIGTERM.
   const quit = (io.quit ?? waitForQuit)();
-  const outcome = await runSandboxed(problem, quit, (text) => {
+  const outcome = await runSandboxed(plan, quit, (text) => {
     if (!options.json) out.write(text);
   });
   if ("error" in outcome) {
@@ -199,37 +215,91 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
     stderr(`lab.ts: ${outcome.error}`);
     return 1;
   }
-  const result = outcome.result;
-  if (options.json) out.write(JSON.stringify(result, null, 2));
-  else {
-    for (const scenario of result.scenarios) {
-      out.write(["", ...formatTimeline(scenario)].join("\n"));
-    }
-    out.write(
-      ["", ...result.notes.map((note) => `note: ${note}`), ...formatVerdict(result)].join("\n"),
-    );
-  }
+  printResults(outcome.result, options.json, out);
   if (options.svg !== null) {
-    try {
-      await Deno.writeTextFile(options.svg, renderSvg(result));
-      if (!options.json) out.write(`diagram written to ${showTyped(options.svg, 200)}`);
-    } catch (error) {
-      await out.flush(2_000);
-      stderr(`lab.ts: cannot write ${showTyped(options.svg, 200)}: ${(error as Error).message}`);
+    const problem = await writeDiagram(options.svg, outcome.result, quit);
+    if (problem) {
+      await Promise.race([out.flush(2_000), quit]);
+      stderr(`lab.ts: ${problem}`);
       return 1;
     }
+    if (!options.json) out.write(`diagram written to ${showTyped(options.svg, 200)}`);
   }
   // The results are the point of the run: wait for them to be written, for
-  // as long as the reader takes, and say so if they could not be.
-  if (!await out.flush(600_000)) {
-    stderr("lab.ts: the results could not be written to stdout (closed, full or not read)");
-    return 1;
-  }
-  return result.passed ? 0 : 1;
+  // as long as the reader takes; only a failed stdout or a quit request ends
+  // the wait.
+  const written = await waitUntilWritten(out, stdout.failure, quit);
+  if (written === "written") return outcome.result.passed ? 0 : 1;
+  stderr(
+    written === "stopped"
+      ? "lab.ts: stopped before stdout took all the results"
+      : `lab.ts: the results could not be written to stdout: ${written.message.split("\n")[0]}`,
+  );
+  return 1;
 }
 
-// Everything that can be known before anything runs: the permissions, the
-// tools, whether the sandbox can be made, and where the diagram goes.
+function printResults(result: LabResult, json: boolean, out: LineWriter) {
+  if (json) {
+    out.write(JSON.stringify(result, null, 2));
+    return;
+  }
+  for (const scenario of result.scenarios) {
+    out.write(["", ...formatTimeline(scenario)].join("\n"));
+  }
+  out.write(
+    ["", ...result.notes.map((note) => `note: ${note}`), ...formatVerdict(result)].join("\n"),
+  );
+}
+
+/**
+ * Waits until every line queued on `out` is written, however long the
+ * reader takes: there is no time limit. `out.flush` takes one, so it is
+ * asked again and again, in rounds of `roundMs`; a round that ends with
+ * lines still queued is no failure. The wait ends only when they are all
+ * written (`"written"`), when the output failed (`failure()` says how:
+ * closed, full), or when `quit` resolves (`"stopped"`).
+ *
+ * @example
+ * ```ts ignore
+ * import { waitUntilWritten } from "./lab.ts";
+ * const done = await waitUntilWritten(out, stdout.failure, quit); // "written", "stopped" or an Error
+ * ```
+ */
+export async function waitUntilWritten(
+  out: Pick<LineWriter, "flush">,
+  failure: () => Error | null,
+  quit: Promise<unknown>,
+  roundMs = 60_000,
+): Promise<"written" | "stopped" | Error> {
+  const stopped = quit.then(() => "stopped" as const);
+  for (;;) {
+    const done = await Promise.race([out.flush(roundMs), stopped]);
+    if (done === "stopped") return done;
+    if (done) return "written";
+    const error = failure();
+    if (error) return error;
+  }
+}
+
+/**
+ * `sink`, keeping the first error a write of it threw: a `LineWriter` only
+ * says that its output failed, and the lab says why.
+ */
+export function keepingFailure(sink: ByteSink): ByteSink & { failure: () => Error | null } {
+  let failure: Error | null = null;
+  return {
+    write: (bytes) =>
+      sink.write(bytes).catch((error) => {
+        failure ??= error instanceof Error ? error : new Error(String(error));
+        throw error;
+      }),
+    failure: () => failure,
+  };
+}
+
+// Everything that can be known before anything runs: the permissions, where
+// the diagram goes (misuse: a UsageError), the tools, and whether the sandbox
+// can be made.
 async function checkBeforeRunning(
   options: LabOptions,
   args: string[],
@@ -245,17 +315,19 @@ async function checkBeforeRunning(
   if (granted.some((state) => state !== "granted")) {
     return `the lab needs ${needed.join(" ")}: ${runAgainWith(needed, import.meta.url, args)}`;
   }
+  const misuse = options.svg === null ? null : await svgMisuse(options.svg);
+  if (misuse) throw new UsageError(`--svg ${showTyped(options.svg!, 200)} ${misuse}`);
   if (Deno.build.os !== "linux") return `the lab needs Linux namespaces; this is ${Deno.build.os}`;
-  const missing = await missingTools();
+  const { found, missing } = await locateTools();
+  useTools(found);
   const required = missing.filter((tool) => ["ip", "unshare", "setpriv"].includes(tool.command));
   if (required.length > 0) {
-    return `${required.map((t) => t.command).join(", ")} not found: install the Debian ` +
-      `package ${[...new Set(required.map((t) => t.package))].join(" and ")}`;
+    return `${required.map((t) => t.command).join(", ")} not found (${SEARCHED}): install the ` +
+      `Debian package ${[...new Set(required.map((t) => t.package))].join(" and ")}`;
   }
-  const capture = !missing.some((tool) => tool.command === "tcpdump");
-  const nft = !missing.some((tool) => tool.command === "nft");
+  const nft = "nft" in found;
   if (!nft && options.named && options.scenarios.includes("nat")) {
-    return "the nat scenario needs nft: install the Debian package nftables";
+    return `the nat scenario needs nft, not found (${SEARCHED}): install the Debian package nftables`;
   }
   if (options.svg !== null) {
     const cannot = await cannotWrite(options.svg);
@@ -269,18 +341,56 @@ async function checkBeforeRunning(
     blog: options.blog,
     deadPeer: options.deadPeer,
     nat: options.nat,
-    capture,
+    capture: "tcpdump" in found,
+    tools: found,
     notes: missing.map((tool) =>
-      `${tool.command} not found (Debian package ${tool.package}): ${tool.without}`
+      `${tool.command} not found (${SEARCHED}; Debian package ${tool.package}): ${tool.without}`
     ),
   };
 }
 
+/**
+ * What is wrong with `path` as the place for the diagram, or null when
+ * nothing is: it must be a regular file, a symbolic link to one, or a name
+ * not taken yet. Anything else is misuse, refused before the run: a
+ * directory cannot be written; a named pipe would be opened twice, by the
+ * check before the run and by the write after it (its reader takes the
+ * first close for the end, and the write then waits for a reader that never
+ * comes); a device or a socket is no place for a file either.
+ *
+ * @example
+ * ```ts ignore
+ * import { svgMisuse } from "./lab.ts";
+ * await svgMisuse("/dev/null"); // "is a character device, not a regular file"
+ * ```
+ */
+export async function svgMisuse(path: string): Promise<string | null> {
+  const info = await Deno.stat(path).catch((error: Error) => error);
+  if (info instanceof Deno.errors.NotFound) {
+    const link = await Deno.lstat(path).catch(() => null);
+    return link?.isSymlink ? "is a symbolic link to nothing, not a regular file" : null;
+  }
+  if (info instanceof Error || info.isFile) return null; // an error: cannotWrite says it
+  const kind = info.isDirectory
+    ? "a directory"
+    : info.isFifo
+    ? "a named pipe (FIFO)"
+    : info.isCharDevice
+    ? "a character device"
+    : info.isBlockDevice
+    ? "a block device"
+    : info.isSocket
+    ? "a socket"
+    : "something other than a file";
+  return `is ${kind}, not a regular file`;
+}
+
 // Whether the diagram can be written, found out before the run rather than
-// after it: opened for writing (made, and removed again, if it was not there).
+// after it: opened for writing (made, and removed again, if it was not
+// there). Only for what svgMisuse let through: opening a regular file or
+// making one never waits.
 async function cannotWrite(path: string): Promise<string | null> {
-  const existed = await Deno.lstat(path).then((info) => info, () => null);
-  if (existed?.isDirectory) return "it is a directory";
+  const existed = await Deno.lstat(path).then(() => true, () => false);
   try {
     (await Deno.open(path, { write: true, create: true })).close();
   } catch (error) {
@@ -288,6 +398,24 @@ async function cannotWrite(path: string): Promise<string | null> {
   }
   if (!existed) await Deno.remove(path).catch(() => {});
   return null;
+}
+
+// Writes the diagram; one line when it cannot. The path is checked again
+// (a named pipe put there during the run would hold the write until a
+// reader came), and a quit request ends the wait for a slow disk.
+async function writeDiagram(
+  path: string,
+  result: LabResult,
+  quit: Promise<unknown>,
+): Promise<string | null> {
+  const shown = showTyped(path, 200);
+  const misuse = await svgMisuse(path);
+  if (misuse) return `cannot write ${shown}: it ${misuse} any more`;
+  const writing = Deno.writeTextFile(path, renderSvg(result)).then(
+    () => null,
+    (error) => `cannot write ${shown}: ${(error as Error).message.split("\n")[0]}`,
+  );
+  return await Promise.race([writing, quit.then(() => `stopped while writing ${shown}`)]);
 }
 
 /** About how long the plan takes, in seconds: for the first progress line. */

@@ -38,6 +38,7 @@ import { splitConnections, tellConnection } from "./packets.ts";
 import { createPcapParser } from "./pcap.ts";
 import type { Check, Packet, ScenarioResult } from "./result.ts";
 import { eventTime, startScript } from "./scripts.ts";
+import { tool } from "./tools.ts";
 
 /** The blog scenario's settings: the two sysctls, in seconds. */
 export interface BlogSettings {
@@ -69,7 +70,7 @@ export async function runBlog(ctx: LabContext, settings: BlogSettings): Promise<
     `blog: sysctl.ts time=${settings.time} intvl=${settings.intvl} in the server's namespace`,
   );
   await runOk([
-    "ip",
+    tool("ip"),
     "netns",
     "exec",
     ns.server,

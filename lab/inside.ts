@@ -15,6 +15,7 @@ import { type DeadPeerSettings, runDeadPeer } from "./dead_peer.ts";
 import { type NatSettings, runNat } from "./nat.ts";
 import type { LabResult, ScenarioResult } from "./result.ts";
 import { privateNetnsDir } from "./sandbox.ts";
+import { type ToolPaths, useTools } from "./tools.ts";
 
 /** The scenarios, in the order they run. */
 export const SCENARIOS = ["blog", "dead-peer", "nat"] as const;
@@ -36,6 +37,8 @@ export interface InsidePlan {
   nat: NatSettings;
   /** Whether tcpdump is there. */
   capture: boolean;
+  /** Where `lab.ts` found each tool (a full path): this side runs them by it. */
+  tools: ToolPaths;
   /** What the reader should know already (missing tools). */
   notes: string[];
 }
@@ -45,6 +48,7 @@ export async function runInside(
   plan: InsidePlan,
   emit: (line: object) => void,
 ): Promise<LabResult> {
+  useTools(plan.tools);
   await privateNetnsDir();
   const ctx: LabContext = {
     place: { dir: plan.dir, deno: Deno.execPath() },

@@ -9,11 +9,14 @@
  *
  * They work wherever `ip netns add` works: as root on a test machine, or
  * inside the lab's own user and mount namespace (`sandbox.ts`), where the
- * names live in a private `/run/netns` and vanish with it.
+ * names live in a private `/run/netns` and vanish with it. `ip`, and what
+ * runs behind `ip netns exec` (`nft`, `tcpdump`), are run by the full path
+ * `tools.ts` found: some are in `/usr/sbin`, off an ordinary user's PATH.
  *
  * @module
  */
 import { parseNetstat } from "../proc_net.ts";
+import { tool } from "./tools.ts";
 
 /** What a command printed, and how it exited. */
 export interface Output {
@@ -53,18 +56,18 @@ export async function runOk(cmd: readonly string[]): Promise<string> {
 
 /** The prefix that runs a command inside namespace `ns`. */
 export function inNamespace(ns: string): string[] {
-  return ["ip", "netns", "exec", ns];
+  return [tool("ip"), "netns", "exec", ns];
 }
 
 /** Makes a network namespace with its loopback up. */
 export async function addNamespace(ns: string): Promise<void> {
-  await runOk(["ip", "netns", "add", ns]);
-  await runOk(["ip", "-n", ns, "link", "set", "lo", "up"]);
+  await runOk([tool("ip"), "netns", "add", ns]);
+  await runOk([tool("ip"), "-n", ns, "link", "set", "lo", "up"]);
 }
 
 /** Deletes a namespace; a namespace that is already gone is not an error. */
 export async function deleteNamespace(ns: string): Promise<void> {
-  await run(["ip", "netns", "delete", ns]);
+  await run([tool("ip"), "netns", "delete", ns]);
 }
 
 /** One end of a cable: a namespace, the interface's name in it, and its address with prefix length. */
@@ -84,7 +87,7 @@ export interface CableEnd {
  */
 export async function addCable(a: CableEnd, b: CableEnd): Promise<void> {
   await runOk([
-    "ip",
+    tool("ip"),
     "-n",
     a.ns,
     "link",
@@ -100,8 +103,8 @@ export async function addCable(a: CableEnd, b: CableEnd): Promise<void> {
   ]);
   for (const end of [a, b]) {
     const nodad = end.address.includes(":") ? ["nodad"] : [];
-    await runOk(["ip", "-n", end.ns, "addr", "add", end.address, "dev", end.link, ...nodad]);
-    await runOk(["ip", "-n", end.ns, "link", "set", end.link, "up"]);
+    await runOk([tool("ip"), "-n", end.ns, "addr", "add", end.address, "dev", end.link, ...nodad]);
+    await runOk([tool("ip"), "-n", end.ns, "link", "set", end.link, "up"]);
   }
 }
 
@@ -119,10 +122,12 @@ export async function addCable(a: CableEnd, b: CableEnd): Promise<void> {
  * sending its packets, and they would never be seen on the wire either.
  */
 export async function cutCable(end: CableEnd, other: CableEnd, voidNs: string): Promise<void> {
-  const [link] = JSON.parse(await runOk(["ip", "-n", end.ns, "-j", "link", "show", end.link]));
+  const [link] = JSON.parse(
+    await runOk([tool("ip"), "-n", end.ns, "-j", "link", "show", end.link]),
+  );
   const address = end.address.split("/")[0];
   await runOk([
-    "ip",
+    tool("ip"),
     "-n",
     other.ns,
     "neigh",
@@ -135,8 +140,8 @@ export async function cutCable(end: CableEnd, other: CableEnd, voidNs: string): 
     "nud",
     "permanent",
   ]);
-  await runOk(["ip", "-n", end.ns, "link", "set", end.link, "netns", voidNs]);
-  await runOk(["ip", "-n", voidNs, "link", "set", end.link, "up"]);
+  await runOk([tool("ip"), "-n", end.ns, "link", "set", end.link, "netns", voidNs]);
+  await runOk([tool("ip"), "-n", voidNs, "link", "set", end.link, "up"]);
 }
 
 /** Writes a sysctl inside a namespace (a path under /proc/sys/, like `net/ipv4/ip_forward`). */
@@ -178,12 +183,12 @@ export interface Capture {
  * of each packet: headers only), and resolves once it is listening.
  */
 export async function startCapture(ns: string, link: string): Promise<Capture> {
-  const child = new Deno.Command("ip", {
+  const child = new Deno.Command(tool("ip"), {
     args: [
       "netns",
       "exec",
       ns,
-      "tcpdump",
+      tool("tcpdump"),
       "-i",
       link,
       "-n",

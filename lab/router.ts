@@ -24,6 +24,7 @@
  * @module
  */
 import { addCable, inNamespace, run, runOk, writeSysctl } from "./netns.ts";
+import { tool } from "./tools.ts";
 
 /** The three namespaces (already made, with loopback up) and the router's memory. */
 export interface RouterOptions {
@@ -91,7 +92,7 @@ export async function buildRouter(options: RouterOptions): Promise<Router> {
   // route to the client's network at all: its answers go to the router's
   // address, and only the NAT sends them on.
   await runOk([
-    "ip",
+    tool("ip"),
     "-n",
     options.client,
     "route",
@@ -146,8 +147,8 @@ table ip lab_nat {
 }
 
 async function loadRules(router: string, links: { clientSide: string; serverSide: string }) {
-  const child = new Deno.Command("ip", {
-    args: ["netns", "exec", router, "nft", "-f", "-"],
+  const child = new Deno.Command(tool("ip"), {
+    args: ["netns", "exec", router, tool("nft"), "-f", "-"],
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
@@ -174,7 +175,7 @@ async function loadRules(router: string, links: { clientSide: string; serverSide
 export async function readConntrack(router: string): Promise<ConntrackEntry[] | null> {
   let output = await run([...inNamespace(router), "cat", "/proc/net/nf_conntrack"]);
   if (output.code !== 0) {
-    output = await run([...inNamespace(router), "conntrack", "-L"]).catch(() => output);
+    output = await run([...inNamespace(router), tool("conntrack"), "-L"]).catch(() => output);
   }
   return output.code === 0 ? parseConntrack(output.stdout) : null;
 }
@@ -206,7 +207,7 @@ export function parseConntrack(text: string): ConntrackEntry[] {
 }
 
 async function readDrops(router: string): Promise<{ invalid: number; other: number }> {
-  const text = await runOk([...inNamespace(router), "nft", "-j", "list", "counters"]);
+  const text = await runOk([...inNamespace(router), tool("nft"), "-j", "list", "counters"]);
   const counters: Record<string, number> = {};
   for (const item of JSON.parse(text).nftables ?? []) {
     if (item.counter) counters[item.counter.name] = item.counter.packets;

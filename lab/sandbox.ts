@@ -20,51 +20,12 @@
  *   namespace: tcpdump, started as root in one, would try to become the
  *   `tcpdump` user, who does not exist there.
  *
+ * Each program is run by the full path `tools.ts` found for it: `nft` and
+ * `conntrack` are in `/usr/sbin`, off an ordinary user's PATH.
+ *
  * @module
  */
-
-/** A program the lab runs, and the Debian package that has it. */
-export interface Tool {
-  /** The program's name. */
-  command: string;
-  /** The Debian package to install for it. */
-  package: string;
-  /** What the lab does without it. */
-  without: string;
-}
-
-/** The programs the lab uses. */
-export const TOOLS: Tool[] = [
-  { command: "ip", package: "iproute2", without: "nothing: it makes the namespaces" },
-  { command: "unshare", package: "util-linux", without: "nothing: it makes the sandbox" },
-  { command: "setpriv", package: "util-linux", without: "nothing: it ties the sandbox to the lab" },
-  {
-    command: "tcpdump",
-    package: "tcpdump",
-    without: "no packets in the timeline or the diagram, only what the scripts reported; " +
-      "probes are counted with the kernel's TCPKeepAlive counter",
-  },
-  { command: "nft", package: "nftables", without: "no nat scenario: the router needs it" },
-  {
-    command: "conntrack",
-    package: "conntrack",
-    without: "as an ordinary user, the router's countdown is not shown (root reads it from /proc)",
-  },
-];
-
-/** The tools that are not on the PATH. */
-export async function missingTools(): Promise<Tool[]> {
-  const missing: Tool[] = [];
-  for (const tool of TOOLS) {
-    const found = await new Deno.Command("sh", {
-      args: ["-c", 'command -v "$1"', "sh", tool.command],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    if (found.code !== 0) missing.push(tool);
-  }
-  return missing;
-}
+import { tool } from "./tools.ts";
 
 /**
  * Whether this process runs as root (uid 0). Asked of `id`, so that the lab
@@ -94,7 +55,7 @@ export function unshareOptions(root: boolean): string[] {
  */
 export async function trySandbox(): Promise<string | null> {
   const root = await isRoot();
-  const output = await new Deno.Command("unshare", {
+  const output = await new Deno.Command(tool("unshare"), {
     args: [...unshareOptions(root), "true"],
     stdout: "null",
     stderr: "piped",
@@ -110,7 +71,14 @@ export async function trySandbox(): Promise<string | null> {
 /** The whole command that runs `args` inside the sandbox. */
 export async function sandboxCommand(args: string[]): Promise<string[]> {
   const root = await isRoot();
-  return ["setpriv", "--pdeathsig", "KILL", "unshare", ...unshareOptions(root), ...args];
+  return [
+    tool("setpriv"),
+    "--pdeathsig",
+    "KILL",
+    tool("unshare"),
+    ...unshareOptions(root),
+    ...args,
+  ];
 }
 
 /**

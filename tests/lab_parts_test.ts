@@ -1,14 +1,17 @@
 /**
  * Tests for the lab's parts that need no namespace: the pcap reader, the
  * story told from segments, the join of a router's two captures, the
- * conntrack table parser, and lab.ts's flags.
+ * conntrack table parser, lab.ts's flags and where the diagram may go,
+ * where the lab finds its tools, and how it waits for a slow stdout.
  */
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
-import { parseLabArgs, UsageError } from "../lab.ts";
+import { createLineWriter } from "../cli.ts";
+import { keepingFailure, parseLabArgs, svgMisuse, UsageError, waitUntilWritten } from "../lab.ts";
 import { joinAtRouter, splitConnections, tellConnection } from "../lab/packets.ts";
 import { createPcapParser, type Segment, TCP_FLAGS } from "../lab/pcap.ts";
 import { parseConntrack } from "../lab/router.ts";
-import { run } from "./_helpers.ts";
+import { findTool } from "../lab/tools.ts";
+import { delay, requiringTest, ROOT_DIR, run } from "./_helpers.ts";
 
 const { SYN, ACK, PSH, FIN } = TCP_FLAGS;
 
@@ -311,4 +314,181 @@ Deno.test("lab.ts exits 2 with one line for bad flags, and 1 naming the permissi
     help.stdout,
     "Usage: deno run --allow-run --allow-read --allow-write lab.ts",
   );
+});
+
+// --- where the diagram may go -------------------------------------------------
+
+// Runs a command, killing it if it is still there after `ms`: a test of
+// something that used to hang must not hang itself.
+async function runAtMost(cmd: string[], ms: number) {
+  const child = new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    cwd: ROOT_DIR,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let killed = false;
+  const timer = setTimeout(() => {
+    killed = true;
+    child.kill("SIGKILL");
+  }, ms);
+  const output = await child.output();
+  clearTimeout(timer);
+  const text = new TextDecoder();
+  return {
+    killed,
+    code: output.code,
+    stdout: text.decode(output.stdout),
+    stderr: text.decode(output.stderr),
+  };
+}
+
+Deno.test("lab.ts --svg to a named pipe, a directory or a device is refused at once: one line, exit 2", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "lab-svg-" });
+  try {
+    // A named pipe nobody reads: the check before the run used to wait in
+    // open() for a reader, silently, for ever.
+    assertEquals((await run(["mkfifo", `${dir}/fifo`])).code, 0);
+    await Deno.symlink(`${dir}/fifo`, `${dir}/to-fifo`);
+    const cases = [
+      [`${dir}/fifo`, "is a named pipe (FIFO), not a regular file"],
+      [`${dir}/to-fifo`, "is a named pipe (FIFO), not a regular file"],
+      [dir, "is a directory, not a regular file"],
+      ["/dev/null", "is a character device, not a regular file"],
+    ];
+    for (const [path, words] of cases) {
+      const lab = ["run", "--allow-run", "--allow-read", "--allow-write", "lab.ts", "blog"];
+      const output = await runAtMost([Deno.execPath(), ...lab, "--svg", path], 30_000);
+      assert(!output.killed, `--svg ${path}: still running after 30 s`);
+      assertEquals(output.code, 2, `--svg ${path}: ${output.stderr}`);
+      assertEquals(
+        output.stderr,
+        `lab.ts: --svg ${JSON.stringify(path)} ${words} (see --help)\n`,
+      );
+      assertEquals(output.stdout, "", "nothing ran");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("lab --svg: a regular file, a link to one and a new name are fine; a link to nothing is not", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "lab-svg-" });
+  try {
+    await Deno.writeTextFile(`${dir}/old.svg`, "");
+    await Deno.symlink(`${dir}/old.svg`, `${dir}/link.svg`);
+    await Deno.symlink(`${dir}/gone.svg`, `${dir}/dangling.svg`);
+    assertEquals(await svgMisuse(`${dir}/old.svg`), null);
+    assertEquals(await svgMisuse(`${dir}/link.svg`), null);
+    assertEquals(await svgMisuse(`${dir}/new.svg`), null);
+    assertEquals(
+      await svgMisuse(`${dir}/dangling.svg`),
+      "is a symbolic link to nothing, not a regular file",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// --- where the lab finds its tools --------------------------------------------
+
+Deno.test("lab tools: found on the PATH, by full path, in absolute directories only", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "lab-tools-" });
+  try {
+    await Deno.writeTextFile(`${dir}/lab-tool-x`, "#!/bin/sh\n", { mode: 0o755 });
+    await Deno.writeTextFile(`${dir}/lab-tool-plain`, "not a program", { mode: 0o644 });
+    assertEquals(await findTool("lab-tool-x", `/nonexistent:${dir}`), `${dir}/lab-tool-x`);
+    assertEquals(await findTool("lab-tool-plain", dir), null, "not executable");
+    assertEquals(await findTool("lab-tool-none", dir), null);
+    // A relative directory would name another file from another directory.
+    const relative = dir.split("/").map(() => "..").join("/") + dir;
+    assertEquals(await findTool("lab-tool-x", relative), null);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// Debian's PATH for an ordinary user, without /usr/sbin and /sbin, where
+// Debian puts nft and conntrack (ip is in /bin, with a link in /sbin).
+const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
+const isFile = (path: string) => Deno.stat(path).then((info) => info.isFile, () => false);
+const nftReason = (await isFile("/usr/sbin/nft")) || (await isFile("/sbin/nft"))
+  ? null
+  : "nft (nftables) is not installed in /usr/sbin or /sbin";
+
+requiringTest(
+  "lab tools: nft is found in /usr/sbin or /sbin, off an ordinary user's PATH",
+  nftReason,
+  async () => {
+    const nft = await findTool("nft", USER_PATH);
+    if (nft !== "/usr/sbin/nft" && nft !== "/sbin/nft") throw new Error(`nft found at ${nft}`);
+    assertEquals((await run([nft, "--version"])).code, 0);
+  },
+);
+
+// --- waiting for a slow stdout ------------------------------------------------
+
+// A real pipe into `sh -c script`, as a ByteSink, and what came out of it
+// (read all along, so that the script's own output never holds it up).
+function pipeInto(script: string) {
+  const child = new Deno.Command("sh", {
+    args: ["-c", script],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  const output = new Response(child.stdout).text();
+  return {
+    child,
+    sink: {
+      write: async (bytes: Uint8Array) => {
+        await writer.write(bytes);
+        return bytes.length;
+      },
+    },
+    async finish() {
+      await writer.close().catch(() => {});
+      await child.status;
+      return await output;
+    },
+  };
+}
+
+const LINES = Array.from({ length: 3_000 }, (_, i) => `line ${i} ${"x".repeat(90)}`);
+
+Deno.test("lab output: a reader that pauses longer than any round still gets every line", async () => {
+  // The pipe holds 64 KiB; these lines are 300 KB. The reader sleeps 3 s,
+  // 30 rounds of 100 ms: a wait with a limit would have given up.
+  const reader = pipeInto("sleep 3; cat");
+  const stdout = keepingFailure(reader.sink);
+  const out = createLineWriter({ output: stdout, droppedNotice: (n) => `(${n} dropped)` });
+  for (const line of LINES) out.write(line);
+  const quit = Promise.withResolvers<void>();
+  assertEquals(await waitUntilWritten(out, stdout.failure, quit.promise, 100), "written");
+  assertEquals(await reader.finish(), LINES.join("\n") + "\n");
+});
+
+Deno.test("lab output: the wait ends on a quit request, and on a reader that went away", async () => {
+  const stalled = pipeInto("exec sleep 30");
+  const stdout = keepingFailure(stalled.sink);
+  const out = createLineWriter({ output: stdout, droppedNotice: (n) => `(${n} dropped)` });
+  for (const line of LINES) out.write(line);
+  const quit = Promise.withResolvers<void>();
+  const waiting = waitUntilWritten(out, stdout.failure, quit.promise, 100);
+  await delay(500);
+  quit.resolve();
+  assertEquals(await waiting, "stopped");
+
+  const gone = pipeInto("exit 0");
+  const failing = keepingFailure(gone.sink);
+  const lost = createLineWriter({ output: failing, droppedNotice: (n) => `(${n} dropped)` });
+  for (const line of LINES) lost.write(line);
+  const failed = await waitUntilWritten(lost, failing.failure, new Promise(() => {}), 100);
+  if (!(failed instanceof Error)) throw new Error(`not a failure: ${failed}`);
+  assertStringIncludes(failed.message, "Broken pipe");
+  await gone.finish();
+  stalled.child.kill("SIGKILL");
+  await stalled.finish();
 });

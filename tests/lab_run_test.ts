@@ -11,12 +11,13 @@
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { XMLValidator } from "fast-xml-parser";
 import type { LabResult, Packet, ScenarioResult } from "../lab/result.ts";
-import { missingTools, trySandbox } from "../lab/sandbox.ts";
+import { trySandbox } from "../lab/sandbox.ts";
+import { locateTools } from "../lab/tools.ts";
 import { delay, keepaliveSysctls, requiringTest, ROOT_DIR, run } from "./_helpers.ts";
 
 async function labUnavailableReason(): Promise<string | null> {
   if (Deno.build.os !== "linux") return "the lab needs Linux";
-  const missing = await missingTools();
+  const { missing } = await locateTools();
   if (missing.length > 0) {
     return `${missing.map((t) => t.command).join(", ")} not installed ` +
       `(Debian: ${[...new Set(missing.map((t) => t.package))].join(" ")})`;
@@ -25,6 +26,10 @@ async function labUnavailableReason(): Promise<string | null> {
 }
 
 const reason = await labUnavailableReason();
+
+// Debian's PATH for an ordinary user: without /usr/sbin and /sbin, where ip,
+// nft and conntrack are.
+const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
 
 // The host's state that the lab must never change.
 async function hostState() {
@@ -266,12 +271,15 @@ labTest(
       await run(["cp", "-r", `${info.denoDir}/npm`, `${dir}/cache/npm`]);
       await run(["chown", "-R", "65534:65534", dir]);
       await Deno.chmod(dir, 0o755);
+      // An ordinary user's PATH, not root's: ip, nft and conntrack are in
+      // /usr/sbin, off it, and the lab must find them all the same.
       const output = await run([
         "setpriv",
         "--reuid=65534",
         "--regid=65534",
         "--clear-groups",
         "env",
+        `PATH=${USER_PATH}`,
         `HOME=${dir}`,
         `DENO_DIR=${dir}/cache`,
         `${dir}/deno`,
@@ -295,6 +303,13 @@ labTest(
         "nat-idle-above",
       ]);
       assert(result.passed, JSON.stringify(result.scenarios.map((s) => s.checks)));
+      // Every tool was found, and used: the router's countdown, which an
+      // ordinary user can only read with conntrack, is in each nat scenario.
+      assertEquals(result.notes, [], "a tool was reported missing");
+      for (const nat of result.scenarios.filter((s) => s.name.startsWith("nat-"))) {
+        assert(nat.conntrack !== null, `${nat.name}: the router's table was not read`);
+        assert(nat.checks.length > 0 && nat.checks.every((c) => c.passed), nat.name);
+      }
       assertEquals(
         (await Deno.stat(`${dir}/lab.svg`)).uid,
         65534,
@@ -351,5 +366,136 @@ labTest(
       "lab.ts: stopped; every namespace and process it made is gone",
     );
     await stdout.cancel();
+  },
+);
+
+// --- a slow, full or stalled stdout, and a diagram path that changed -----------
+
+const LAB = [Deno.execPath(), "run", "--allow-run", "--allow-read", "--allow-write", "lab.ts"];
+const SHORT_BLOG = ["blog", "--time", "1", "--intvl", "1"];
+const FILLER = 65_000; // a pipe holds 65,536 bytes
+
+// Starts lab.ts behind a stdout pipe that nobody reads yet and that is
+// nearly full already: the shell writes FILLER x's and a newline into it,
+// then becomes the lab (same pid). The results then wait for a reader.
+function labBehindFullPipe(args: string[]): Deno.ChildProcess {
+  const fill = `head -c ${FILLER} /dev/zero | tr '\\0' x; echo; exec "$@"`;
+  return new Deno.Command("sh", {
+    args: ["-c", fill, "sh", ...LAB, ...args],
+    cwd: ROOT_DIR,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+// Waits until the lab `pid` has started its sandbox and the sandbox has
+// ended: the lab has its results, and only has them to write.
+async function sandboxCameAndWent(pid: number) {
+  const sandbox = async () =>
+    (await run(["pgrep", "-P", String(pid), "-f", "inside.ts"])).stdout.trim();
+  const started = performance.now();
+  let seen = false;
+  while (performance.now() - started < 120_000) {
+    const there = await sandbox() !== "";
+    if (seen && !there) return;
+    seen ||= there;
+    await delay(100);
+  }
+  throw new Error(seen ? "the lab's sandbox never ended" : "the lab never started its sandbox");
+}
+
+// The child's status, or the SIGKILL it got when it was still there after `ms`.
+async function statusWithin(child: Deno.ChildProcess, ms: number) {
+  const timer = setTimeout(() => child.kill("SIGKILL"), ms);
+  try {
+    return await child.status;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+labTest("a slow stdout reader gets every result: the lab waits for it, however long", async () => {
+  const child = labBehindFullPipe([...SHORT_BLOG, "--json"]);
+  let ended = false;
+  child.status.then(() => ended = true);
+  await sandboxCameAndWent(child.pid);
+  await delay(3_000); // the reader takes its time
+  assert(!ended, "the lab did not wait for its reader");
+  const [stdout, stderr, status] = await Promise.all([
+    new Response(child.stdout).text(),
+    new Response(child.stderr).text(),
+    child.status,
+  ]);
+  assertEquals([status.code, stderr], [0, ""]);
+  assertEquals(stdout.slice(0, FILLER + 1), "x".repeat(FILLER) + "\n");
+  const result: LabResult = JSON.parse(stdout.slice(FILLER + 1));
+  assertEquals(result.scenarios.map((s) => s.name), ["blog"]);
+  assert(result.passed, JSON.stringify(result.scenarios.map((s) => s.checks)));
+});
+
+labTest("SIGTERM or SIGINT while the lab waits for its stdout ends it at once", async () => {
+  await Promise.all((["SIGTERM", "SIGINT"] as const).map(async (signal) => {
+    const child = labBehindFullPipe(SHORT_BLOG);
+    const stderr = new Response(child.stderr).text();
+    await sandboxCameAndWent(child.pid);
+    await delay(1_000);
+    child.kill(signal);
+    const status = await statusWithin(child, 10_000);
+    await child.stdout.cancel();
+    assertEquals(status.signal, null, `${signal}: ignored; it took SIGKILL to end the lab`);
+    assertEquals(status.code, 1, signal);
+    assertEquals(await stderr, "lab.ts: stopped before stdout took all the results\n", signal);
+  }));
+});
+
+labTest("a stdout that refuses the results (> /dev/full) is one line and exit code 1", async () => {
+  const output = await run(["sh", "-c", 'exec "$@" > /dev/full', "sh", ...LAB, ...SHORT_BLOG]);
+  assertEquals(output.code, 1);
+  assertEquals(
+    output.stderr,
+    "lab.ts: the results could not be written to stdout: No space left on device (os error 28)\n",
+  );
+});
+
+labTest(
+  "a named pipe put in place of the --svg file during the run is refused, not waited on",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "lab-svg-" });
+    try {
+      const svg = `${dir}/lab.svg`;
+      await Deno.writeTextFile(svg, "");
+      const child = new Deno.Command(LAB[0], {
+        args: [...LAB.slice(1), ...SHORT_BLOG, "--json", "--svg", svg],
+        cwd: ROOT_DIR,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const output = Promise.all([
+        new Response(child.stdout).text(),
+        new Response(child.stderr).text(),
+      ]);
+      const started = performance.now();
+      while ((await run(["pgrep", "-P", String(child.pid), "-f", "inside.ts"])).stdout === "") {
+        if (performance.now() - started > 60_000) throw new Error("the lab never started");
+        await delay(100);
+      }
+      await Deno.remove(svg);
+      assertEquals((await run(["mkfifo", svg])).code, 0);
+      const status = await statusWithin(child, 60_000);
+      const [stdout, stderr] = await output;
+      assertEquals(status.signal, null, "the lab waited for a reader of the pipe");
+      assertEquals(status.code, 1);
+      assertEquals(
+        stderr,
+        `lab.ts: cannot write ${
+          JSON.stringify(svg)
+        }: it is a named pipe (FIFO), not a regular file any more\n`,
+      );
+      assertEquals(JSON.parse(stdout).scenarios[0].name, "blog", "the results are still printed");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 );
