@@ -3,7 +3,7 @@
  *
  * @run deno run --allow-net --allow-ffi bench/descriptor_lookup.ts
  *
- * Deno does not expose a socket's file descriptor, so keepalive.ts searches
+ * Deno does not expose a socket's file descriptor, so @kakit/keepalive searches
  * for it (getsockname/getpeername through FFI). A server that tunes its
  * listener never needs it per connection; `--watch` does. This prints what
  * one lookup costs in two cases: connections accepted one after another
@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { socketDescriptor } from "../keepalive.ts";
+import { socketDescriptor } from "@kakit/keepalive";
 
 const OPEN = 1000, STEPS = 1000;
 

@@ -41,7 +41,7 @@
  * @module
  */
 import { parseFlags, UsageError } from "../cli.ts";
-import { parseNetstat } from "../proc_net.ts";
+import { parseNetstat } from "@kakit/keepalive/proc-net";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
 const SCRIPT = "bench/scale.ts";

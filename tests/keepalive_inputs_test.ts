@@ -1,5 +1,5 @@
 /**
- * Tests for what keepalive.ts takes as input: every argument is checked at
+ * Tests for what @kakit/keepalive takes as input: every argument is checked at
  * the call (a TypeError there, not a failure later in a timer), a key it
  * does not take is refused (a misspelt filter key must not widen the
  * filter), and each option is read once, so that what was checked is what
@@ -15,7 +15,7 @@ import {
   setKeepAliveAllEvery,
   watchKeepAlive,
   watchKeepAliveAll,
-} from "../keepalive.ts";
+} from "@kakit/keepalive";
 import { delay } from "./_helpers.ts";
 
 /** A connected pair on 127.0.0.1, closed with `using`. */

@@ -1,5 +1,5 @@
 /**
- * Tests for the socket kinds keepalive.ts takes (Deno TCP and TLS, Deno.serve,
+ * Tests for the socket kinds @kakit/keepalive takes (Deno TCP and TLS, Deno.serve,
  * node:net and node:tls) and for setKeepAliveAll, on loopback: every value is
  * read back from the kernel with getsockopt, never taken on trust.
  */
@@ -13,7 +13,7 @@ import {
   setKeepAlive,
   setKeepAliveAll,
   setKeepAliveAllEvery,
-} from "../keepalive.ts";
+} from "@kakit/keepalive";
 import { delay, run } from "./_helpers.ts";
 
 // A certificate for 127.0.0.1 and ::1 signed by a CA made for this run
@@ -85,7 +85,7 @@ async function testCertificate(): Promise<{ ca: string; cert: string; key: strin
 const tuning = { time: 7_000, interval: 3_000, retries: 4, userTimeout: 20_000 };
 const readBack = { enabled: true, ...tuning };
 
-// The accepted end of a connection, as keepalive.ts can find it: by the
+// The accepted end of a connection, as the package can find it: by the
 // addresses the client sees, the other way round.
 function acceptedEnd(client: Deno.TcpConn | Deno.TlsConn): KeepAliveSocket {
   const local = client.localAddr as Deno.NetAddr;

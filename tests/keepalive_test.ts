@@ -11,8 +11,8 @@ import {
   setKeepAlive,
   socketDescriptor,
   SyscallError,
-} from "../keepalive.ts";
-import { findTcpSocket, readTcpSockets } from "../proc_net.ts";
+} from "@kakit/keepalive";
+import { findTcpSocket, readTcpSockets } from "@kakit/keepalive/proc-net";
 import { delay, run } from "./_helpers.ts";
 
 /** A connected pair on loopback: the accepted end and the connecting end. */
@@ -200,7 +200,7 @@ Deno.test("without --allow-ffi, tuning fails with a message naming the flag, and
     await Deno.writeTextFile(
       script,
       `import { setKeepAlive } from ${
-        JSON.stringify(new URL("../keepalive.ts", import.meta.url).href)
+        JSON.stringify(new URL("../keepalive/mod.ts", import.meta.url).href)
       };
        const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
        console.log("listening without ffi");

@@ -1,5 +1,5 @@
 /**
- * Tests for when a watcher says a probe happened (keepalive.ts ProbeTiming):
+ * Tests for when a watcher says a probe happened (@kakit/keepalive ProbeTiming):
  * a watcher looks only now and then, so each event carries `agoMs`, and
  * `Date.now() - agoMs` taken in `onEvent` must be when the kernel really sent
  * the probe (or got its answer), not when the watcher happened to look.
@@ -16,7 +16,7 @@ import {
   setKeepAlive,
   watchKeepAlive,
   watchKeepAliveAll,
-} from "../keepalive.ts";
+} from "@kakit/keepalive";
 import { delay, netnsTest, spawnScript, startClientIn, withCable } from "./_helpers.ts";
 
 // How late the kernel may fire a keepalive timer of `ms`: its timer wheel
@@ -69,7 +69,7 @@ Deno.test("an answered probe is stamped with its answer's time, not the watcher'
 // stamp, until the connection times out.
 const FIXTURE = `
 import { getKeepAlive, getKeepAliveState, setKeepAlive, watchKeepAlive, watchKeepAliveAll }
-  from ${JSON.stringify(new URL("../keepalive.ts", import.meta.url).href)};
+  from ${JSON.stringify(new URL("../keepalive/mod.ts", import.meta.url).href)};
 const listener = Deno.listen({ hostname: "::", port: 8888 });
 setKeepAlive(listener, { time: 2_000, interval: 1_000, retries: 6 });
 console.log(JSON.stringify({ event: "listening" }));

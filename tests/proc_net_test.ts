@@ -1,10 +1,16 @@
 /**
- * Tests for proc_net.ts's parsers, on tables captured from a real kernel
- * (Linux 6.18): a listener and an accepted connection with SO_KEEPALIVE on,
- * over IPv4, IPv6 and IPv4-mapped IPv6. Pure: no /proc is read here.
+ * Tests for @kakit/keepalive/proc-net's parsers, on tables captured from a
+ * real kernel (Linux 6.18): a listener and an accepted connection with
+ * SO_KEEPALIVE on, over IPv4, IPv6 and IPv4-mapped IPv6. Pure: no /proc is
+ * read here.
  */
 import { assertEquals, assertThrows } from "@std/assert";
-import { findTcpSocket, parseEndpoint, parseNetstat, parseProcNetTcp } from "../proc_net.ts";
+import {
+  findTcpSocket,
+  parseEndpoint,
+  parseNetstat,
+  parseProcNetTcp,
+} from "@kakit/keepalive/proc-net";
 
 // 127.0.0.1:33849 listens; 127.0.0.1:35512 connected to it; the accepted
 // socket has keepalive on (timer 02, 719999 ticks: 7199.99 s to the first probe).

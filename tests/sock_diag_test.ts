@@ -1,10 +1,10 @@
 /**
- * Tests for sock_diag.ts: what the kernel's NETLINK_SOCK_DIAG answer says
- * about real loopback sockets of this process, compared with what Deno says
- * about them. No root needed.
+ * Tests for @kakit/keepalive/sock-diag (and its command, tools/sock_diag.ts):
+ * what the kernel's NETLINK_SOCK_DIAG answer says about real loopback sockets
+ * of this process, compared with what Deno says about them. No root needed.
  */
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
-import { DiagError, formatAddress, SockDiag } from "../sock_diag.ts";
+import { DiagError, formatAddress, SockDiag } from "@kakit/keepalive/sock-diag";
 import { run } from "./_helpers.ts";
 
 Deno.test("sock_diag finds a listener and its IPv4 and IPv6 connections, as Deno names them", async () => {
@@ -211,13 +211,13 @@ Deno.test("sock_diag reads its filter once: every family is asked about the port
   assertEquals(found, [`127.0.0.1 ${v4.addr.port}`]);
 });
 
-Deno.test("sock_diag.ts as a command escapes what was typed in its error line", async () => {
+Deno.test("tools/sock_diag.ts, the command, escapes what was typed in its error line", async () => {
   const typed = "--port=\u202e1\x9b2\u2028";
   const { code, stdout, stderr } = await run([
     Deno.execPath(),
     "run",
     "--allow-ffi",
-    "sock_diag.ts",
+    "tools/sock_diag.ts",
     typed,
     "x".repeat(10_000),
   ]);

@@ -1,11 +1,11 @@
 /**
- * Per-connection keepalive (keepalive.ts, and the scripts' --idle, --interval,
+ * Per-connection keepalive (@kakit/keepalive, and the scripts' --idle, --interval,
  * --count, --user-timeout and --watch) against the real kernel, inside
  * network namespaces joined by a cable the tests cut. No sysctl is changed:
  * every time here is set on the sockets themselves. Needs root and `ip`.
  */
 import { assert, assertEquals } from "@std/assert";
-import { parseProcNetTcp } from "../proc_net.ts";
+import { parseProcNetTcp } from "@kakit/keepalive/proc-net";
 import {
   cutAndTimeDeath,
   delay,

@@ -1,6 +1,6 @@
 /**
  * server.ts --watch at scale: one look at every connection per second,
- * through NETLINK_SOCK_DIAG (keepalive.ts watchKeepAliveAll), reports every
+ * through NETLINK_SOCK_DIAG (@kakit/keepalive watchKeepAliveAll), reports every
  * keepalive probe the kernel counts, on each connection, IPv4 and IPv6. In a
  * network namespace of the test's own (root and `ip`), so the kernel's
  * TCPKeepAlive counter counts this server's probes only.

@@ -3,7 +3,7 @@
  *
  * @run deno run --allow-net --allow-ffi bench/variants/batch_watch_only.ts --port 0 --idle 2 --interval 2 --count 3
  *
- * The bench's row for what `watchKeepAliveAll` (`keepalive.ts`, one
+ * The bench's row for what `watchKeepAliveAll` (`@kakit/keepalive`, one
  * `NETLINK_SOCK_DIAG` look at every connection each second) costs by
  * itself. `server.ts --watch` also prints a line for every probe it sees:
  * at 10,000 connections probed every 2 s, that is 5,000 lines a second,
@@ -19,7 +19,7 @@
  * @module
  */
 import { parseFlags, parseHostname, parseInteger } from "../../cli.ts";
-import { getKeepAlive, setKeepAlive, watchKeepAliveAll } from "../../keepalive.ts";
+import { getKeepAlive, setKeepAlive, watchKeepAliveAll } from "@kakit/keepalive";
 
 // The kit's strict flags; anything wrong is one line and exit code 2.
 function start() {

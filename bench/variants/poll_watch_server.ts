@@ -1,15 +1,15 @@
 /**
- * # A server that watches every connection's probes the way keepalive.ts does today
+ * # A server that watches every connection's probes the way @kakit/keepalive does today
  *
  * @run deno run --allow-net --allow-ffi bench/variants/poll_watch_server.ts --port 0 --idle 2
  *
  * Flags: `--hostname` (127.0.0.1), `--port` (8888), `--backlog` (511), and
  * `--idle S`, `--interval S`, `--count N` for the keepalive times (set on
- * the listener through `keepalive.ts`; the system's when none is given).
+ * the listener through `@kakit/keepalive`; the system's when none is given).
  *
  * The bench's row for "today's per-connection poll watcher": the smallest
  * server that accepts connections, turns keepalive on, reads each one until
- * it ends, and calls `watchKeepAlive` from `../../keepalive.ts` on every
+ * it ends, and calls `watchKeepAlive` from `@kakit/keepalive` on every
  * connection. That watcher reads the connection's `TCP_INFO` through FFI
  * five times a second, so its cost grows with the number of connections,
  * idle or not; `bench/scale.ts` measures that cost (CPU, and the probes
@@ -23,7 +23,7 @@
  * @module
  */
 import { parseArgs } from "@std/cli/parse-args";
-import { setKeepAlive, watchKeepAlive } from "../../keepalive.ts";
+import { setKeepAlive, watchKeepAlive } from "@kakit/keepalive";
 
 const USAGE = "usage: deno run --allow-net --allow-ffi bench/variants/poll_watch_server.ts " +
   "[--hostname H] [--port N] [--backlog N] [--idle S] [--interval S] [--count N]";
