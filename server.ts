@@ -1,17 +1,15 @@
 /**
  * # A TCP server that turns keepalive on for every connection
  *
- * @run deno run --allow-net server.ts [--hostname 0.0.0.0] [--port 8888] [--no-keepalive] [--max-connections 1000] [--json]
- * @run deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 [--user-timeout 10] --watch
- * @run deno run --allow-net server.ts --echo
- * @run deno run --allow-net --allow-ffi server.ts --engine epoll --max-connections 20000 --backlog 4096
+ * @run deno run --allow-net server.ts [--hostname 0.0.0.0] [--port 8888] [--no-keepalive] [--json]
+ * @run deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 --watch
  *
  * The Deno version of the C server in the blog post "套接字选项SO_KEEPALIVE":
  * it listens on port 8888, calls `setKeepAlive(true)` on every connection it
- * accepts, and then does nothing, so the connections sit idle. An idle
+ * accepts, and then only reads, so the connections sit idle. An idle
  * connection with `SO_KEEPALIVE` on is probed by the kernel after
- * `net.ipv4.tcp_keepalive_time` seconds of silence (7200 by default); when the
- * peer answers nothing happens, and when it stops answering the next read
+ * `net.ipv4.tcp_keepalive_time` seconds of silence (7200 by default); when
+ * the peer answers nothing happens, and when it stops answering the read
  * fails with "timed out". This server prints both: the connections it
  * accepts, and how each one ended.
  *
@@ -19,231 +17,212 @@
  * - https://docs.deno.com/api/deno/~/Deno.TcpConn.prototype.setKeepAlive
  * - https://man7.org/linux/man-pages/man7/tcp.7.html (tcp_keepalive_time)
  *
- * Deno's `setKeepAlive(true)` cannot change the 7200 s, nor the interval and
- * the count: `--idle`, `--interval`, `--count` and `--user-timeout` set
- * them for this server's connections only, through `keepalive.ts` (FFI, so
- * `--allow-ffi`), and
- * `--watch` prints each probe the kernel sends and whether it was answered:
- * once a second it reads every connection's `TCP_INFO` in one netlink
- * request (`sock_diag.ts`), so 10,000 connections cost one look, not 10,000.
- *
- * The file reads top to bottom as the story: listening and keepalive, the
- * accept loop, the read loop and what each ending means; then the command
- * line; then printing, which never waits for the terminal (`cli.ts`).
- *
- * For thousands of idle connections, `--engine epoll` serves them all from
- * one epoll (`epoll_server.ts`, through FFI) instead of a pending read
- * each: the same events, about a third of the memory (the README's "Holding
- * 10,000 connections" has the benchmark).
- *
- * Copying this file into your project? Copy `keepalive.ts`, `sock_diag.ts`,
- * `keepalive_flags.ts`, `epoll_server.ts` and `cli.ts` beside it and map
- * `@std/cli` in your `deno.json` (the README's "Copying a file into your
- * project" has the lines). It needs `--allow-net`, plus `--allow-ffi` for
- * the tuning flags and `--engine epoll`.
+ * This file runs on its own (copy it; map `@std/cli` in your deno.json).
+ * What Deno cannot do yet, it asks of the kit's package `@kakit/keepalive`,
+ * loaded only when a flag needs it: the per-connection times (`--idle`,
+ * `--interval`, `--count`, `--user-timeout`), `--watch` (every probe, from
+ * the kernel's TCP_INFO) and `--engine epoll` (one epoll for thousands of
+ * connections). Those need `--allow-ffi`. The small helpers at the end
+ * (strict flags, escaping, a line writer that never blocks) repeat
+ * client.ts's on purpose, so that each file stands alone.
  *
  * @module
  */
-import {
-  type CommandIO,
-  eventPrinter,
-  type OutputDroppedEvent,
-  parseCommandLine,
-  parseFlags,
-  parseHostname,
-  parseInteger,
-  runAgainWith,
-  showTyped,
-  UsageError,
-  waitForQuit,
-} from "./cli.ts";
-import {
-  getKeepAlive,
-  keepAliveGaveUp,
-  type KeepAliveOptions,
-  type KeepAliveSettings,
-  type ProbeEvent,
-  setKeepAlive,
-  watchKeepAliveAll,
-} from "./keepalive.ts";
-import {
-  describeKeepAlive,
-  describeProbe,
-  missingFfiPermission,
-  parseTuningFlags,
-  TUNING_FLAGS,
-  TUNING_HELP,
-} from "./keepalive_flags.ts";
-import { EpollError, startEpollServer } from "./epoll_server.ts";
-import { listenerBacklog } from "./sock_diag.ts";
-export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
-export { type CommandIO, UsageError } from "./cli.ts";
+import { parseArgs } from "@std/cli/parse-args";
 
-/** What the server does, from its command-line flags. */
-export interface ServerOptions {
-  /** The address to listen on; `0.0.0.0` is every IPv4 address, `::` every address. */
-  hostname: string;
-  /** The port to listen on; 0 lets the kernel pick a free one. */
-  port: number;
-  /**
-   * How many completed connections the kernel may queue until they are
-   * accepted (`listen`'s backlog; the kernel caps it at `net.core.somaxconn`).
-   */
-  backlog: number;
-  /** Whether to turn `SO_KEEPALIVE` on for each accepted connection. */
-  keepAlive: boolean;
-  /** Connections over this many are closed as soon as they are accepted. */
-  maxConnections: number;
-  /** Per-connection keepalive times (milliseconds), set on the listener; null for the system's. */
-  tuning: KeepAliveOptions | null;
-  /** Report every keepalive probe on every connection. */
-  watch: boolean;
-  /** Send back whatever a peer sends (the C server only read). */
-  echo: boolean;
-  /** Print events as JSON lines instead of text. */
-  json: boolean;
-  /**
-   * How connections are read: "deno", a `Deno.Conn` and a pending read each
-   * (this file, the story); "epoll", one epoll for all of them through FFI
-   * (`epoll_server.ts`), for thousands of idle connections at a C server's
-   * cost. Same events either way.
-   */
-  engine: "deno" | "epoll";
-}
+// The kit's package, loaded by main only when a flag needs it. These types
+// are for the type checker; copied alone, the script never loads the package.
+type Keepalive =
+  & typeof import("@kakit/keepalive")
+  & typeof import("@kakit/keepalive/flags")
+  & typeof import("@kakit/keepalive/sock-diag")
+  & typeof import("@kakit/keepalive/epoll");
+type KeepAliveSettings = import("@kakit/keepalive").KeepAliveSettings;
 
-// ## Listening
+// ## Listening, accepting, SO_KEEPALIVE, reading until the end
 //
-// The C server: socket, bind, listen(fd, 5), accept, setsockopt(SO_KEEPALIVE).
-// Deno's Deno.listen does the first three; the rest is below.
+// The C server: socket, bind, listen(fd, 5), accept, setsockopt(SO_KEEPALIVE),
+// then a read that waits. Deno.listen does the first three; the rest is here.
 
-/** A server started by {@linkcode startServer}. */
+/** A running server: where it listens, and how to stop it. */
 export interface RunningServer {
-  /** Where it listens, with the real port when 0 was asked for. */
   addr: Deno.NetAddr;
   /** Closes the listener and every connection; resolves with the summary. */
   close(): Promise<ServerSummary>;
 }
 
-/** The listener could not be tuned (not Linux, no FFI): the message is one line. */
-export class TuningError extends Error {}
-
 /**
- * Listens, accepts every connection, turns keepalive on, and reads each
- * connection until it ends, calling `onEvent` for everything that happens.
- * Throws what `Deno.listen` throws (port in use, no permission), or a
- * {@linkcode TuningError} when the listener cannot be tuned or `--watch` cannot start.
- *
- * @example
- * ```ts ignore
- * import { startServer } from "./server.ts";
- * const server = startServer(
- *   {
- *     hostname: "127.0.0.1",
- *     port: 0,
- *     backlog: 511,
- *     keepAlive: true,
- *     maxConnections: 10,
- *     tuning: { time: 60_000, interval: 10_000, retries: 3 },
- *     watch: false,
- *     json: false,
- *   },
- *   (event) => console.log(event),
- * );
- * // ... later
- * console.log(await server.close());
- * ```
+ * Listens and serves with a `Deno.TcpConn` and a pending read per
+ * connection, calling `onEvent` for everything that happens. Throws what
+ * `Deno.listen` throws, or a one-line `Error` when the package cannot tune
+ * or watch (`ka` is the package, loaded by `main` when a flag needs it).
  */
 export function startServer(
   options: ServerOptions,
   onEvent: (event: ServerEvent) => void,
+  ka: Keepalive | null = null,
 ): RunningServer {
   const listener = Deno.listen({
     hostname: options.hostname,
     port: options.port,
     tcpBacklog: options.backlog,
   });
-  // Per-connection times go on the listener, once: every connection it
-  // accepts inherits them, so accepting costs nothing extra. (--watch alone
-  // only reads them back: that proves FFI works before any connection
-  // depends on it.)
-  let tuning: KeepAliveSettings | null = null;
+  const books = new Books(options, onEvent);
+  let engine: Engine;
   try {
-    if (options.tuning) setKeepAlive(listener, options.tuning);
-    if (options.tuning || options.watch) tuning = getKeepAlive(listener);
+    const tuning = ka && (options.tuning || options.watch)
+      ? tuneListener(ka, listener, options, books)
+      : null;
+    engine = options.engine === "epoll"
+      ? epollEngine(ka!, listener, options, books)
+      : denoEngine(listener, options, books);
+    books.emit({
+      event: "listening",
+      address: formatAddr(listener.addr),
+      engine: options.engine,
+      backlog: options.backlog,
+      kernelBacklog: ka ? kernelBacklog(ka, listener.addr) : null,
+      keepAlive: options.keepAlive,
+      maxConnections: options.maxConnections,
+      tuning: tuning?.settings ?? null,
+    });
+    if (tuning?.watcher) engine = { ...engine, watcher: tuning.watcher };
   } catch (error) {
     listener.close();
-    throw new TuningError(`cannot tune keepalive: ${errorMessage(error)}`, { cause: error });
+    throw error;
   }
-  const server: Server = {
-    options,
-    // Stamped now, or when it happened: a probe is seen after it was sent.
-    emit: (event, atMs = Date.now()) => onEvent({ time: new Date(atMs).toISOString(), ...event }),
-    summary: emptySummary(),
-    open: new Set(),
-    readers: new Set(),
-    closing: false,
-  };
-  // --watch: one watcher for every connection, looking at all of them at
-  // once each second (one netlink request, not one per connection). Its
-  // socket opens now, before the server says it listens: without it (no
-  // descriptor left), the server does not start.
-  let watcher: { stop(): void } | null = null;
-  try {
-    if (options.watch) watcher = watchProbes(listener, tuning!, server);
-  } catch (error) {
-    listener.close();
-    throw new TuningError(`--watch cannot start: ${errorMessage(error)}`, { cause: error });
-  }
-  server.emit({
-    event: "listening",
-    address: formatAddr(listener.addr),
-    engine: "deno",
-    backlog: options.backlog,
-    kernelBacklog: tuning ? backlogInKernel(listener.addr) : null,
-    keepAlive: options.keepAlive,
-    maxConnections: options.maxConnections,
-    tuning,
-  });
-  const accepting = acceptLoop(listener, server);
   let closed: Promise<ServerSummary> | null = null;
+  return { addr: listener.addr, close: () => closed ??= stop(listener, engine, books) };
+}
+
+interface Engine {
+  /** Stops serving; resolves with how many connections were still open (then closed). */
+  close(): Promise<number>;
+  watcher?: { stop(): void };
+}
+
+async function stop(listener: Deno.TcpListener, engine: Engine, books: Books) {
+  books.closing = true;
+  engine.watcher?.stop();
+  const closedOnQuit = await engine.close();
+  try {
+    listener.close();
+  } catch { /* the deno engine closed it to end its accept loop */ }
+  return books.finish(closedOnQuit);
+}
+
+// The deno engine: the story as the blog tells it.
+function denoEngine(listener: Deno.TcpListener, options: ServerOptions, books: Books): Engine {
+  const open = new Set<Deno.TcpConn>();
+  const readers = new Set<Promise<void>>();
+  const accepting = (async () => {
+    while (!books.closing) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (books.closing) break;
+        // A peer that reset while it waited in the backlog has no address
+        // left (ENOTCONN); anything else is most likely EMFILE: no
+        // descriptor until a connection closes. The backlog fills meanwhile.
+        if (error instanceof Deno.errors.NotConnected) books.resetBeforeAccept();
+        else if (error instanceof Deno.errors.ConnectionAborted) books.resetBeforeAccept();
+        else await delay(books.acceptFailed(errorMessage(error)));
+        continue;
+      }
+      books.acceptSucceeded();
+      const peer = formatAddr(conn.remoteAddr);
+      // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
+      // kernel arms the keepalive timer at once; the first probe goes out
+      // after tcp_keepalive_time seconds (or --idle) without traffic.
+      if (!books.admit(peer, () => options.keepAlive && conn.setKeepAlive(true))) {
+        conn.close();
+        continue;
+      }
+      open.add(conn);
+      const reader = readUntilEnd(conn, peer, options.echo, books, open);
+      readers.add(reader);
+      reader.finally(() => readers.delete(reader));
+    }
+  })();
   return {
-    addr: listener.addr,
-    // Once: a second call gets the first one's summary.
-    close() {
-      closed ??= closeOnce();
-      return closed;
+    async close() {
+      listener.close();
+      await accepting;
+      const left = open.size;
+      for (const conn of open) conn.close();
+      open.clear();
+      await Promise.all(readers);
+      return left;
     },
   };
+}
 
-  async function closeOnce(): Promise<ServerSummary> {
-    server.closing = true;
-    watcher?.stop();
-    listener.close();
-    await accepting;
-    server.summary.closedOnQuit = server.open.size;
-    for (const conn of server.open) conn.close();
-    server.open.clear();
-    await Promise.all(server.readers);
-    const { accepted, rejected, resetBeforeAccept } = server.summary;
-    const summary = { connections: accepted + rejected + resetBeforeAccept, ...server.summary };
-    server.emit({ event: "summary", ...summary });
-    return summary;
+// The server never looks at what peers send, it only counts the bytes, so
+// every connection reads into this one buffer, and an idle connection costs
+// no buffer of its own. --echo needs the bytes: a buffer per connection.
+const discard = new Uint8Array(16 * 1024);
+
+// The reads make the kernel's verdict visible: a FIN ends the stream, a
+// reset is ConnectionReset, unanswered probes are TimedOut (ETIMEDOUT). This
+// server never writes (unless --echo), so nothing else can time a
+// connection out.
+async function readUntilEnd(
+  conn: Deno.TcpConn,
+  peer: string,
+  echo: boolean,
+  books: Books,
+  open: Set<Deno.TcpConn>,
+): Promise<void> {
+  let bytes = 0;
+  const buffer = echo ? new Uint8Array(4096) : discard;
+  try {
+    for (let n; (n = await conn.read(buffer)) !== null;) {
+      bytes += n;
+      if (!echo) continue;
+      // The bytes go back before the next read: a peer that sends faster
+      // than it reads is slowed down by TCP itself.
+      for (let rest = buffer.subarray(0, n); rest.length;) {
+        rest = rest.subarray(await conn.write(rest));
+      }
+      books.echoed(peer, n);
+    }
+    books.ended(peer, bytes, null);
+  } catch (error) {
+    // On quit the server closed the connection under the read: counted as
+    // closed on quit, not here. One that ended by itself meanwhile counts.
+    if (books.closing && !open.has(conn)) return;
+    books.ended(peer, bytes, { code: errorCode(error), message: errorMessage(error) });
+  } finally {
+    if (open.delete(conn)) conn.close();
   }
 }
 
-// What the loops below share for one running server. No globals: a test
-// can run several servers in one process.
-interface Server {
-  options: ServerOptions;
-  emit: (event: ServerEventBody, atMs?: number) => void;
-  summary: Omit<ServerSummary, "connections">;
-  open: Set<Deno.TcpConn>;
-  readers: Set<Promise<void>>;
-  closing: boolean;
+// Deno's error classes, as the C library names them.
+function errorCode(error: unknown): string {
+  if (error instanceof Deno.errors.ConnectionReset) return "ECONNRESET";
+  if (error instanceof Deno.errors.BrokenPipe) return "ECONNRESET";
+  if (error instanceof Deno.errors.TimedOut) return "ETIMEDOUT";
+  if (error instanceof Deno.errors.NetworkUnreachable) return "ENETUNREACH";
+  return String((error as { code?: unknown } | null)?.code ?? "");
 }
 
-function emptySummary(): Server["summary"] {
-  return {
+// ## The books: one set for both engines
+//
+// Every connection the kernel completed and the server took from its
+// backlog was accepted, rejected (over --max-connections), or reset before
+// it could be accepted; each accepted one ended one way.
+
+// While accept() fails for a reason that lasts (EMFILE), try again this
+// often, and call it over once accepting has worked this long: one line when
+// accepting stops and one when it works again, not one per retry.
+const ACCEPT_RETRY_MS = 100, ACCEPT_RECOVERED_MS = 1000;
+
+/** The counts, the events and the limit on open connections, for either engine. */
+class Books {
+  closing = false;
+  open = 0;
+  counts = {
     accepted: 0,
     rejected: 0,
     resetBeforeAccept: 0,
@@ -254,209 +233,174 @@ function emptySummary(): Server["summary"] {
     closedOnQuit: 0,
     acceptPauses: 0,
   };
-}
+  trouble:
+    | { since: number; last: number; retries: number; timer?: ReturnType<typeof setTimeout> }
+    | null = null;
 
-// ## Accepting, and SO_KEEPALIVE on each connection
+  constructor(readonly options: ServerOptions, readonly onEvent: (event: ServerEvent) => void) {}
 
-async function acceptLoop(listener: Deno.TcpListener, server: Server): Promise<void> {
-  const trouble = acceptTrouble(server);
-  while (!server.closing) {
-    let conn: Deno.TcpConn;
+  /** Stamped now, or when it happened: a probe is seen after it was sent. */
+  emit(event: ServerEventBody, atMs = Date.now()) {
+    this.onEvent({ time: new Date(atMs).toISOString(), ...event } as ServerEvent);
+  }
+
+  /** A connection arrived: kept (true), or over --max-connections or failed (close it). */
+  admit(peer: string, turnOn: () => void): boolean {
+    // A bound on open connections keeps a flood of clients from taking every
+    // descriptor (and with them, the listener).
+    if (this.open >= this.options.maxConnections) {
+      this.counts.rejected++;
+      this.emit({ event: "rejected", peer, open: this.open });
+      return false;
+    }
+    this.counts.accepted++;
+    this.open++;
+    let failure: unknown = null;
     try {
-      conn = await listener.accept();
+      turnOn();
     } catch (error) {
-      if (server.closing) break;
-      if (wasResetInBacklog(error)) {
-        // The peer reset the connection while it waited in the backlog: the
-        // kernel had completed it, and it was gone before we saw who it was.
-        server.summary.resetBeforeAccept++;
-        server.emit({ event: "reset-before-accept" });
-        trouble.succeeded();
-      } else {
-        // Out of file descriptors, most likely (see "When accepting fails for
-        // a while", below). The kernel keeps completing connections into the
-        // backlog meanwhile.
-        trouble.failed(error);
-        await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
-      }
-      continue;
+      failure = error;
     }
-    trouble.succeeded();
-    admit(conn, server);
+    this.emit({ event: "accepted", peer, keepAlive: this.options.keepAlive, open: this.open });
+    if (failure === null) return true;
+    this.open--;
+    this.counts.errors++;
+    this.emit({ event: "error", peer, message: errorMessage(failure) });
+    return false;
   }
-  trouble.stop();
-}
 
-// Deno reads the peer's address right after accept(); a connection reset in
-// the backlog has none (ENOTCONN), or the kernel says so itself (ECONNABORTED).
-function wasResetInBacklog(error: unknown): boolean {
-  return error instanceof Deno.errors.NotConnected ||
-    error instanceof Deno.errors.ConnectionAborted;
-}
-
-function admit(conn: Deno.TcpConn, server: Server): void {
-  const peer = formatAddr(conn.remoteAddr);
-  // A bound on open connections keeps a flood of clients from taking every
-  // file descriptor (and with them, the listener).
-  if (server.open.size >= server.options.maxConnections) {
-    conn.close();
-    server.summary.rejected++;
-    server.emit({ event: "rejected", peer, open: server.open.size });
-    return;
+  echoed(peer: string, bytes: number) {
+    this.emit({ event: "echoed", peer, bytes });
   }
-  server.open.add(conn);
-  server.summary.accepted++;
-  // The line the blog is about: SO_KEEPALIVE on the accepted socket. The
-  // kernel arms the keepalive timer right away; the first probe goes out
-  // after tcp_keepalive_time seconds (or --idle) without traffic. It comes
-  // before the "accepted" line, so whoever reads that line finds it armed.
-  let failure: unknown = null;
-  try {
-    if (server.options.keepAlive) conn.setKeepAlive(true);
-  } catch (error) {
-    failure = error;
-  }
-  server.emit({
-    event: "accepted",
-    peer,
-    keepAlive: server.options.keepAlive,
-    open: server.open.size,
-  });
-  if (failure !== null) {
-    // Accepted, and ended at once: counted with the connections that failed.
-    server.open.delete(conn);
-    conn.close();
-    server.summary.errors++;
-    server.emit({ event: "error", peer, message: errorMessage(failure) });
-    return;
-  }
-  const reader = readUntilEnd(conn, peer, server);
-  server.readers.add(reader);
-  reader.finally(() => server.readers.delete(reader));
-}
 
-// ## Reading until the end
-//
-// The reads are what make the kernel's verdict visible: a peer that closes
-// shows up as the end of the stream, a reset as ConnectionReset, and
-// unanswered keepalive probes as TimedOut (ETIMEDOUT; or the error of the
-// last probe, when this side lost its route to the peer). This server never
-// writes (unless --echo), so nothing else can time a connection out.
-
-// The server never looks at what peers send, it only counts the bytes, so
-// every connection reads into this one buffer. Reads overwrite each other's
-// bytes, which is harmless for counting, and an idle connection then costs
-// no buffer of its own (a 16 KiB buffer each would be 16 KiB per idle
-// connection). With --echo the bytes matter: another connection's read can
-// land in the shared buffer before this one's bytes are copied out, so an
-// echoing connection reads into a buffer of its own.
-const discardBuffer = new Uint8Array(16 * 1024);
-const ECHO_BUFFER_BYTES = 4096;
-
-async function readUntilEnd(conn: Deno.TcpConn, peer: string, server: Server): Promise<void> {
-  const { options, summary } = server;
-  let bytes = 0;
-  try {
-    const buffer = options.echo ? new Uint8Array(ECHO_BUFFER_BYTES) : discardBuffer;
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      bytes += n;
-      if (options.echo) await echo(conn, buffer.subarray(0, n), peer, server);
-    }
-    summary.peerClosed++;
-    server.emit({ event: "peer-closed", peer, bytes });
-  } catch (error) {
-    // On quit the server closes what is still open, and those reads fail:
-    // not counted here (they are "closed on quit"). A connection that ended
-    // by itself while the server was quitting is still in `open`, and is
-    // counted like any other.
-    if (server.closing && !server.open.has(conn)) return;
-    const gaveUp = keepAliveGaveUp(error);
-    if (error instanceof Deno.errors.ConnectionReset) {
-      summary.reset++;
-      server.emit({ event: "reset", peer, bytes });
-    } else if (gaveUp) {
-      summary.timedOut++;
-      server.emit({ event: "timed-out", peer, bytes, code: gaveUp });
+  /** How a connection ended: a FIN (null), a reset, unanswered probes, or another error. */
+  ended(peer: string, bytes: number, error: { code: string; message: string } | null) {
+    this.open--;
+    const code = error?.code;
+    if (!error) {
+      this.counts.peerClosed++;
+      this.emit({ event: "peer-closed", peer, bytes });
+    } else if (code === "ECONNRESET") {
+      this.counts.reset++;
+      this.emit({ event: "reset", peer, bytes });
+    } else if (code === "ETIMEDOUT" || code === "ENETUNREACH" || code === "EHOSTUNREACH") {
+      this.counts.timedOut++;
+      this.emit({ event: "timed-out", peer, bytes, code });
     } else {
-      summary.errors++;
-      server.emit({ event: "error", peer, message: errorMessage(error) });
+      this.counts.errors++;
+      this.emit({ event: "error", peer, message: error.message });
     }
-  } finally {
-    if (server.open.delete(conn)) conn.close();
+  }
+
+  /** The peer reset the connection while it waited in the backlog. */
+  resetBeforeAccept() {
+    this.counts.resetBeforeAccept++;
+    this.emit({ event: "reset-before-accept" });
+  }
+
+  /** Returns how long to wait before accepting again. */
+  acceptFailed(message: string): number {
+    clearTimeout(this.trouble?.timer);
+    if (this.trouble) {
+      Object.assign(this.trouble, { last: performance.now(), timer: undefined });
+      this.trouble.retries++;
+    } else {
+      this.trouble = { since: performance.now(), last: performance.now(), retries: 0 };
+      this.counts.acceptPauses++;
+      this.emit({ event: "accept-error", message });
+    }
+    return ACCEPT_RETRY_MS;
+  }
+
+  acceptSucceeded() {
+    if (!this.trouble || this.trouble.timer !== undefined) return;
+    const { since, last, retries } = this.trouble;
+    this.trouble.timer = setTimeout(() => {
+      this.emit({ event: "accept-resumed", failedMs: Math.round(last - since), retries });
+      this.trouble = null;
+    }, ACCEPT_RECOVERED_MS);
+  }
+
+  /** The summary, once every connection is accounted for. */
+  finish(closedOnQuit: number) {
+    clearTimeout(this.trouble?.timer);
+    this.counts.closedOnQuit = closedOnQuit;
+    const { accepted, rejected, resetBeforeAccept } = this.counts;
+    const summary = { connections: accepted + rejected + resetBeforeAccept, ...this.counts };
+    this.emit({ event: "summary", ...summary });
+    return summary;
   }
 }
 
-// --echo: the bytes go back before the next read, so a peer that sends
-// faster than it reads is slowed down by TCP itself, and nothing piles up
-// here.
-async function echo(conn: Deno.TcpConn, bytes: Uint8Array, peer: string, server: Server) {
-  for (let rest = bytes; rest.length > 0;) rest = rest.subarray(await conn.write(rest));
-  server.emit({ event: "echoed", peer, bytes: bytes.length });
+// ## What the package adds: times per connection, --watch, --engine epoll
+
+// Times go on the listener, once: every connection it accepts inherits
+// them. --watch opens its netlink socket now, before the server says it
+// listens: without a descriptor for it, the server does not start.
+function tuneListener(ka: Keepalive, listener: Deno.TcpListener, o: ServerOptions, books: Books) {
+  try {
+    if (o.tuning) ka.setKeepAlive(listener, o.tuning);
+    const settings = ka.getKeepAlive(listener);
+    const { hostname, port } = listener.addr;
+    const watcher = o.watch
+      ? ka.watchKeepAliveAll({ hostname, port }, (probe, remote) =>
+        books.emit(
+          { event: "probe", peer: formatAddr(remote), ...probe },
+          Date.now() - probe.agoMs,
+        ), {
+        limits: settings,
+        onError: (error) => books.emit({ event: "watch-error", message: errorMessage(error) }),
+      })
+      : undefined;
+    return { settings, watcher };
+  } catch (error) {
+    const what = o.tuning ? "cannot tune keepalive" : "--watch cannot start";
+    throw new Error(`${what}: ${errorMessage(error)}`, { cause: error });
+  }
 }
 
-// --watch: the kernel's probes on every connection, from each socket's
-// TCP_INFO, read for all of them at once through NETLINK_SOCK_DIAG
-// (keepalive.ts, sock_diag.ts). The connections inherited their limits from
-// the listener, so the listener's say how many probes end one.
-// Throws when the watcher cannot start; a later failure is a watch-error event.
-function watchProbes(listener: Deno.TcpListener, tuning: KeepAliveSettings, server: Server) {
-  const { hostname, port } = listener.addr;
-  return watchKeepAliveAll(
-    { hostname, port },
-    (probe, remote) =>
-      server.emit({ event: "probe", peer: formatAddr(remote), ...probe }, Date.now() - probe.agoMs),
-    {
-      limits: tuning,
-      onError: (error) => server.emit({ event: "watch-error", message: errorMessage(error) }),
-    },
-  );
+// What the kernel made of --backlog (capped at somaxconn); null if unknown.
+function kernelBacklog(ka: Keepalive, addr: Deno.NetAddr): number | null {
+  try {
+    return ka.listenerBacklog(addr);
+  } catch {
+    return null;
+  }
 }
 
-// ## When accepting fails for a while
-
-// While accept() fails for a reason that lasts (EMFILE: the process is out of
-// file descriptors until a connection closes), try again this often...
-const ACCEPT_RETRY_MS = 100;
-// ...and call it over once accepting has worked this long without failing:
-// descriptors come back one at a time as connections close, and each lets one
-// accept through before the next fails, all in the same episode.
-const ACCEPT_RECOVERED_MS = 1000;
-
-// One line when accepting stops working and one when it works again, not one
-// per retry. It is not a connection failing, so it is not counted with them.
-function acceptTrouble(server: Server) {
-  let episode: { sinceMs: number; lastFailureMs: number; retries: number } | null = null;
-  let recovering: ReturnType<typeof setTimeout> | undefined;
-  return {
-    failed(error: unknown) {
-      clearTimeout(recovering);
-      recovering = undefined;
-      if (episode) {
-        episode.retries++;
-        episode.lastFailureMs = performance.now();
-        return;
-      }
-      episode = { sinceMs: performance.now(), lastFailureMs: performance.now(), retries: 0 };
-      server.summary.acceptPauses++;
-      server.emit({ event: "accept-error", message: errorMessage(error) });
-    },
-    succeeded() {
-      if (!episode || recovering !== undefined) return;
-      const { sinceMs, lastFailureMs, retries } = episode;
-      recovering = setTimeout(() => {
-        const failedMs = Math.round(lastFailureMs - sinceMs);
-        server.emit({ event: "accept-resumed", failedMs, retries });
-        episode = null;
-        recovering = undefined;
-      }, ACCEPT_RECOVERED_MS);
-    },
-    stop: () => clearTimeout(recovering),
-  };
+function epollEngine(ka: Keepalive, listener: Deno.TcpListener, o: ServerOptions, books: Books) {
+  try {
+    return ka.serveWithEpoll(listener, o, books);
+  } catch (error) {
+    throw new Error(`cannot serve with --engine epoll: ${errorMessage(error)}`, { cause: error });
+  }
 }
 
 // ## The command line
+
+/** What the server does, from its command-line flags. */
+export interface ServerOptions {
+  /** The address to listen on; `0.0.0.0` is every IPv4 address, `::` every address. */
+  hostname: string;
+  /** The port to listen on; 0 lets the kernel pick a free one. */
+  port: number;
+  /** Connections the kernel may queue until they are accepted (capped at net.core.somaxconn). */
+  backlog: number;
+  /** Whether to turn `SO_KEEPALIVE` on for each accepted connection. */
+  keepAlive: boolean;
+  /** Connections over this many are closed as soon as they are accepted. */
+  maxConnections: number;
+  /** Per-connection times in milliseconds (the package's `setKeepAlive` options), or null. */
+  tuning: { time?: number; interval?: number; retries?: number; userTimeout?: number } | null;
+  /** Report every keepalive probe on every connection. */
+  watch: boolean;
+  /** Send back whatever a peer sends (the C server only read). */
+  echo: boolean;
+  /** Print events as JSON lines instead of text. */
+  json: boolean;
+  /** "deno": a `Deno.TcpConn` and a pending read each; "epoll": one epoll for all (the package). */
+  engine: "deno" | "epoll";
+}
 
 /** The `--help` text. */
 export const HELP = `Usage: deno run --allow-net [--allow-ffi] server.ts [options]
@@ -468,26 +412,36 @@ Options:
   --hostname ADDRESS      address to listen on (default 0.0.0.0; :: for IPv6 too)
   --port N                port to listen on, 0..65535 (default 8888; 0 picks a free port)
   --backlog N             connections the kernel may hold until they are accepted, 1..65535
-                          (default 511, as Deno's and Node's; raise it for bursts of
-                          connections; the kernel caps it at net.core.somaxconn, 4096 by default)
+                          (default 511; the kernel caps it at net.core.somaxconn)
   --no-keepalive          leave SO_KEEPALIVE off on accepted connections
   --max-connections N     close connections beyond N open ones at once, 1..1000000 (default 1000)
-  --engine deno|epoll     deno (default): a Deno.Conn and a pending read per connection, as
-                          this file tells it; epoll: one epoll for every connection through FFI
-                          (epoll_server.ts, needs --allow-ffi): about 1.3 KB per idle
-                          connection at 10,000 instead of 6; same events
-  --echo                  send back whatever a peer sends (each read reported: "sent N bytes,
-                          echoed back")
+  --echo                  send back whatever a peer sends
   --json                  print one JSON object per event instead of text
   -h, --help              show this help
 
-${TUNING_HELP}
+With the kit's package @kakit/keepalive (loaded only for these; --allow-ffi, Linux):
+  --idle SECONDS          silence before the first probe, 1..32767 (tcp_keepalive_time)
+  --interval SECONDS      time between unanswered probes, 1..32767 (tcp_keepalive_intvl)
+  --count N               unanswered probes before the connection fails, 1..127 (tcp_keepalive_probes)
+  --user-timeout SECONDS  how long sent data may stay unacknowledged, 0..2147483; 0 (default)
+                          leaves it to retransmissions, about 15 min. Once a probe is out, it is
+                          also how long the peer may stay silent, instead of --count
+  --watch                 print each keepalive probe as the kernel sends or answers it
+  --engine deno|epoll     deno (default): a Deno.Conn and a pending read per connection;
+                          epoll: one epoll for every connection, about 1.3 KB per idle
+                          connection at 10,000 instead of 6; same events
 
-Permissions: --allow-net (to listen and accept), and --allow-ffi for
---engine epoll and the per-connection flags (Deno cannot set them itself yet).
+Exit codes: 0 after a quit (Enter, Ctrl-C, SIGTERM), 1 when it cannot listen,
+a permission or the package is missing, 2 for bad flags.`;
 
-Exit codes: 0 after a quit (Enter, Ctrl-C, SIGTERM), 1 when it cannot listen
-or a permission is missing, 2 for bad flags.`;
+// The per-connection flags: each stands in for a sysctl, in its units, within
+// the kernel's per-socket limits; the package takes milliseconds.
+const TUNING = {
+  idle: { option: "time", min: 1, max: 32767, ms: 1000 },
+  interval: { option: "interval", min: 1, max: 32767, ms: 1000 },
+  count: { option: "retries", min: 1, max: 127, ms: 1 },
+  "user-timeout": { option: "userTimeout", min: 0, max: 2147483, ms: 1000 },
+} as const;
 
 /**
  * Parses the command-line flags. Throws a {@linkcode UsageError} for
@@ -501,42 +455,42 @@ or a permission is missing, 2 for bad flags.`;
  * ```
  */
 export function parseServerArgs(args: string[]): ServerOptions | "help" {
+  const tuningFlags = Object.keys(TUNING) as (keyof typeof TUNING)[];
   const flags = parseFlags(args, {
-    string: ["hostname", "port", "backlog", "max-connections", "engine", ...TUNING_FLAGS],
+    string: ["hostname", "port", "backlog", "max-connections", "engine", ...tuningFlags],
     boolean: ["keepalive", "json", "watch", "echo"],
     negatable: ["keepalive"],
-    default: {
-      hostname: "0.0.0.0",
-      port: "8888",
-      backlog: "511",
-      "max-connections": "1000",
-      engine: "deno",
-    },
   });
   if (flags.help) return "help";
-  const tuning = parseTuningFlags(flags);
-  if (tuning && !flags.keepalive) {
+  const tuning: Record<string, number> = {};
+  for (const flag of tuningFlags) {
+    const { option, min, max, ms } = TUNING[flag];
+    if (flags[flag] !== undefined) {
+      tuning[option] = parseInteger(`--${flag}`, flags[flag], min, max) * ms;
+    }
+  }
+  const tuned = Object.keys(tuning).length > 0;
+  if (tuned && !flags.keepalive) {
     throw new UsageError(
       "--no-keepalive cannot be combined with --idle, --interval, --count or --user-timeout",
     );
   }
+  const engine = flags.engine ?? "deno";
+  if (engine !== "deno" && engine !== "epoll") {
+    throw new UsageError(`--engine must be deno or epoll, not ${showTyped(engine)}`);
+  }
   return {
-    hostname: parseHostname("--hostname", flags.hostname!),
-    port: parseInteger("--port", flags.port!, 0, 65535),
-    backlog: parseInteger("--backlog", flags.backlog!, 1, 65535),
+    hostname: parseHostname("--hostname", flags.hostname ?? "0.0.0.0"),
+    port: parseInteger("--port", flags.port ?? "8888", 0, 65535),
+    backlog: parseInteger("--backlog", flags.backlog ?? "511", 1, 65535),
     keepAlive: flags.keepalive,
-    maxConnections: parseInteger("--max-connections", flags["max-connections"]!, 1, 1_000_000),
-    tuning,
+    maxConnections: parseInteger("--max-connections", flags["max-connections"] ?? "1000", 1, 1e6),
+    tuning: tuned ? tuning : null,
     watch: flags.watch,
     echo: flags.echo,
     json: flags.json,
-    engine: parseEngine(flags.engine!),
+    engine,
   };
-}
-
-function parseEngine(text: string): ServerOptions["engine"] {
-  if (text === "deno" || text === "epoll") return text;
-  throw new UsageError(`--engine must be deno or epoll, not ${showTyped(text)}`);
 }
 
 // ## Printing
@@ -544,19 +498,17 @@ function parseEngine(text: string): ServerOptions["engine"] {
 /** Everything the server reports, one object per event. `--json` prints these as they are. */
 export type ServerEvent = { time: string } & ServerEventBody;
 
+/** What happened to every connection; printed when the server quits (docs/scripts.md). */
+export type ServerSummary = ReturnType<Books["finish"]>;
+
 /** A {@linkcode ServerEvent} before it is stamped with the time. */
 export type ServerEventBody =
   | {
     event: "listening";
     address: string;
-    /** Which engine serves the connections (`--engine`). */
     engine: "deno" | "epoll";
-    /** The backlog asked for (`--backlog`). */
     backlog: number;
-    /**
-     * The backlog the kernel holds (capped at `net.core.somaxconn`), read
-     * when FFI is allowed (`--engine epoll`, tuning, `--watch`); null otherwise.
-     */
+    /** What the kernel holds (capped at net.core.somaxconn), read when the package is loaded. */
     kernelBacklog: number | null;
     keepAlive: boolean;
     maxConnections: number;
@@ -566,280 +518,438 @@ export type ServerEventBody =
   | { event: "accepted"; peer: string; keepAlive: boolean; open: number }
   | { event: "rejected"; peer: string; open: number }
   | { event: "reset-before-accept" }
-  | { event: "echoed"; peer: string; bytes: number }
-  | { event: "peer-closed"; peer: string; bytes: number }
-  | { event: "reset"; peer: string; bytes: number }
-  | {
-    event: "timed-out";
-    peer: string;
-    bytes: number;
-    /** ETIMEDOUT; ENETUNREACH or EHOSTUNREACH when this side lost its route to the peer. */
-    code: string;
-  }
+  | { event: "echoed" | "peer-closed" | "reset"; peer: string; bytes: number }
+  /** `code` is ETIMEDOUT, or ENETUNREACH / EHOSTUNREACH when this side lost its route. */
+  | { event: "timed-out"; peer: string; bytes: number; code: string }
   | { event: "error"; peer: string; message: string }
-  | { event: "watch-error"; message: string }
-  | { event: "accept-error"; message: string }
+  | { event: "watch-error" | "accept-error"; message: string }
   | { event: "accept-resumed"; failedMs: number; retries: number }
-  | ({ event: "probe"; peer: string } & ProbeEvent)
-  | Omit<OutputDroppedEvent, "time">
+  | ({ event: "probe"; peer: string } & import("@kakit/keepalive").ProbeEvent)
+  | { event: "output-dropped"; lines: number }
   | ({ event: "summary" } & ServerSummary);
 
 /**
- * What happened to every connection, printed when the server quits. Each
- * connection the kernel completed and the server took from its backlog was
- * accepted, rejected, or reset before it could be accepted; each accepted
- * one ended one way.
- */
-export interface ServerSummary {
-  /** accepted + rejected + resetBeforeAccept. */
-  connections: number;
-  /** Connections accepted and kept. */
-  accepted: number;
-  /** Connections closed at once because --max-connections were open. */
-  rejected: number;
-  /** Connections the peer reset while they waited in the backlog. */
-  resetBeforeAccept: number;
-  /** Accepted connections the peer closed with a FIN. */
-  peerClosed: number;
-  /** Accepted connections the peer reset (RST). */
-  reset: number;
-  /** Accepted connections that timed out: keepalive probes went unanswered. */
-  timedOut: number;
-  /** Accepted connections that failed otherwise. */
-  errors: number;
-  /** Accepted connections still open when the server quit, and closed by it. */
-  closedOnQuit: number;
-  /** Times accepting stopped working for a while (out of descriptors) and resumed. */
-  acceptPauses: number;
-}
-
-/**
  * Formats a server event as one line of text, for people. `enterQuits`
- * (default true) says whether the listening line may promise that Enter
- * quits: not when stdin is not a terminal (a background job, a service).
+ * says whether the listening line may promise that Enter quits: not when
+ * stdin is not a terminal (a background job, a service). `ka`, the package,
+ * words the keepalive times and the probes.
  */
 export function formatServerEvent(
   event: ServerEvent,
-  how: { enterQuits: boolean } = { enterQuits: true },
+  how: { enterQuits: boolean; ka?: Keepalive | null } = { enterQuits: true },
 ): string {
-  return `${event.time} ${describeServerEvent(event, how)}`;
+  return `${event.time} ${describe(event, how)}`;
 }
 
-// "engine epoll, backlog 4096"; and what the kernel made of a larger one.
-function describeQueue(event: { engine: string; backlog: number; kernelBacklog: number | null }) {
-  const { engine, backlog, kernelBacklog } = event;
-  const queue = kernelBacklog !== null && kernelBacklog < backlog
-    ? `backlog ${kernelBacklog}: ${backlog} asked, capped at net.core.somaxconn`
-    : kernelBacklog === null && backlog > SOMAXCONN_DEFAULT
-    ? `backlog ${backlog} asked, at most net.core.somaxconn, ${SOMAXCONN_DEFAULT} by default`
-    : `backlog ${backlog}`;
-  return `engine ${engine}, ${queue}`;
-}
-
-// What the kernel made of --backlog, when FFI is allowed; null if it cannot
-// be read (the listener works the same either way).
-function backlogInKernel(addr: Deno.NetAddr): number | null {
-  try {
-    return listenerBacklog(addr);
-  } catch {
-    return null;
-  }
-}
-
-// Linux's default net.core.somaxconn since 5.4.
-const SOMAXCONN_DEFAULT = 4096;
-
-// The times keepalive uses; with keepalive off there are none to tell (the
-// listener's are only the sysctls' defaults), and --watch can see only the
-// peer's probes.
-function describeListenerTuning(event: { keepAlive: boolean; tuning: KeepAliveSettings | null }) {
-  if (!event.tuning) return "";
-  return event.keepAlive
-    ? ` (${describeKeepAlive(event.tuning)})`
-    : " (--watch sees only the peer's probes)";
-}
-
-function describeServerEvent(event: ServerEventBody, how: { enterQuits: boolean }): string {
-  switch (event.event) {
+function describe(e: ServerEventBody, how: { enterQuits: boolean; ka?: Keepalive | null }) {
+  switch (e.event) {
     case "listening":
-      return `listening on ${event.address} (${describeQueue(event)}), keepalive ${
-        event.keepAlive ? "on" : "off"
-      } for accepted connections${
-        describeListenerTuning(event)
-      }, at most ${event.maxConnections} ` +
-        `at once; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
+      return `listening on ${e.address} (${describeQueue(e)}), keepalive ${onOff(e.keepAlive)} ` +
+        `for accepted connections${describeTimes(e, how.ka)}, at most ${e.maxConnections} at ` +
+        `once; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
     case "accepted":
-      return `accepted ${event.peer}, keepalive ${
-        event.keepAlive ? "on" : "off"
-      } (${event.open} open)`;
+      return `accepted ${e.peer}, keepalive ${onOff(e.keepAlive)} (${e.open} open)`;
     case "echoed":
-      return `${event.peer} sent ${plural(event.bytes, "byte")}, echoed back`;
+      return `${e.peer} sent ${plural(e.bytes, "byte")}, echoed back`;
     case "rejected":
-      return `rejected ${event.peer}: already ${event.open} open (--max-connections)`;
+      return `rejected ${e.peer}: already ${e.open} open (--max-connections)`;
     case "reset-before-accept":
       return "a connection was reset by its peer while it waited to be accepted";
     case "peer-closed":
-      return `${event.peer} closed by peer after ${plural(event.bytes, "byte")}`;
+      return `${e.peer} closed by peer after ${plural(e.bytes, "byte")}`;
     case "reset":
-      return `${event.peer} reset by peer after ${plural(event.bytes, "byte")}`;
+      return `${e.peer} reset by peer after ${plural(e.bytes, "byte")}`;
     case "timed-out":
-      return `${event.peer} timed out: keepalive probes went unanswered, ` +
-        (event.code === "ETIMEDOUT"
+      return `${e.peer} timed out: keepalive probes went unanswered, ` +
+        (e.code === "ETIMEDOUT"
           ? "the peer is gone"
-          : `and the last could not be sent (${event.code}: this side lost its route to the peer)`);
+          : `and the last could not be sent (${e.code}: this side lost its route to the peer)`);
     case "error":
-      return `${event.peer} error: ${event.message}`;
+      return `${e.peer} error: ${e.message}`;
     case "watch-error":
-      return `cannot watch probes any more: ${event.message}`;
+      return `cannot watch probes any more: ${e.message}`;
     case "accept-error":
-      return `accept failed: ${event.message}; retrying every ${ACCEPT_RETRY_MS} ms, ` +
+      return `accept failed: ${e.message}; retrying every ${ACCEPT_RETRY_MS} ms, ` +
         `connections wait in the backlog meanwhile`;
     case "accept-resumed":
-      return `accepting again after ${
-        (event.failedMs / 1000).toFixed(2)
-      } s and ${event.retries} retries`;
+      return `accepting again after ${(e.failedMs / 1000).toFixed(2)} s and ${e.retries} retries`;
     case "probe":
-      return `${event.peer} ${describeProbe(event)}`;
+      return `${e.peer} ${how.ka ? how.ka.describeProbe(e) : e.kind}`;
     case "output-dropped":
-      return `${event.lines} lines of output dropped: stdout was not being read`;
+      return `${e.lines} lines of output dropped: stdout was not being read`;
     case "summary":
-      return `summary: ${plural(event.connections, "connection")}: ${event.accepted} accepted, ` +
-        `${event.rejected} rejected, ${event.resetBeforeAccept} reset before accept; of the accepted, ` +
-        `${event.peerClosed} closed by peer, ${event.reset} reset, ${event.timedOut} timed out, ` +
-        `${event.errors} errors, ${event.closedOnQuit} closed on quit` +
-        (event.acceptPauses
-          ? `; accepting stopped for a while (${plural(event.acceptPauses, "time")})`
+      return `summary: ${plural(e.connections, "connection")}: ${e.accepted} accepted, ` +
+        `${e.rejected} rejected, ${e.resetBeforeAccept} reset before accept; of the accepted, ` +
+        `${e.peerClosed} closed by peer, ${e.reset} reset, ${e.timedOut} timed out, ` +
+        `${e.errors} errors, ${e.closedOnQuit} closed on quit` +
+        (e.acceptPauses
+          ? `; accepting stopped for a while (${plural(e.acceptPauses, "time")})`
           : "");
   }
 }
 
+// "engine epoll, backlog 4096"; and what the kernel made of a larger one
+// (4096 is Linux's default net.core.somaxconn since 5.4).
+function describeQueue(
+  { engine, backlog, kernelBacklog }: {
+    engine: string;
+    backlog: number;
+    kernelBacklog: number | null;
+  },
+) {
+  if (kernelBacklog !== null && kernelBacklog < backlog) {
+    return `engine ${engine}, backlog ${kernelBacklog}: ${backlog} asked, capped at net.core.somaxconn`;
+  }
+  return kernelBacklog === null && backlog > 4096
+    ? `engine ${engine}, backlog ${backlog} asked, at most net.core.somaxconn, 4096 by default`
+    : `engine ${engine}, backlog ${backlog}`;
+}
+
+// The times keepalive uses; with keepalive off there are none to tell, and
+// --watch can see only the peer's probes.
+function describeTimes(
+  e: { keepAlive: boolean; tuning: KeepAliveSettings | null },
+  ka?: Keepalive | null,
+) {
+  if (!e.tuning) return "";
+  if (!e.keepAlive) return " (--watch sees only the peer's probes)";
+  return ka ? ` (${ka.describeKeepAlive(e.tuning)})` : "";
+}
+
 // ## The command
+
+/** Where the command reads and writes; tests pass their own. */
+export interface CommandIO {
+  /** Resolves when the user asks to quit (default: Enter, Ctrl-C or SIGTERM). */
+  quit?: () => Promise<unknown>;
+  /** Where event lines go (default: stdout). It may stall; the server does not. */
+  stdout?: { write(bytes: Uint8Array): Promise<number> };
+  /** Where error lines go (default: stderr). */
+  stderr?: (line: string) => void;
+}
 
 /**
  * The command: parse flags, listen, report events until the user quits,
- * then close everything and print the summary. Returns the exit code: 0 after
- * a normal quit, 1 when the server cannot listen, 2 for bad flags. Tests
- * pass their own `io` (quit, stdout, stderr).
+ * then close everything and print the summary. Returns the exit code: 0
+ * after a quit, 1 when the server cannot listen or something is missing, 2
+ * for bad flags.
  */
 export async function main(args: string[], io: CommandIO = {}): Promise<number> {
-  const stderr = io.stderr ?? ((line: string) => console.error(line));
-  const options = parseCommandLine("server.ts", args, parseServerArgs, HELP, stderr);
-  if (typeof options === "number") return options;
-  // Ask before listening: a missing permission should stop us before any
-  // client connects, not after.
-  const ffi = missingFfiPermission(
-    { ...options, epoll: options.engine === "epoll" },
-    import.meta.url,
-    args,
-  );
-  if (ffi) {
-    stderr(`server.ts: ${ffi}`);
+  const stderr = io.stderr ?? printError;
+  let options: ServerOptions | "help";
+  try {
+    options = parseServerArgs(args);
+  } catch (error) {
+    stderr(`server.ts: ${errorMessage(error)} (see --help)`);
+    return 2;
+  }
+  if (options === "help") return writeHelp(HELP, "server.ts");
+  const needs = packageFlags(options);
+  // Ask before listening: a missing permission or package should stop us
+  // before any client connects, not after.
+  if (needs.length > 0 && Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
+    stderr(
+      `server.ts: ${needs.join(", ")} ${needs.length > 1 ? "need" : "needs"} the ` +
+        `--allow-ffi permission: ${runAgainWith(["--allow-net", "--allow-ffi"], args)}`,
+    );
     return 1;
   }
+  let ka: Keepalive | null = null;
+  if (needs.length > 0) {
+    try {
+      ka = await loadPackage();
+    } catch (error) {
+      stderr(`server.ts: ${needs.join(", ")} ${MISSING_PACKAGE} (${errorMessage(error)})`);
+      return 1;
+    }
+  }
   const enterQuits = io.quit === undefined && Deno.stdin.isTerminal();
-  const out = eventPrinter({
-    json: options.json,
-    format: (event: ServerEvent) => formatServerEvent(event, { enterQuits }),
-    output: io.stdout,
-  });
+  const out = lineWriter(
+    io.stdout ?? Deno.stdout,
+    (lines): ServerEvent => ({ time: now(), event: "output-dropped", lines }),
+    (event: ServerEvent) =>
+      options.json ? JSON.stringify(event) : formatServerEvent(event, { enterQuits, ka }),
+  );
   // Listen for Enter, Ctrl-C and SIGTERM first: a signal listener takes a
-  // descriptor, and when descriptors run short the listener (not the signal
+  // descriptor, and when descriptors run short, listening (not the signal
   // handler, half-way through serving) should be what fails, in one line.
   const quit = (io.quit ?? waitForQuit)();
   let server: RunningServer;
   try {
-    server = options.engine === "epoll"
-      ? startEpollServer(options, out.print)
-      : startServer(options, out.print);
+    server = startServer(options, out.print, ka);
   } catch (error) {
     stderr(`server.ts: ${describeListenError(error, options, args)}`);
     return 1;
   }
   await quit;
   await server.close();
-  // The summary gets a moment to go out, not more: a stalled stdout must not
-  // keep the server from quitting.
-  await out.flush();
+  // The summary gets half a second to go out, not more: a stalled stdout
+  // must not keep the server from quitting.
+  await out.flush(500);
   return 0;
 }
 
+// The flags that need the package, as the user typed them.
+function packageFlags(o: ServerOptions): string[] {
+  const tuned = Object.entries(TUNING).filter(([, t]) => o.tuning?.[t.option] !== undefined);
+  return [
+    ...tuned.map(([flag]) => `--${flag}`),
+    ...(o.watch ? ["--watch"] : []),
+    ...(o.engine === "epoll" ? ["--engine epoll"] : []),
+  ];
+}
+
+async function loadPackage(): Promise<Keepalive> {
+  const parts = await Promise.all([
+    import("@kakit/keepalive"),
+    import("@kakit/keepalive/flags"),
+    import("@kakit/keepalive/sock-diag"),
+    import("@kakit/keepalive/epoll"),
+  ]);
+  return Object.assign({}, ...parts);
+}
+
+const MISSING_PACKAGE = "needs the kit's package @kakit/keepalive: copy its keepalive/ folder " +
+  `beside this script and add "workspace": ["./keepalive"] to your deno.json (docs/copying.md)`;
+
 function describeListenError(error: unknown, options: ServerOptions, args: string[]): string {
-  if (error instanceof TuningError || error instanceof EpollError) return error.message;
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
   if (error instanceof Deno.errors.NotCapable) {
-    const ffi = options.tuning || options.watch || options.engine === "epoll"
-      ? ["--allow-ffi"]
-      : [];
+    const ffi = packageFlags(options).length > 0 ? ["--allow-ffi"] : [];
     return `listening on ${where} needs the --allow-net permission: ` +
-      runAgainWith(["--allow-net", ...ffi], import.meta.url, args);
+      runAgainWith(["--allow-net", ...ffi], args);
   }
-  if (error instanceof Deno.errors.AddrInUse) {
-    return `cannot listen on ${where}: the port is already in use`;
-  }
-  if (error instanceof Deno.errors.AddrNotAvailable) {
-    return `cannot listen on ${where}: ${options.hostname} is not an address of this machine`;
-  }
-  if (error instanceof Deno.errors.PermissionDenied) {
-    return `cannot listen on ${where}: ports below 1024 need root (or CAP_NET_BIND_SERVICE)`;
-  }
-  if (/lookup address/.test(errorMessage(error))) {
-    return `cannot listen on ${where}: cannot resolve ${showTyped(options.hostname)}`;
-  }
-  return `cannot listen on ${where}: ${errorMessage(error)}`;
+  if (!(error instanceof Error) || error.cause) return errorMessage(error); // the package's
+  const why = error instanceof Deno.errors.AddrInUse
+    ? "the port is already in use"
+    : error instanceof Deno.errors.AddrNotAvailable
+    ? `${options.hostname} is not an address of this machine`
+    : error instanceof Deno.errors.PermissionDenied
+    ? "ports below 1024 need root (or CAP_NET_BIND_SERVICE)"
+    : /lookup address/.test(error.message)
+    ? `cannot resolve ${showTyped(options.hostname)}`
+    : errorMessage(error);
+  return `cannot listen on ${where}: ${why}`;
 }
 
-// Small helpers that client.ts repeats on purpose, so that each script reads
-// on its own.
+// ## Small helpers, repeated in client.ts on purpose: each script stands alone
 
-/** `host:port`, with IPv6 hosts in brackets. */
-function formatAddr(addr: Deno.NetAddr): string {
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
+/** Bad command-line input: one line, exit code 2. */
+export class UsageError extends Error {
+  override name = "UsageError";
 }
 
-function plural(count: number, noun: string): string {
-  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+// What someone typed, quoted for a message: control and format characters
+// (escape sequences, bidi overrides) escaped, long values cut.
+function showTyped(text: string, max = 40): string {
+  const quoted = JSON.stringify(text.slice(0, max)).replace(
+    /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
+    (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, "0")}`,
+  );
+  return text.length > max ? `${quoted.slice(0, -1)}..." (${text.length} characters)` : quoted;
 }
 
-function errorMessage(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).split("\n")[0];
+// Strict flags over parseArgs: an unknown flag, a boolean with a value
+// (--json=0), a missing value, a flag given twice or a stray argument is a
+// UsageError, where parseArgs would guess.
+function parseFlags<S extends string, B extends string>(
+  args: string[],
+  spec: { string: S[]; boolean: B[]; negatable?: B[] },
+): { [K in S]?: string } & { [K in B | "help"]: boolean } {
+  const seen = new Set<string>();
+  const normalized: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      if (i + 1 < args.length) {
+        throw new UsageError(`unexpected argument ${showTyped(args[i + 1])}`);
+      }
+      break;
+    }
+    if (!/^--?[^-]/.test(arg) || /^-[0-9]/.test(arg)) {
+      throw new UsageError(arg ? `unexpected argument ${showTyped(arg)}` : "an empty argument");
+    }
+    const [written, inline] = arg.includes("=")
+      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+      : [arg, undefined];
+    const bare = written === "-h" ? "help" : written.replace(/^--/, "");
+    const name = bare.startsWith("no-") && spec.negatable?.includes(bare.slice(3) as B)
+      ? bare.slice(3)
+      : bare;
+    const isBoolean = name === "help" || spec.boolean.includes(name as B);
+    if (!isBoolean && !spec.string.includes(name as S)) {
+      throw new UsageError(`unknown flag ${showTyped(written)}`);
+    }
+    if (seen.has(name)) throw new UsageError(`--${name} is given twice`);
+    seen.add(name);
+    if (isBoolean && inline !== undefined) {
+      throw new UsageError(`${written} takes no value, not ${showTyped(inline)}`);
+    }
+    const value = isBoolean ? undefined : inline ?? args[++i];
+    if (!isBoolean && !value) throw new UsageError(`--${name} needs a value`);
+    normalized.push(isBoolean ? `--${bare}` : `--${name}=${value}`);
+  }
+  return parseArgs(normalized, {
+    string: spec.string,
+    boolean: [...spec.boolean, "help"],
+    negatable: spec.negatable,
+    default: Object.fromEntries((spec.negatable ?? []).map((name) => [name, true])),
+  }) as never;
 }
+
+// A whole number in min..max: decimal digits only, compared exactly.
+function parseInteger(flag: string, text: string, min: number, max: number): number {
+  if (!/^[0-9]+$/.test(text) || BigInt(text) < BigInt(min) || BigInt(text) > BigInt(max)) {
+    throw new UsageError(
+      `${flag} must be an integer from ${min} to ${max}, not ${showTyped(text)}`,
+    );
+  }
+  return Number(text);
+}
+
+// An IPv6 address (brackets optional), a dotted IPv4 address, or a host name.
+function parseHostname(flag: string, text: string): string {
+  const bare = /^\[.*\]$/.test(text) ? text.slice(1, -1) : text;
+  const shown = `${flag} ${showTyped(text)}`;
+  if (text.startsWith("[") !== text.endsWith("]")) {
+    throw new UsageError(`${shown} is not an address: unmatched bracket`);
+  }
+  if (bare.includes("%")) throw new UsageError(`${shown}: zone ids (%eth0) are not supported`);
+  if (bare.includes(":")) {
+    if (/^[0-9A-Fa-f:.]+$/.test(bare) && URL.canParse(`http://[${bare}]/`)) return bare;
+    throw new UsageError(`${shown} is not an IPv6 address`);
+  }
+  if (bare !== text) throw new UsageError(`${shown}: brackets are for IPv6 addresses only`);
+  const label = "[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?";
+  if (bare.length > 253 || !new RegExp(`^${label}(\\.${label})*\\.?$`).test(bare)) {
+    throw new UsageError(`${shown} is not an address or host name`);
+  }
+  // The C library would read 0177.0.0.1 as octal and 2130706433 as 127.0.0.1.
+  const octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+  if (
+    /^([0-9]+|0x[0-9a-f]*)$/i.test(bare.replace(/\.$/, "").split(".").at(-1)!) &&
+    !new RegExp(`^${octet}(\\.${octet}){3}$`).test(bare)
+  ) {
+    throw new UsageError(
+      `${shown} is not an IPv4 address: write four numbers 0..255 without leading zeros`,
+    );
+  }
+  return bare;
+}
+
+// This command again, with permissions added: copy it, and it runs.
+function runAgainWith(permissions: string[], args: string[]): string {
+  const quote = (arg: string) =>
+    /^[\w.,:=\/+@%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+  const path = decodeURIComponent(new URL(import.meta.url).pathname);
+  const here = `${Deno.cwd()}/`;
+  const script = path.startsWith(here) ? path.slice(here.length) : path;
+  return ["deno", "run", ...permissions, script, ...args].map(quote).join(" ");
+}
+
+// Lines out without ever waiting: console.log blocks while stdout is full (a
+// paused terminal, a stalled pipe), and a server waiting there serves no one.
+// Lines queue and go out in the background, many per write; past 10,000
+// queued they are dropped and counted, and a line says how many once the
+// output takes lines again. A closed output drops everything after it.
+function lineWriter<E>(
+  output: { write(bytes: Uint8Array): Promise<number> },
+  dropped: (lines: number) => E,
+  format: (event: E) => string,
+) {
+  const queue: string[] = [];
+  let lost = 0, writing = false, broken = false, idle = Promise.resolve();
+  const noteLost = () => lost && (queue.push(format(dropped(lost))), lost = 0);
+  const drain = async () => {
+    try {
+      for (; noteLost() || queue.length;) {
+        const bytes = new TextEncoder().encode(queue.splice(0, 512).join("\n") + "\n");
+        for (let sent = 0; sent < bytes.length;) sent += await output.write(bytes.subarray(sent));
+      }
+    } catch {
+      broken = true;
+      queue.length = 0;
+    }
+    writing = false;
+  };
+  const start = () => writing || broken || (writing = true, idle = drain());
+  return {
+    print(event: E) {
+      if (broken) return;
+      if (queue.length >= 10_000) return void lost++;
+      noteLost();
+      queue.push(format(event));
+      start();
+    },
+    /** Waits until every line is out, or `timeoutMs` passes. */
+    async flush(timeoutMs: number) {
+      start();
+      let timer;
+      await Promise.race([idle, new Promise((done) => timer = setTimeout(done, timeoutMs))]);
+      clearTimeout(timer);
+    },
+  };
+}
+
+// Resolves when the user asks to quit: Enter (the C programs' getchar()),
+// Ctrl-C or SIGTERM. A closed stdin (a background job, a service) is not a
+// request to quit. The signal listeners stay, so that a second Ctrl-C while
+// the server closes down does not kill it halfway.
+function waitForQuit(): Promise<unknown> {
+  return new Promise((quit) => {
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      Deno.addSignalListener(signal, () => quit(signal));
+    }
+    (async () => {
+      const buffer = new Uint8Array(256);
+      const terminal = Deno.stdin.isTerminal();
+      for (;;) {
+        const n = await Deno.stdin.read(buffer).catch(() => undefined);
+        if (n === undefined || (n === null && !terminal)) return; // only a signal quits
+        if (n === null) await delay(100); // Ctrl-D at a terminal ends one read
+        else if (buffer.subarray(0, n).includes(0x0a)) return quit("enter");
+      }
+    })();
+  });
+}
+
+// Writes the help; stdout full (> /dev/full) is one line and exit 1.
+function writeHelp(help: string, script: string): number {
+  try {
+    const bytes = new TextEncoder().encode(help + "\n");
+    for (let sent = 0; sent < bytes.length;) sent += Deno.stdout.writeSync(bytes.subarray(sent));
+    return 0;
+  } catch (error) {
+    printError(`${script}: cannot write the help: ${errorMessage(error)}`);
+    return 1;
+  }
+}
+
+// One line on stderr, or nothing when stderr cannot be written: the exit
+// code still tells.
+function printError(line: string): void {
+  try {
+    Deno.stderr.writeSync(new TextEncoder().encode(line + "\n"));
+  } catch { /* 2> /dev/full */ }
+}
+
+const formatAddr = ({ hostname, port }: Deno.NetAddr) =>
+  hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+const onOff = (on: boolean) => on ? "on" : "off";
+const errorMessage = (error: unknown) =>
+  (error instanceof Error ? error.message : String(error)).split("\n")[0];
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const now = () => new Date().toISOString();
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
 
-// Real runs (Deno 2.9.6, Linux 6.18). A client connected, stayed idle for one
-// probe, and quit; then Ctrl-C quit the server:
+// A real run (Deno 2.9.6, Linux): a client connected, stayed idle for a few
+// probes, and quit; then Ctrl-C quit the server.
 //
 //   $ deno run --allow-net --allow-ffi server.ts --idle 2 --interval 1 --count 3 --watch
 //   2026-11-25T20:08:03.075Z listening on 0.0.0.0:8888 (engine deno, backlog 511), keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
-//   2026-11-25T20:08:04.073Z accepted 127.0.0.1:33626, keepalive on (1 open)
-//   2026-11-25T20:08:06.102Z 127.0.0.1:33626 probe answered, after 2.01 s idle
-//   2026-11-25T20:08:07.216Z 127.0.0.1:33626 closed by peer after 0 bytes
-//   2026-11-25T20:08:07.747Z summary: 1 connection: 1 accepted, 0 rejected, 0 reset before accept; of the accepted, 1 closed by peer, 0 reset, 0 timed out, 0 errors, 0 closed on quit
-//
-// The same server in a network namespace, its client in another, joined by a
-// veth cable that was cut one second after the client connected:
-//
-//   $ sudo ip netns exec srv deno run --allow-net --allow-ffi server.ts --hostname :: --idle 2 --interval 1 --count 3 --watch
-//   2026-11-25T20:08:12.387Z listening on [::]:8888 (engine deno, backlog 511), keepalive on for accepted connections (idle 2 s, interval 1 s, 3 probes, user timeout off), at most 1000 at once; Enter quits
-//   2026-11-25T20:08:13.590Z accepted [fd6b:61::2]:55972, keepalive on (1 open)
-//   2026-11-25T20:08:15.616Z [fd6b:61::2]:55972 probe 1/3 unanswered
-//   2026-11-25T20:08:16.820Z [fd6b:61::2]:55972 probe 2/3 unanswered
-//   2026-11-25T20:08:17.823Z [fd6b:61::2]:55972 probe 3/3 unanswered
-//   2026-11-25T20:08:18.686Z [fd6b:61::2]:55972 timed out: keepalive probes went unanswered, the peer is gone
-//   2026-11-25T20:08:20.562Z summary: 1 connection: 1 accepted, 0 rejected, 0 reset before accept; of the accepted, 0 closed by peer, 0 reset, 1 timed out, 0 errors, 0 closed on quit
-//
-// Out of file descriptors (40 clients against a table of 48): one line when
-// accepting stops, one when it works again, the clients waiting meanwhile:
-//
-//   $ prlimit --nofile=48:48 deno run --allow-net server.ts --hostname 127.0.0.1 --port 9125
-//   2026-11-25T20:08:26.751Z accept failed: Too many open files (os error 24); retrying every 100 ms, connections wait in the backlog meanwhile
-//   2026-11-25T20:08:29.278Z accepting again after 1.43 s and 14 retries
-//
-//   $ deno run --allow-net server.ts --keepalive=no
-//   server.ts: --keepalive takes no value, not "no": write --keepalive or --no-keepalive (see --help)
-//   $ deno run --allow-net server.ts --hostname [::1
-//   server.ts: --hostname "[::1" is not an address: unmatched bracket (see --help)
-//   $ deno run --allow-net server.ts --idle 2 --watch
-//   server.ts: --idle and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi server.ts --idle 2 --watch
+//   2026-11-25T20:08:04.088Z accepted 127.0.0.1:33626, keepalive on (1 open)
+//   2026-11-25T20:08:06.102Z 127.0.0.1:33626 probe answered, after 2.01 s idle (seen 0.93 s later)
+//   2026-11-25T20:08:09.391Z 127.0.0.1:33626 closed by peer after 0 bytes
+//   2026-11-25T20:08:11.204Z summary: 1 connection: 1 accepted, 0 rejected, 0 reset before accept; of the accepted, 1 closed by peer, 0 reset, 0 timed out, 0 errors, 0 closed on quit

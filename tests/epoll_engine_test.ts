@@ -1,5 +1,5 @@
 /**
- * `server.ts --engine epoll` (epoll_server.ts) must behave as the default
+ * `server.ts --engine epoll` (the package's keepalive/epoll.ts) must behave as the default
  * engine does: this runs server.ts's own tests, the namespace tests of its
  * tuning flags and of --watch at scale again, with every
  * server they start on the epoll engine (tests/_helpers.ts adds
