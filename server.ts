@@ -30,14 +30,21 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 
-// The kit's package, loaded by main only when a flag needs it. These types
-// are for the type checker; copied alone, the script never loads the package.
-type Keepalive =
+/**
+ * The kit's package, as main loads it when a flag needs it. The type is for
+ * the type checker only: copied alone, the script never loads the package.
+ */
+export type Keepalive =
   & typeof import("@kakit/keepalive")
   & typeof import("@kakit/keepalive/flags")
   & typeof import("@kakit/keepalive/sock-diag")
   & typeof import("@kakit/keepalive/epoll");
-type KeepAliveSettings = import("@kakit/keepalive").KeepAliveSettings;
+/** What the kernel holds for a socket's keepalive (milliseconds), from the package. */
+export type KeepAliveSettings = import("@kakit/keepalive").KeepAliveSettings;
+/** A probe the package's watcher saw. */
+export type ProbeEvent = import("@kakit/keepalive").ProbeEvent;
+/** The package's words for keepalive times and probes. */
+export type Words = Pick<Keepalive, "describeKeepAlive" | "describeProbe">;
 
 // ## Listening, accepting, SO_KEEPALIVE, reading until the end
 //
@@ -222,7 +229,7 @@ const ACCEPT_RETRY_MS = 100, ACCEPT_RECOVERED_MS = 1000;
 class Books {
   closing = false;
   open = 0;
-  counts = {
+  counts: Omit<ServerSummary, "connections"> = {
     accepted: 0,
     rejected: 0,
     resetBeforeAccept: 0,
@@ -322,7 +329,7 @@ class Books {
   }
 
   /** The summary, once every connection is accounted for. */
-  finish(closedOnQuit: number) {
+  finish(closedOnQuit: number): ServerSummary {
     clearTimeout(this.trouble?.timer);
     this.counts.closedOnQuit = closedOnQuit;
     const { accepted, rejected, resetBeforeAccept } = this.counts;
@@ -498,8 +505,24 @@ export function parseServerArgs(args: string[]): ServerOptions | "help" {
 /** Everything the server reports, one object per event. `--json` prints these as they are. */
 export type ServerEvent = { time: string } & ServerEventBody;
 
-/** What happened to every connection; printed when the server quits (docs/scripts.md). */
-export type ServerSummary = ReturnType<Books["finish"]>;
+/**
+ * What happened to every connection, printed when the server quits: each
+ * connection taken from the backlog was accepted, rejected or reset before
+ * it could be; each accepted one ended one way (docs/scripts.md).
+ */
+export interface ServerSummary {
+  connections: number;
+  accepted: number;
+  rejected: number;
+  resetBeforeAccept: number;
+  peerClosed: number;
+  reset: number;
+  timedOut: number;
+  errors: number;
+  closedOnQuit: number;
+  /** Times accepting stopped for a while (out of descriptors) and resumed. */
+  acceptPauses: number;
+}
 
 /** A {@linkcode ServerEvent} before it is stamped with the time. */
 export type ServerEventBody =
@@ -524,7 +547,7 @@ export type ServerEventBody =
   | { event: "error"; peer: string; message: string }
   | { event: "watch-error" | "accept-error"; message: string }
   | { event: "accept-resumed"; failedMs: number; retries: number }
-  | ({ event: "probe"; peer: string } & import("@kakit/keepalive").ProbeEvent)
+  | ({ event: "probe"; peer: string } & ProbeEvent)
   | { event: "output-dropped"; lines: number }
   | ({ event: "summary" } & ServerSummary);
 
@@ -536,12 +559,12 @@ export type ServerEventBody =
  */
 export function formatServerEvent(
   event: ServerEvent,
-  how: { enterQuits: boolean; ka?: Keepalive | null } = { enterQuits: true },
+  how: { enterQuits: boolean; ka?: Words | null } = { enterQuits: true },
 ): string {
   return `${event.time} ${describe(event, how)}`;
 }
 
-function describe(e: ServerEventBody, how: { enterQuits: boolean; ka?: Keepalive | null }) {
+function describe(e: ServerEventBody, how: { enterQuits: boolean; ka?: Words | null }) {
   switch (e.event) {
     case "listening":
       return `listening on ${e.address} (${describeQueue(e)}), keepalive ${onOff(e.keepAlive)} ` +
@@ -609,7 +632,7 @@ function describeQueue(
 // --watch can see only the peer's probes.
 function describeTimes(
   e: { keepAlive: boolean; tuning: KeepAliveSettings | null },
-  ka?: Keepalive | null,
+  ka?: Words | null,
 ) {
   if (!e.tuning) return "";
   if (!e.keepAlive) return " (--watch sees only the peer's probes)";
@@ -736,6 +759,7 @@ function describeListenError(error: unknown, options: ServerOptions, args: strin
 
 /** Bad command-line input: one line, exit code 2. */
 export class UsageError extends Error {
+  /** Named, so that a stack trace (there should be none) says what it is. */
   override name = "UsageError";
 }
 

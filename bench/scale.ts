@@ -40,7 +40,7 @@
  *
  * @module
  */
-import { parseFlags, UsageError } from "../cli.ts";
+import { parseFlags, UsageError } from "../tools/cli.ts";
 import { parseNetstat } from "@kakit/keepalive/proc-net";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { parseNetstat } from "../proc_net.ts";
+import { parseNetstat } from "@kakit/keepalive/proc-net";
 import { tool } from "./tools.ts";
 
 /** What a command printed, and how it exited. */

@@ -6,7 +6,7 @@
  * @module
  */
 import { assertEquals } from "@std/assert";
-import { parseNetstat } from "../proc_net.ts";
+import { parseNetstat } from "@kakit/keepalive/proc-net";
 
 /** Resolves after `ms` milliseconds. */
 export const delay = (ms: number): Promise<void> =>
@@ -263,7 +263,14 @@ export interface ScriptProcess extends AsyncDisposable {
 export function spawnScript(
   script: string,
   args: string[],
-  options: { permissions?: string[]; netns?: Netns; prefix?: string[]; readStdout?: boolean } = {},
+  options: {
+    permissions?: string[];
+    netns?: Netns;
+    prefix?: string[];
+    readStdout?: boolean;
+    /** Where to run it (default: the repository's root). */
+    cwd?: string;
+  } = {},
 ): ScriptProcess {
   let permissions = options.permissions ?? ["--allow-net"];
   // tests/epoll_engine_test.ts runs server_test.ts again with server.ts's
@@ -285,7 +292,7 @@ export function spawnScript(
   ];
   const child = new Deno.Command(cmd[0], {
     args: cmd.slice(1),
-    cwd: ROOT_DIR,
+    cwd: options.cwd ?? ROOT_DIR,
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",

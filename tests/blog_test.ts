@@ -4,7 +4,7 @@
  * the host's. Needs root and `ip`; skipped without them unless CI=true.
  */
 import { assert, assertEquals } from "@std/assert";
-import { findTcpSocket, parseEndpoint, parseProcNetTcp } from "../proc_net.ts";
+import { findTcpSocket, parseEndpoint, parseProcNetTcp } from "@kakit/keepalive/proc-net";
 import {
   cutAndTimeDeath,
   delay,

@@ -15,7 +15,7 @@ import {
   showTyped,
   UsageError,
   writeText,
-} from "../cli.ts";
+} from "../tools/cli.ts";
 import { delay, requiringTest, run } from "./_helpers.ts";
 
 const SPEC = {

@@ -3,7 +3,7 @@
  * (and once in a namespace of its own, beside another program's probes).
  */
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
-import { explainProbeCount } from "../demo.ts";
+import { explainProbeCount } from "../tools/demo.ts";
 import {
   netnsTest,
   run,
@@ -15,7 +15,7 @@ import {
 
 Deno.test("the demo shows real probes every 2 s, checks them against the prediction, and exits 0 by itself", async () => {
   const keepaliveTime = Number(await Deno.readTextFile("/proc/sys/net/ipv4/tcp_keepalive_time"));
-  const demo = spawnScript("demo.ts", [], { permissions: ["-A"] });
+  const demo = spawnScript("tools/demo.ts", [], { permissions: ["-A"] });
   await demo.closeStdin();
   const { code, stdout } = await demo.finish(25_000);
   assertEquals(code, 0, stdout);
@@ -54,7 +54,7 @@ Deno.test("the demo shows real probes every 2 s, checks them against the predict
 });
 
 Deno.test("the demo without --allow-all exits 1 and says to run it with -A", async () => {
-  const demo = spawnScript("demo.ts", [], { permissions: ["--allow-net", "--allow-run"] });
+  const demo = spawnScript("tools/demo.ts", [], { permissions: ["--allow-net", "--allow-run"] });
   const { code, stderr } = await demo.finish();
   assertEquals(code, 1);
   assertMatch(stderr.trim(), /^demo\.ts: .*--allow-all.*run: deno run -A demo\.ts$/);
@@ -63,13 +63,13 @@ Deno.test("the demo without --allow-all exits 1 and says to run it with -A", asy
 Deno.test("demo --help prints help and exits 0 without running the demo; other arguments are misuse", async () => {
   const start = performance.now();
   for (const flag of ["--help", "-h"]) {
-    const help = await run([Deno.execPath(), "run", "-A", "demo.ts", flag]);
+    const help = await run([Deno.execPath(), "run", "-A", "tools/demo.ts", flag]);
     assertEquals([help.code, help.stderr], [0, ""]);
     assertMatch(help.stdout, /^Usage: deno run -A demo\.ts/);
     assert(!help.stdout.includes("Starting server.ts"), help.stdout);
   }
   assert(performance.now() - start < 5_000, "--help ran the demo");
-  const bad = await run([Deno.execPath(), "run", "-A", "demo.ts", "--help=1"]);
+  const bad = await run([Deno.execPath(), "run", "-A", "tools/demo.ts", "--help=1"]);
   assertEquals([bad.code, bad.stdout], [2, ""]);
   assertEquals(bad.stderr, 'demo.ts: --help takes no value, not "1" (see --help)\n');
 });
@@ -90,7 +90,7 @@ netnsTest(
       const ffi = ["--allow-net", "--allow-ffi"];
       await using _other = await startServerIn(ns, ["--hostname", "::1", ...tuning], ffi);
       await using _client = await startClientIn(ns, "::1");
-      const demo = await run([...ns.exec, Deno.execPath(), "run", "-A", "demo.ts"]);
+      const demo = await run([...ns.exec, Deno.execPath(), "run", "-A", "tools/demo.ts"]);
       assertEquals(demo.code, 0, demo.stdout + demo.stderr);
       const seen = Number(demo.stdout.match(/sent and the client answered: (\d+)/)?.[1]);
       const counted = demo.stdout.match(/\(TcpExt TCPKeepAlive\): (\d+); (.*)/);

@@ -5,8 +5,14 @@
  * where the lab finds its tools, and how it waits for a slow stdout.
  */
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
-import { createLineWriter } from "../cli.ts";
-import { keepingFailure, parseLabArgs, svgMisuse, UsageError, waitUntilWritten } from "../lab.ts";
+import { createLineWriter } from "../tools/cli.ts";
+import {
+  keepingFailure,
+  parseLabArgs,
+  svgMisuse,
+  UsageError,
+  waitUntilWritten,
+} from "../lab/lab.ts";
 import { joinAtRouter, splitConnections, tellConnection } from "../lab/packets.ts";
 import { createPcapParser, type Segment, TCP_FLAGS } from "../lab/pcap.ts";
 import { parseConntrack } from "../lab/router.ts";
@@ -289,7 +295,7 @@ Deno.test("lab flags: anything it cannot use is a UsageError naming it", () => {
 });
 
 Deno.test("lab.ts exits 2 with one line for bad flags, and 1 naming the permissions it lacks", async () => {
-  const bad = await run([Deno.execPath(), "run", "-A", "lab.ts", "--time", "99"]);
+  const bad = await run([Deno.execPath(), "run", "-A", "lab/lab.ts", "--time", "99"]);
   assertEquals(bad.code, 2);
   assertEquals(
     bad.stderr,
@@ -299,20 +305,20 @@ Deno.test("lab.ts exits 2 with one line for bad flags, and 1 naming the permissi
     Deno.execPath(),
     "run",
     "--allow-read",
-    "lab.ts",
+    "lab/lab.ts",
     "blog",
     "--svg",
     "x.svg",
   ]);
   assertEquals(denied.code, 1);
   assertStringIncludes(denied.stderr, "the lab needs --allow-run --allow-read --allow-write");
-  assertStringIncludes(denied.stderr, "lab.ts blog --svg x.svg");
+  assertStringIncludes(denied.stderr, "lab/lab.ts blog --svg x.svg");
   assertEquals(denied.stderr.trim().split("\n").length, 1, denied.stderr);
-  const help = await run([Deno.execPath(), "run", "lab.ts", "--help"]);
+  const help = await run([Deno.execPath(), "run", "lab/lab.ts", "--help"]);
   assertEquals(help.code, 0);
   assertStringIncludes(
     help.stdout,
-    "Usage: deno run --allow-run --allow-read --allow-write lab.ts",
+    "Usage: deno run --allow-run --allow-read --allow-write lab/lab.ts",
   );
 });
 
@@ -358,7 +364,7 @@ Deno.test("lab.ts --svg to a named pipe, a directory or a device is refused at o
       ["/dev/null", "is a character device, not a regular file"],
     ];
     for (const [path, words] of cases) {
-      const lab = ["run", "--allow-run", "--allow-read", "--allow-write", "lab.ts", "blog"];
+      const lab = ["run", "--allow-run", "--allow-read", "--allow-write", "lab/lab.ts", "blog"];
       const output = await runAtMost([Deno.execPath(), ...lab, "--svg", path], 30_000);
       assert(!output.killed, `--svg ${path}: still running after 30 s`);
       assertEquals(output.code, 2, `--svg ${path}: ${output.stderr}`);

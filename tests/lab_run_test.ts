@@ -75,7 +75,7 @@ async function runLab(args: string[]): Promise<LabResult> {
     "--allow-run",
     "--allow-read",
     "--allow-write",
-    "lab.ts",
+    "lab/lab.ts",
     "--json",
     ...args,
   ]);
@@ -287,7 +287,7 @@ labTest(
         "--allow-run",
         "--allow-read",
         "--allow-write",
-        "lab.ts",
+        "lab/lab.ts",
         "--json",
         "--svg",
         `${dir}/lab.svg`,
@@ -334,7 +334,15 @@ labTest(
   "a lab stopped with SIGTERM midway is gone within 2 s, with everything it made",
   async () => {
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-run", "--allow-read", "--allow-write", "lab.ts", "blog", "dead-peer"],
+      args: [
+        "run",
+        "--allow-run",
+        "--allow-read",
+        "--allow-write",
+        "lab/lab.ts",
+        "blog",
+        "dead-peer",
+      ],
       cwd: ROOT_DIR,
       stdin: "null",
       stdout: "piped",
@@ -371,7 +379,7 @@ labTest(
 
 // --- a slow, full or stalled stdout, and a diagram path that changed -----------
 
-const LAB = [Deno.execPath(), "run", "--allow-run", "--allow-read", "--allow-write", "lab.ts"];
+const LAB = [Deno.execPath(), "run", "--allow-run", "--allow-read", "--allow-write", "lab/lab.ts"];
 const SHORT_BLOG = ["blog", "--time", "1", "--intvl", "1"];
 const FILLER = 65_000; // a pipe holds 65,536 bytes
 

@@ -4,7 +4,7 @@
  * that forgets, and notices a dead peer in time, is in reach_test.ts.)
  */
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
-import { KEEPALIVE_LIMITS } from "../keepalive.ts";
+import { KEEPALIVE_LIMITS } from "@kakit/keepalive";
 import {
   applyPlan,
   formatPlan,
@@ -15,7 +15,7 @@ import {
   type PlanRequest,
   probeCeiling,
   UsageError,
-} from "../plan.ts";
+} from "../tools/plan.ts";
 import { requiringTest, run } from "./_helpers.ts";
 
 Deno.test("plan: the worked examples of the README", () => {
@@ -166,7 +166,7 @@ Deno.test("plan.ts exits 0 with a plan, 2 with one line for what cannot be, and 
   const ok = await run([
     Deno.execPath(),
     "run",
-    "plan.ts",
+    "tools/plan.ts",
     "--middlebox-timeout",
     "5",
     "--detect-within",
@@ -181,15 +181,21 @@ Deno.test("plan.ts exits 0 with a plan, 2 with one line for what cannot be, and 
     3,
     4,
   ]);
-  const text = await run([Deno.execPath(), "run", "plan.ts", "--middlebox", "aws-nat-gateway"]);
+  const text = await run([
+    Deno.execPath(),
+    "run",
+    "tools/plan.ts",
+    "--middlebox",
+    "aws-nat-gateway",
+  ]);
   assertStringIncludes(
     text.stdout,
     "Plan for a path that forgets idle flows after 350 s (AWS NAT gateway)",
   );
-  const impossible = await run([Deno.execPath(), "run", "plan.ts", "--detect-within", "1"]);
+  const impossible = await run([Deno.execPath(), "run", "tools/plan.ts", "--detect-within", "1"]);
   assertEquals([impossible.code, impossible.stdout], [2, ""]);
   assertEquals(impossible.stderr.trim().split("\n").length, 1, impossible.stderr);
-  const bad = await run([Deno.execPath(), "run", "plan.ts", "--detect-within", "x"]);
+  const bad = await run([Deno.execPath(), "run", "tools/plan.ts", "--detect-within", "x"]);
   assertEquals(bad.code, 2);
   assertStringIncludes(bad.stderr, "(see --help)");
 });
@@ -271,7 +277,7 @@ function planRedirected(redirect: string, ...args: string[]) {
     "sh",
     Deno.execPath(),
     "run",
-    "plan.ts",
+    "tools/plan.ts",
     ...args,
   ]);
 }

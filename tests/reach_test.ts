@@ -17,7 +17,7 @@
 import { assert, assertEquals } from "@std/assert";
 import { addNamespace, cutCable, deleteNamespace } from "../lab/netns.ts";
 import { buildRouter, type Router } from "../lab/router.ts";
-import { planKeepAlive } from "../plan.ts";
+import { planKeepAlive } from "../tools/plan.ts";
 import {
   delay,
   netnsUnavailableReason,
@@ -214,7 +214,7 @@ reachTest(
     const output = await run([
       Deno.execPath(),
       "run",
-      "plan.ts",
+      "tools/plan.ts",
       "--middlebox-timeout",
       "5",
       "--detect-within",

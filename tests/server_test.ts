@@ -6,7 +6,7 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "@std/assert";
 import net from "node:net";
 import { main, parseServerArgs, UsageError } from "../server.ts";
-import { findTcpSocket, readTcpSockets, type TcpSocket } from "../proc_net.ts";
+import { findTcpSocket, readTcpSockets, type TcpSocket } from "@kakit/keepalive/proc-net";
 import {
   assertSummaryAddsUp,
   delay,

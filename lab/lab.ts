@@ -1,7 +1,7 @@
 /**
  * # The lab: the blog's capture, a vanished peer and a NAT that forgets
  *
- * @run deno run --allow-run --allow-read --allow-write lab.ts [blog] [dead-peer] [nat] [--json] [--svg lab.svg]
+ * @run deno run --allow-run --allow-read --allow-write lab/lab.ts [blog] [dead-peer] [nat] [--json] [--svg lab.svg]
  *
  * The blog post's experiment needed root, a changed host sysctl, tcpdump and two
  * hours. This command reproduces it, and what it never showed (why anyone
@@ -45,16 +45,16 @@ import {
   showTyped,
   UsageError,
   waitForQuit,
-} from "./cli.ts";
-import { expectedDetection } from "./lab/dead_peer.ts";
-import { type InsidePlan, type ScenarioName, SCENARIOS } from "./lab/inside.ts";
-import { natWatchSeconds } from "./lab/nat.ts";
-import { formatTimeline, formatVerdict } from "./lab/report.ts";
-import type { LabResult } from "./lab/result.ts";
-import { sandboxCommand, trySandbox } from "./lab/sandbox.ts";
-import { renderSvg } from "./lab/svg.ts";
-import { locateTools, SEARCHED, useTools } from "./lab/tools.ts";
-export { type ByteSink, type CommandIO, type LineWriter, UsageError } from "./cli.ts";
+} from "../tools/cli.ts";
+import { expectedDetection } from "./dead_peer.ts";
+import { type InsidePlan, type ScenarioName, SCENARIOS } from "./inside.ts";
+import { natWatchSeconds } from "./nat.ts";
+import { formatTimeline, formatVerdict } from "./report.ts";
+import type { LabResult } from "./result.ts";
+import { sandboxCommand, trySandbox } from "./sandbox.ts";
+import { renderSvg } from "./svg.ts";
+import { locateTools, SEARCHED, useTools } from "./tools.ts";
+export { type ByteSink, type CommandIO, type LineWriter, UsageError } from "../tools/cli.ts";
 
 /** What the lab does, from its command-line flags. */
 export interface LabOptions {
@@ -76,7 +76,7 @@ export interface LabOptions {
 
 /** The `--help` text. */
 export const HELP =
-  `Usage: deno run --allow-run --allow-read --allow-write lab.ts [SCENARIO ...] [options]
+  `Usage: deno run --allow-run --allow-read --allow-write lab/lab.ts [SCENARIO ...] [options]
 
 Reproduces TCP keepalive in network namespaces of its own, without root where
 the system allows user namespaces, and checks what it saw against what the
@@ -336,7 +336,8 @@ async function checkBeforeRunning(
   const sandbox = await trySandbox();
   if (sandbox) return sandbox;
   return {
-    dir: decodeURIComponent(new URL(".", import.meta.url).pathname),
+    // The scripts it runs are at the project root, one folder up.
+    dir: decodeURIComponent(new URL("..", import.meta.url).pathname),
     scenarios: options.scenarios.filter((name) => nft || name !== "nat"),
     blog: options.blog,
     deadPeer: options.deadPeer,
@@ -440,7 +441,7 @@ async function runSandboxed(
   quit: Promise<unknown>,
   progress: (text: string) => void,
 ): Promise<{ result: LabResult } | { error: string }> {
-  const inside = decodeURIComponent(new URL("./lab/inside.ts", import.meta.url).pathname);
+  const inside = decodeURIComponent(new URL("./inside.ts", import.meta.url).pathname);
   const cmd = await sandboxCommand([Deno.execPath(), "run", "-A", inside, JSON.stringify(plan)]);
   const child = new Deno.Command(cmd[0], {
     args: cmd.slice(1),

@@ -1,7 +1,7 @@
 /**
  * # The blog's keepalive experiment, run and explained in 12 seconds
  *
- * @run deno run -A demo.ts        (or: deno task demo)
+ * @run deno run -A tools/demo.ts        (or: deno task demo)
  *
  * Starts `server.ts` and `client.ts` on loopback, as the blog did in two
  * terminals, but with a 2 s keepalive idle time and interval set on the
@@ -20,22 +20,24 @@
  *
  * @module
  */
-import { type ClientEvent, formatClientEvent } from "./client.ts";
+import { type ClientEvent, formatClientEvent } from "../client.ts";
 import {
   findTcpSocket,
   parseEndpoint,
   readKeepaliveProbesSent,
   readTcpSockets,
   type TcpSocket,
-} from "./proc_net.ts";
-import { formatServerEvent, type ServerEvent } from "./server.ts";
-import { readKeepaliveSysctls, SysctlError } from "./sysctl.ts";
+} from "@kakit/keepalive/proc-net";
+import { formatServerEvent, type ServerEvent } from "../server.ts";
+import { readKeepaliveSysctls, SysctlError } from "../sysctl.ts";
 import { parseFlags } from "./cli.ts";
+import * as words from "@kakit/keepalive/flags";
 
-const HERE = import.meta.dirname!;
+// The scripts it runs are at the project root, one folder up.
+const ROOT = `${import.meta.dirname}/..`;
 
 /** The `--help` text. */
-export const HELP = `Usage: deno run -A demo.ts     (or: deno task demo)
+export const HELP = `Usage: deno run -A tools/demo.ts     (or: deno task demo)
 
 Runs server.ts and client.ts on loopback with a 2 s keepalive idle time and
 interval set on the server's sockets (no root, no sysctl changed), shows the
@@ -158,7 +160,7 @@ async function showSettings(): Promise<Record<string, number> | null> {
     if (error instanceof SysctlError && error.hint === "allow-all") {
       console.error(
         "demo.ts: Deno refuses to read /proc without --allow-all (denoland/deno issue 27564); " +
-          "run: deno run -A demo.ts",
+          "run: deno run -A tools/demo.ts",
       );
     } else {
       console.error(`demo.ts: ${error instanceof Error ? error.message : String(error)}`);
@@ -279,7 +281,7 @@ function say(text: string) {
 function spawn(children: Set<Deno.ChildProcess>, script: string, args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-net", "--allow-ffi", script, "--json", ...args],
-    cwd: HERE,
+    cwd: ROOT,
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
@@ -292,8 +294,8 @@ function spawn(children: Set<Deno.ChildProcess>, script: string, args: string[])
     for await (const event of readEvents(child.stdout)) {
       events.push(event);
       const text = script === "server.ts"
-        ? formatServerEvent(event as ServerEvent)
-        : formatClientEvent(event as ClientEvent);
+        ? formatServerEvent(event as ServerEvent, { enterQuits: true, ka: words })
+        : formatClientEvent(event as ClientEvent, { enterQuits: true, ka: words });
       say(`  ${label} | ${text}`);
       wake();
     }
@@ -362,7 +364,7 @@ if (import.meta.main) {
 
 // A real run (Deno 2.9.6, Linux 6.18):
 //
-//   $ deno run -A demo.ts
+//   $ deno run -A tools/demo.ts
 //   The kernel's keepalive settings (per network namespace):
 //     net.ipv4.tcp_keepalive_time = 7200
 //     net.ipv4.tcp_keepalive_intvl = 75

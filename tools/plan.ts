@@ -53,7 +53,7 @@ import {
   UsageError,
   writeText,
 } from "./cli.ts";
-import { KEEPALIVE_LIMITS } from "./keepalive.ts";
+import { KEEPALIVE_LIMITS } from "@kakit/keepalive";
 export { type CommandIO, UsageError } from "./cli.ts";
 
 /** Middleboxes that forget idle flows, and after how long (sources in the README). */
