@@ -76,10 +76,11 @@ export function startServer(
   });
   const books = new Books(options, onEvent);
   let engine: Engine;
+  let tuning: ReturnType<typeof tuneListener> | null = null;
   try {
-    const tuning = ka && (options.tuning || options.watch)
-      ? tuneListener(ka, listener, options, books)
-      : null;
+    if (ka && (options.tuning || options.watch)) {
+      tuning = tuneListener(ka, listener, options, books);
+    }
     engine = options.engine === "epoll"
       ? epollEngine(ka!, listener, options, books)
       : denoEngine(listener, options, books);
@@ -95,6 +96,7 @@ export function startServer(
     });
     if (tuning?.watcher) engine = { ...engine, watcher: tuning.watcher };
   } catch (error) {
+    tuning?.watcher?.stop();
     listener.close();
     throw error;
   }
@@ -687,11 +689,15 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
     }
   }
   const enterQuits = io.quit === undefined && Deno.stdin.isTerminal();
+  // Every open connection may say something at once (a mass close, a burst
+  // of reads), and all of it waits for one turn of the writer: the queue
+  // holds a few lines per connection before it drops any.
   const out = lineWriter(
     io.stdout ?? Deno.stdout,
     (lines): ServerEvent => ({ time: now(), event: "output-dropped", lines }),
     (event: ServerEvent) =>
       options.json ? JSON.stringify(event) : formatServerEvent(event, { enterQuits, ka }),
+    Math.max(10_000, 4 * options.maxConnections),
   );
   // Listen for Enter, Ctrl-C and SIGTERM first: a signal listener takes a
   // descriptor, and when descriptors run short, listening (not the signal
@@ -873,13 +879,14 @@ function runAgainWith(permissions: string[], args: string[]): string {
 
 // Lines out without ever waiting: console.log blocks while stdout is full (a
 // paused terminal, a stalled pipe), and a server waiting there serves no one.
-// Lines queue and go out in the background, many per write; past 10,000
-// queued they are dropped and counted, and a line says how many once the
-// output takes lines again. A closed output drops everything after it.
+// Lines queue and go out in the background, many per write; past `maxQueued`
+// they are dropped and counted, and a line says how many once the output
+// takes lines again. A closed output drops everything after it.
 function lineWriter<E>(
   output: { write(bytes: Uint8Array): Promise<number> },
   dropped: (lines: number) => E,
   format: (event: E) => string,
+  maxQueued = 10_000,
 ) {
   const queue: string[] = [];
   let lost = 0, writing = false, broken = false, idle = Promise.resolve();
@@ -900,7 +907,7 @@ function lineWriter<E>(
   return {
     print(event: E) {
       if (broken) return;
-      if (queue.length >= 10_000) return void lost++;
+      if (queue.length >= maxQueued) return void lost++;
       noteLost();
       queue.push(format(event));
       start();
