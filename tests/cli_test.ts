@@ -355,17 +355,52 @@ Deno.test("parseCommandLine: misuse is exit 2 even when stderr throws, and it is
   assertEquals(parseCommandLine("x.ts", [], parse, "help", broken), { ok: true });
 });
 
-// The scripts that start with parseCommandLine (server.ts here; client.ts and
-// lab.ts alike) with stdout or stderr on a full device.
+const noDevFull = (() => {
+  try {
+    return Deno.statSync("/dev/full").isCharDevice ? null : "/dev/full is not a device";
+  } catch {
+    return "there is no /dev/full to write to";
+  }
+})();
+
+// The tools, with stdout or stderr on a full device: one line and exit 1 for
+// what they cannot write, 2 for misuse even when stderr cannot say so.
+requiringTest(
+  "tools/demo.ts and tools/sock_diag.ts with stdout or stderr full",
+  noDevFull,
+  async () => {
+    const tool = (redirect: string, script: string, ...args: string[]) =>
+      run([
+        "sh",
+        "-c",
+        `exec "$@" ${redirect}`,
+        "sh",
+        Deno.execPath(),
+        "run",
+        "-A",
+        script,
+        ...args,
+      ]);
+    for (const script of ["tools/demo.ts", "tools/sock_diag.ts"]) {
+      const help = await tool(">/dev/full", script, "--help");
+      assertEquals(help.code, 1, help.stderr);
+      assertEquals(help.stderr.trimEnd().split("\n").length, 1, help.stderr);
+      assertEquals((await tool("2>/dev/full", script, "--bogus")).code, 2, script);
+    }
+    const lines = await tool(">/dev/full", "tools/sock_diag.ts");
+    assertEquals(lines.code, 1, lines.stderr);
+    assertEquals(
+      lines.stderr,
+      "sock_diag.ts: cannot write: No space left on device (os error 28)\n",
+    );
+  },
+);
+
+// The scripts (server.ts here; client.ts and lab.ts alike) with stdout or
+// stderr on a full device.
 requiringTest(
   "server.ts: --help it cannot write is one line and exit 1; misuse is 2 even with stderr full",
-  (() => {
-    try {
-      return Deno.statSync("/dev/full").isCharDevice ? null : "/dev/full is not a device";
-    } catch {
-      return "there is no /dev/full to write to";
-    }
-  })(),
+  noDevFull,
   async () => {
     const server = (redirect: string, ...args: string[]) =>
       run([

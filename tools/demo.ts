@@ -30,7 +30,7 @@ import {
 } from "@kakit/keepalive/proc-net";
 import { formatServerEvent, type ServerEvent } from "../server.ts";
 import { readKeepaliveSysctls, SysctlError } from "../sysctl.ts";
-import { parseFlags } from "./cli.ts";
+import { parseCommandLine, parseFlags, printError } from "./cli.ts";
 import * as words from "@kakit/keepalive/flags";
 
 // The scripts it runs are at the project root, one folder up.
@@ -56,17 +56,15 @@ even with --allow-read=/proc (denoland/deno issue 27564).`;
  * observed, 2 for arguments it does not take.
  */
 export async function main(args: string[] = []): Promise<number> {
-  try {
-    if (parseFlags(args, { string: [], boolean: [] }).help) {
-      console.log(HELP);
-      return 0;
-    }
-  } catch (error) {
-    console.error(
-      `demo.ts: ${error instanceof Error ? error.message : String(error)} (see --help)`,
-    );
-    return 2;
-  }
+  // Misuse is 2 and a help that cannot be written (> /dev/full) is 1, each
+  // one line, even when stderr cannot take it either.
+  const options = parseCommandLine(
+    "demo.ts",
+    args,
+    (args) => parseFlags(args, { string: [], boolean: [] }).help ? "help" : {},
+    HELP,
+  );
+  if (typeof options === "number") return options;
   // Ctrl-C or SIGTERM must not leave the two scripts running without us:
   // they quit on Enter or a signal, and nobody would send either.
   const children = new Set<Deno.ChildProcess>();
@@ -357,7 +355,7 @@ if (import.meta.main) {
   try {
     Deno.exit(await main(Deno.args));
   } catch (error) {
-    console.error(`demo.ts: ${error instanceof Error ? error.message : String(error)}`);
+    printError(`demo.ts: ${error instanceof Error ? error.message : String(error)}`);
     Deno.exit(1);
   }
 }

@@ -15,6 +15,7 @@
  * @module
  */
 import { SockDiag } from "@kakit/keepalive/sock-diag";
+import { printError, showTyped, writeText } from "./cli.ts";
 
 const USAGE = `Usage: deno run --allow-ffi tools/sock_diag.ts [--port N]
 
@@ -36,7 +37,24 @@ Exit codes: 0, 1 when the kernel cannot be asked (or --allow-ffi is missing),
  * unanswered probes. Returns the exit code: 0, 1 when the kernel cannot be
  * asked, 2 for bad flags.
  */
-export function main(args: string[], print: (line: string) => void = console.log): number {
+export function main(args: string[], print: (line: string) => void = printLine): number {
+  try {
+    return run(args, print);
+  } catch (error) {
+    if (!(error instanceof OutputError)) throw error;
+    printError(`sock_diag.ts: cannot write: ${error.message}`);
+    return 1;
+  }
+}
+
+// stdout refused a line (> /dev/full, a closed pipe): one line, exit 1.
+class OutputError extends Error {}
+function printLine(line: string): void {
+  const failed = writeText(line);
+  if (failed !== null) throw new OutputError(failed);
+}
+
+function run(args: string[], print: (line: string) => void): number {
   if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) {
     print(USAGE);
     return 0;
@@ -48,7 +66,7 @@ export function main(args: string[], print: (line: string) => void = console.log
     (words.length === 2 && words[0] === "--port" && /^\d{1,5}$/.test(words[1]) &&
       Number(words[1]) <= 65535);
   if (!valid) {
-    console.error(
+    printError(
       `sock_diag.ts: expected nothing or --port 0..65535, not ${showTyped(args.join(" "))} ` +
         "(see --help)",
     );
@@ -68,29 +86,17 @@ export function main(args: string[], print: (line: string) => void = console.log
       );
     }
   } catch (error) {
+    if (error instanceof OutputError) throw error;
     // Only the system's words here (the arguments were checked above), but a
     // message is shown as text, never able to move the cursor.
     const message = escapeControls(error instanceof Error ? error.message : String(error));
     const again = error instanceof Deno.errors.NotCapable
       ? `: deno run --allow-ffi tools/sock_diag.ts${args.length ? " " + args.join(" ") : ""}`
       : "";
-    console.error(`sock_diag.ts: ${message}${again}`);
+    printError(`sock_diag.ts: ${message}${again}`);
     return 1;
   }
   return 0;
-}
-
-/**
- * What someone typed, quoted for a message: control characters (C0, DEL,
- * C1), format characters (bidi overrides such as U+202E, zero-width marks)
- * and line separators escaped as `\uXXXX`, and a long value cut to `max`
- * characters with its length said. This repeats `cli.ts`'s `showTyped` on
- * purpose: this command needs nothing but the package.
- */
-function showTyped(text: string, max = 40): string {
-  const cut = text.length > max ? text.slice(0, max) : text;
-  const quoted = escapeControls(JSON.stringify(cut));
-  return text.length > max ? `${quoted.slice(0, -1)}..." (${text.length} characters)` : quoted;
 }
 
 // Each character a terminal would act on or that reorders or hides text
