@@ -722,10 +722,14 @@ Deno.test("server --echo sends each peer back exactly its own bytes, with others
   }
 });
 
-Deno.test("too few descriptors for --watch: one line and exit 1 before listening, or a clean run, never a panic", async () => {
+Deno.test("too few descriptors for --watch: one line and exit 1 before listening, or a clean run; never a panic after listening", async () => {
   // Deno itself takes about 20 descriptors; the signal listeners, the
-  // listener and --watch's netlink socket take the next few. Whichever is
-  // refused, the server says so in one line, or it starts and quits cleanly.
+  // listener and --watch's netlink socket take the next few. Whichever the
+  // server's own code is refused, it says so in one line, or it starts and
+  // quits cleanly. (With one descriptor left, Deno panics inside
+  // Deno.addSignalListener itself: no script can catch that, and it comes
+  // first, before anything is printed; it is skipped here with Deno's own
+  // start-up panics.)
   const outcomes: string[] = [];
   for (let limit = 22; limit <= 34; limit++) {
     const server = startServer(["--hostname", "127.0.0.1", "--watch"], {
