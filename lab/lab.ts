@@ -260,9 +260,13 @@ function printResults(result: LabResult, json: boolean, out: LineWriter) {
  * closed, full), or when `quit` resolves (`"stopped"`).
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { createLineWriter } from "../tools/cli.ts";
  * import { waitUntilWritten } from "./lab.ts";
- * const done = await waitUntilWritten(out, stdout.failure, quit); // "written", "stopped" or an Error
+ * const out = createLineWriter({ droppedNotice: (n) => `${n} lines dropped` });
+ * out.write("{}");
+ * const quit = new Promise<void>(() => {}); // Enter, Ctrl-C or SIGTERM
+ * const done = await waitUntilWritten(out, () => null, quit); // "written", "stopped" or an Error
  * ```
  */
 export async function waitUntilWritten(
@@ -360,7 +364,7 @@ async function checkBeforeRunning(
  * comes); a device or a socket is no place for a file either.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { svgMisuse } from "./lab.ts";
  * await svgMisuse("/dev/null"); // "is a character device, not a regular file"
  * ```

@@ -53,8 +53,9 @@ const LINK_LINUX_SLL2 = 276;
  * not start like pcap or uses a link type it does not know.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { createPcapParser } from "./pcap.ts";
+ * const tcpdump = new Deno.Command("tcpdump", { args: ["-i", "lo", "-w", "-"], stdout: "piped" }).spawn();
  * const parser = createPcapParser();
  * for await (const chunk of tcpdump.stdout) for (const segment of parser.push(chunk)) console.log(segment);
  * ```

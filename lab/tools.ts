@@ -72,7 +72,7 @@ exit 1`;
  * needs no `--allow-env` to read the PATH.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { findTool } from "./tools.ts";
  * await findTool("nft", "/usr/local/bin:/usr/bin:/bin"); // "/usr/sbin/nft" on Debian
  * ```

@@ -295,7 +295,7 @@ export function shellQuote(arg: string): string {
  * the user copies it and it works.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { runAgainWith } from "./cli.ts";
  * runAgainWith(["--allow-net"], import.meta.url, ["--port", "0"]);
  * // "deno run --allow-net server.ts --port 0"
@@ -314,7 +314,7 @@ export function runAgainWith(
  * the current directory (or the full path, if it is elsewhere), quoted.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { scriptPath } from "./cli.ts";
  * scriptPath(import.meta.url); // "server.ts", or "kit/server.ts" when run from the parent
  * ```
@@ -353,7 +353,7 @@ export interface LineWriter {
  * dropped quietly: nobody is reading.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { createLineWriter } from "./cli.ts";
  * const out = createLineWriter({ droppedNotice: (n) => `(${n} lines dropped: stdout was full)` });
  * out.write("accepted 127.0.0.1:50000"); // returns at once, even with a paused terminal
@@ -452,7 +452,7 @@ export interface SyncSink {
  * and exit code 1, whatever the command meant to say.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { printError, writeText } from "./cli.ts";
  * const failed = writeText("the result");
  * if (failed !== null) printError(`plan.ts: cannot write the plan: ${failed}`);
@@ -502,9 +502,13 @@ export interface CommandIO {
  * when stderr cannot be written either: a `stderr` that throws is ignored.
  *
  * @example
- * ```ts ignore
- * import { parseCommandLine } from "./cli.ts";
- * const options = parseCommandLine("server.ts", Deno.args, parseServerArgs, HELP);
+ * ```ts
+ * import { parseCommandLine, parseFlags } from "./cli.ts";
+ * const parse = (args: string[]) => {
+ *   const flags = parseFlags(args, { string: ["port"], boolean: [] });
+ *   return flags.help ? "help" as const : { port: flags.port ?? "8888" };
+ * };
+ * const options = parseCommandLine("server.ts", Deno.args, parse, "Usage: ...");
  * if (typeof options === "number") Deno.exit(options);
  * ```
  */
@@ -556,9 +560,10 @@ export interface OutputDroppedEvent {
  * `format` must know. `flush()` at exit waits half a second at most.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { eventPrinter } from "./cli.ts";
- * const out = eventPrinter({ json: false, format: formatServerEvent });
+ * type Event = { time: string; event: string; peer?: string };
+ * const out = eventPrinter<Event>({ json: false, format: (e) => `${e.time} ${e.event}` });
  * out.print({ time: new Date().toISOString(), event: "accepted", peer: "[::1]:50000" });
  * await out.flush(500);
  * ```
@@ -592,7 +597,7 @@ export function eventPrinter<E extends { time: string }>(options: {
  * command while it closes down; end the process with `Deno.exit`.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { waitForQuit } from "./cli.ts";
  * const why = await waitForQuit(); // "enter" or "signal"
  * ```
