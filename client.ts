@@ -16,11 +16,7 @@
  *
  * - https://docs.deno.com/api/deno/~/Deno.connect
  * - https://docs.deno.com/api/deno/~/Deno.TcpConn.prototype.setKeepAlive
- *
- * `--idle`, `--interval`, `--count` and `--user-timeout` tune this side's
- * keepalive through `keepalive.ts` (FFI, so `--allow-ffi`), and `--watch`
- * prints the probes: the server's (which this side's kernel answers) and,
- * with keepalive on here, this side's own.
+ * - https://man7.org/linux/man-pages/man7/tcp.7.html (tcp_keepalive_time, TCP_USER_TIMEOUT)
  *
  * `--send TEXT --send-after SECONDS` breaks the silence once: after that
  * long idle, the client sends one line, as an app sends its next request on
@@ -28,73 +24,32 @@
  * a NAT that forgot the idle connection it never arrives, and the kernel
  * retransmits it until `--user-timeout` (or about 15 minutes) runs out.
  *
- * The file reads top to bottom as the story: connecting, keepalive on this
- * side, the read and what each ending means; then the command line; then
- * printing, which never waits for the terminal (`cli.ts`).
- *
- * Copying this file into your project? Copy `keepalive.ts`,
- * `keepalive_flags.ts` and `cli.ts` beside it and map `@std/cli` in your
- * `deno.json` (the README's "Copying a file into your project" has the
- * lines). It needs `--allow-net`, plus `--allow-ffi` for the tuning flags.
+ * This file runs on its own (copy it; map `@std/cli` in your deno.json).
+ * What Deno cannot do yet, it asks of the kit's package `@kakit/keepalive`,
+ * loaded only when a flag needs it: this side's times (`--idle`,
+ * `--interval`, `--count`, `--user-timeout`) and `--watch` (every probe on
+ * the connection, the server's and this side's, from the kernel's
+ * TCP_INFO). Those need `--allow-ffi`. The small helpers at the end (strict
+ * flags, escaping, a line writer that never blocks) repeat server.ts's on
+ * purpose, so that each file stands alone.
  *
  * @module
  */
-import {
-  type CommandIO,
-  eventPrinter,
-  type OutputDroppedEvent,
-  parseCommandLine,
-  parseFlags,
-  parseHostname,
-  parseInteger,
-  runAgainWith,
-  showTyped,
-  UsageError,
-  waitForQuit,
-} from "./cli.ts";
-import {
-  getKeepAlive,
-  keepAliveGaveUp,
-  type KeepAliveOptions,
-  type KeepAliveSettings,
-  type ProbeEvent,
-  setKeepAlive,
-  setUserTimeout,
-  watchKeepAlive,
-} from "./keepalive.ts";
-import {
-  describeKeepAlive,
-  describeProbe,
-  missingFfiPermission,
-  parseTuningFlags,
-  TUNING_FLAGS,
-  TUNING_HELP,
-} from "./keepalive_flags.ts";
-export type { KeepAliveOptions, KeepAliveSettings, ProbeEvent } from "./keepalive.ts";
-export { type CommandIO, UsageError } from "./cli.ts";
+import { parseArgs } from "@std/cli/parse-args";
 
-/** What the client does, from its command-line flags. */
-export interface ClientOptions {
-  /** The server's address or host name. */
-  hostname: string;
-  /** The server's port. */
-  port: number;
-  /**
-   * Whether to turn `SO_KEEPALIVE` on for this side too (the C client did
-   * not). Implied by the keepalive times, not by a user timeout alone.
-   */
-  keepAlive: boolean;
-  /** How long a connect may take before the client gives up, in ms; null to wait as long as the kernel does. */
-  connectTimeoutMs: number | null;
-  /** Per-connection keepalive times (milliseconds); null for the system's. */
-  tuning: KeepAliveOptions | null;
-  /** Report every keepalive probe on the connection. */
-  watch: boolean;
-  /** One line to send after the connection has been idle `afterMs`; null to send nothing. */
-  send: { text: string; afterMs: number } | null;
-  /** Print events as JSON lines instead of text. */
-  json: boolean;
-}
+/**
+ * The kit's package, as main loads it when a flag needs it. The type is for
+ * the type checker only: copied alone, the script never loads the package.
+ */
+export type Keepalive =
+  & typeof import("@kakit/keepalive")
+  & typeof import("@kakit/keepalive/flags");
+/** What the kernel holds for a socket's keepalive (milliseconds), from the package. */
+export type KeepAliveSettings = import("@kakit/keepalive").KeepAliveSettings;
+/** A probe the package's watcher saw. */
+export type ProbeEvent = import("@kakit/keepalive").ProbeEvent;
+/** The package's words for keepalive times and probes. */
+export type Words = Pick<Keepalive, "describeKeepAlive" | "describeProbe">;
 
 // ## Connecting
 //
@@ -109,9 +64,13 @@ export interface ClientOptions {
  * throws (refused, unreachable, host not found, no permission).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { connect } from "./client.ts";
- * const conn = await connect({ hostname: "::1", port: 8888, connectTimeoutMs: 5_000 }, new Promise(() => {}));
+ * using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const { hostname, port } = listener.addr;
+ * const neverQuit = new Promise(() => {});
+ * const conn = await connect({ hostname, port, connectTimeoutMs: 5_000 }, neverQuit);
+ * if (typeof conn !== "string") conn.close(); // otherwise "quit" or "timeout"
  * ```
  */
 export async function connect(
@@ -141,17 +100,22 @@ export async function connect(
 //
 // The C client left SO_KEEPALIVE off: only the server probes, and this
 // side's kernel answers. Turn it on here to have the client notice a server
-// that vanished, too; the tuning flags also set when and how often it probes.
-// A user timeout alone leaves keepalive off: it bounds how long sent data may
-// go unacknowledged, which matters with or without probes.
+// that vanished, too; the tuning flags (the package) also set when and how
+// often it probes. A user timeout alone leaves keepalive off: it bounds how
+// long sent data may go unacknowledged, which matters with or without probes.
 
-function turnOnKeepAlive(conn: Deno.TcpConn, options: ClientOptions): KeepAliveSettings | null {
+function turnOnKeepAlive(
+  conn: Deno.TcpConn,
+  options: ClientOptions,
+  ka: Keepalive | null,
+): KeepAliveSettings | null {
   if (options.keepAlive) conn.setKeepAlive(true);
-  if (options.tuning && options.keepAlive) setKeepAlive(conn, options.tuning);
+  if (!ka) return null;
+  if (options.tuning && options.keepAlive) ka.setKeepAlive(conn, options.tuning);
   else if (options.tuning?.userTimeout !== undefined) {
-    setUserTimeout(conn, options.tuning.userTimeout);
+    ka.setUserTimeout(conn, options.tuning.userTimeout);
   }
-  return options.tuning || options.watch ? getKeepAlive(conn) : null;
+  return ka.getKeepAlive(conn);
 }
 
 // ## Holding the connection until it ends
@@ -163,22 +127,25 @@ export type ClientOutcome = "quit" | "server-closed" | "reset" | "timed-out" | "
  * Reads the connection until it ends, counting the bytes the server sends
  * (they are never printed: nothing from a peer goes to the terminal raw).
  * With `send`, sends one line after that long idle and reports each read
- * as `received`. Resolves with how it ended; `quit` resolves it with "quit"
- * early.
+ * as `received`. With `watch`, reports each keepalive probe (that needs
+ * `ka`, the package, as `main` loads it). Resolves with how it ended;
+ * `quit` resolves it with "quit" early.
  */
 export async function holdConnection(
   conn: Deno.TcpConn,
   quit: Promise<unknown>,
   onEvent: (event: ClientEvent) => void,
   options: { watch?: boolean; send?: ClientOptions["send"] } = {},
+  ka: Pick<Keepalive, "watchKeepAlive"> | null = null,
 ): Promise<ClientOutcome> {
   // Stamped now, or when it happened: a probe is seen after it was sent.
   const emit = (event: ClientEventBody, atMs = Date.now()) =>
     onEvent({ time: new Date(atMs).toISOString(), ...event });
-  // --watch: the kernel's probes on this connection, from TCP_INFO.
-  const watcher = options.watch
-    ? watchKeepAlive(conn, (probe) => emit({ event: "probe", ...probe }, Date.now() - probe.agoMs))
-    : null;
+  if (options.watch && !ka) throw new TypeError("holdConnection: watch needs ka, the package");
+  // --watch: the kernel's probes on this connection, from its TCP_INFO.
+  const onProbe = (probe: ProbeEvent) =>
+    emit({ event: "probe", ...probe }, Date.now() - probe.agoMs);
+  const watcher = options.watch && ka ? ka.watchKeepAlive(conn, onProbe) : null;
   const progress = { bytes: 0, sent: 0 };
   const send = options.send;
   const sender = send
@@ -227,9 +194,9 @@ async function sendLine(
 // The read is what makes the kernel's verdict visible: end of stream when
 // the server closes, ConnectionReset for a reset, and TimedOut (ETIMEDOUT)
 // when this side's keepalive probes go unanswered or what it sent stays
-// unacknowledged for the user timeout (or the error of the last probe, when
-// this side lost its route to the server). A small buffer is enough: the
-// bytes are only counted, in `progress`.
+// unacknowledged for the user timeout (or the error of the last probe,
+// ENETUNREACH or EHOSTUNREACH, when this side lost its route to the
+// server). A small buffer is enough: the bytes are only counted.
 async function readUntilEnd(
   conn: Deno.TcpConn,
   progress: { bytes: number },
@@ -241,24 +208,57 @@ async function readUntilEnd(
 > {
   const buffer = new Uint8Array(4096);
   try {
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) return { ending: "server-closed" };
+    for (let n; (n = await conn.read(buffer)) !== null;) {
       progress.bytes += n;
       onReceived?.({ event: "received", bytes: n });
     }
+    return { ending: "server-closed" };
   } catch (error) {
-    if (error instanceof Deno.errors.ConnectionReset) return { ending: "reset" };
-    const code = keepAliveGaveUp(error);
-    if (code) return { ending: "timed-out", code };
+    const code = errorCode(error);
+    if (code === "ECONNRESET") return { ending: "reset" };
+    if (code === "ETIMEDOUT" || code === "ENETUNREACH" || code === "EHOSTUNREACH") {
+      return { ending: "timed-out", code };
+    }
     return { ending: "error", message: errorMessage(error) };
   }
 }
 
+// Deno's error classes, as the C library names them (repeated in server.ts on purpose).
+function errorCode(error: unknown): string {
+  if (error instanceof Deno.errors.ConnectionReset) return "ECONNRESET";
+  if (error instanceof Deno.errors.BrokenPipe) return "ECONNRESET";
+  if (error instanceof Deno.errors.TimedOut) return "ETIMEDOUT";
+  if (error instanceof Deno.errors.NetworkUnreachable) return "ENETUNREACH";
+  return String((error as { code?: unknown } | null)?.code ?? "");
+}
+
 // ## The command line
 
+/** What the client does, from its command-line flags. */
+export interface ClientOptions {
+  /** The server's address or host name. */
+  hostname: string;
+  /** The server's port. */
+  port: number;
+  /**
+   * Whether to turn `SO_KEEPALIVE` on for this side too (the C client did
+   * not). Implied by the keepalive times, not by a user timeout alone.
+   */
+  keepAlive: boolean;
+  /** How long a connect may take before the client gives up, in ms; null to wait as long as the kernel does. */
+  connectTimeoutMs: number | null;
+  /** Per-connection times in milliseconds (the package's `setKeepAlive` options), or null. */
+  tuning: { time?: number; interval?: number; retries?: number; userTimeout?: number } | null;
+  /** Report every keepalive probe on the connection. */
+  watch: boolean;
+  /** One line to send after the connection has been idle `afterMs`; null to send nothing. */
+  send: { text: string; afterMs: number } | null;
+  /** Print events as JSON lines instead of text. */
+  json: boolean;
+}
+
 /** The `--help` text. */
-export const HELP = `Usage: deno run --allow-net client.ts [options]
+export const HELP = `Usage: deno run --allow-net [--allow-ffi] client.ts [options]
 
 Connects to a TCP server, sends nothing (unless told to), and reports how the
 connection ends. Quit with Enter, Ctrl-C or SIGTERM.
@@ -277,21 +277,34 @@ Options:
   --json                  print one JSON object per event instead of text
   -h, --help              show this help
 
-${TUNING_HELP}
+With the kit's package @kakit/keepalive (loaded only for these; --allow-ffi, Linux):
+  --idle SECONDS          silence before the first probe, 1..32767 (tcp_keepalive_time)
+  --interval SECONDS      time between unanswered probes, 1..32767 (tcp_keepalive_intvl)
+  --count N               unanswered probes before the connection fails, 1..127 (tcp_keepalive_probes)
+  --user-timeout SECONDS  how long sent data may stay unacknowledged, 0..2147483; 0 (default)
+                          leaves it to retransmissions, about 15 min. Once a probe is out, it is
+                          also how long the peer may stay silent, instead of --count
+  --watch                 print each keepalive probe as the kernel sends or answers it
   (--idle, --interval and --count imply --keepalive. --user-timeout alone does not: it bounds
   how long sent data may go unacknowledged, with keepalive on or off. --watch alone does not:
   it shows the server's probes, which this side's kernel answers with keepalive off.)
 
 Exit codes: 0 when you quit or the server closed the connection cleanly,
-1 when the connection was lost (reset, timed out) or could not be made,
-2 for bad flags.
+1 when the connection was lost (reset, timed out) or could not be made, or
+a permission or the package is missing, 2 for bad flags.`;
 
-Permissions: --allow-net (to connect), and --allow-ffi for the per-connection
-flags (Deno cannot set them itself yet).`;
+// The per-connection flags: each stands in for a sysctl, in its units, within
+// the kernel's per-socket limits; the package takes milliseconds.
+const TUNING = {
+  idle: { option: "time", min: 1, max: 32767, ms: 1000 },
+  interval: { option: "interval", min: 1, max: 32767, ms: 1000 },
+  count: { option: "retries", min: 1, max: 127, ms: 1 },
+  "user-timeout": { option: "userTimeout", min: 0, max: 2147483, ms: 1000 },
+} as const;
 
 /**
- * Parses the command-line flags. Throws a `UsageError` for anything it
- * cannot use; returns `"help"` for `--help`.
+ * Parses the command-line flags. Throws a {@linkcode UsageError} for
+ * anything it cannot use; returns `"help"` for `--help`.
  *
  * @example
  * ```ts
@@ -301,23 +314,29 @@ flags (Deno cannot set them itself yet).`;
  * ```
  */
 export function parseClientArgs(args: string[]): ClientOptions | "help" {
+  const tuningFlags = Object.keys(TUNING) as (keyof typeof TUNING)[];
   const flags = parseFlags(args, {
-    string: ["hostname", "port", "connect-timeout", "send", "send-after", ...TUNING_FLAGS],
+    string: ["hostname", "port", "connect-timeout", "send", "send-after", ...tuningFlags],
     boolean: ["keepalive", "json", "watch"],
-    default: { hostname: "127.0.0.1", port: "8888" },
   });
   if (flags.help) return "help";
-  const tuning = parseTuningFlags(flags);
+  const tuning: Record<string, number> = {};
+  for (const flag of tuningFlags) {
+    const { option, min, max, ms } = TUNING[flag];
+    if (flags[flag] !== undefined) {
+      tuning[option] = parseInteger(`--${flag}`, flags[flag], min, max) * ms;
+    }
+  }
   const connectTimeout = flags["connect-timeout"];
   return {
-    hostname: parseHostname("--hostname", flags.hostname!),
-    port: parseInteger("--port", flags.port!, 1, 65535),
-    keepAlive: flags.keepalive || tuning?.time !== undefined || tuning?.interval !== undefined ||
-      tuning?.retries !== undefined,
+    hostname: parseHostname("--hostname", flags.hostname ?? "127.0.0.1"),
+    port: parseInteger("--port", flags.port ?? "8888", 1, 65535),
+    // The times are keepalive's: asking for them asks for keepalive.
+    keepAlive: flags.keepalive || ["time", "interval", "retries"].some((o) => o in tuning),
     connectTimeoutMs: connectTimeout === undefined
       ? null
       : parseInteger("--connect-timeout", connectTimeout, 1, 86400) * 1000,
-    tuning,
+    tuning: Object.keys(tuning).length > 0 ? tuning : null,
     watch: flags.watch,
     send: parseSend(flags.send, flags["send-after"]),
     json: flags.json,
@@ -352,10 +371,7 @@ export type ClientEventBody =
     tuning: KeepAliveSettings | null;
   }
   | ({ event: "probe" } & ProbeEvent)
-  | { event: "sent"; bytes: number }
-  | { event: "received"; bytes: number }
-  | { event: "server-closed"; bytes: number }
-  | { event: "reset"; bytes: number }
+  | { event: "sent" | "received" | "server-closed" | "reset" | "quit"; bytes: number }
   | {
     event: "timed-out";
     bytes: number;
@@ -365,87 +381,159 @@ export type ClientEventBody =
     sent: number;
   }
   | { event: "error"; message: string }
-  | { event: "quit"; bytes: number }
-  | Omit<OutputDroppedEvent, "time">;
+  | { event: "output-dropped"; lines: number };
 
 /**
  * Formats a client event as one line of text, for people. `enterQuits`
- * (default true) says whether the connected line may promise that Enter
- * quits: not when stdin is not a terminal (a background job).
+ * says whether the connected line may promise that Enter quits: not when
+ * stdin is not a terminal (a background job). `ka`, the package, words the
+ * keepalive times and the probes.
+ *
+ * @example
+ * ```ts
+ * import { formatClientEvent } from "./client.ts";
+ * formatClientEvent({ time: "2026-11-25T20:08:07.213Z", event: "quit", bytes: 0 });
+ * // "2026-11-25T20:08:07.213Z quitting: closing the connection (0 bytes received)"
+ * ```
  */
 export function formatClientEvent(
   event: ClientEvent,
-  how: { enterQuits: boolean } = { enterQuits: true },
+  how: { enterQuits: boolean; ka?: Words | null } = { enterQuits: true },
 ): string {
-  return `${event.time} ${describeClientEvent(event, how)}`;
+  return `${event.time} ${describe(event, how)}`;
 }
 
-function describeClientEvent(event: ClientEventBody, how: { enterQuits: boolean }): string {
-  switch (event.event) {
+function describe(e: ClientEventBody, how: { enterQuits: boolean; ka?: Words | null }): string {
+  switch (e.event) {
     case "connected":
-      return `connected from ${event.local} to ${event.remote}, keepalive ${
-        event.keepAlive ? "on" : "off"
-      }${describeTuning(event)}; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
+      return `connected from ${e.local} to ${e.remote}, keepalive ${onOff(e.keepAlive)}` +
+        `${describeTimes(e, how.ka)}; ${how.enterQuits ? "Enter" : "SIGTERM"} quits`;
     case "probe":
-      return describeProbe(event);
+      return how.ka ? how.ka.describeProbe(e) : e.kind;
     case "server-closed":
-      return `the server closed the connection (${plural(event.bytes, "byte")} received)`;
+      return `the server closed the connection (${plural(e.bytes, "byte")} received)`;
     case "reset":
-      return `the connection was reset (${plural(event.bytes, "byte")} received)`;
+      return `the connection was reset (${plural(e.bytes, "byte")} received)`;
     case "sent":
-      return `sent ${plural(event.bytes, "byte")}`;
+      return `sent ${plural(e.bytes, "byte")}`;
     case "received":
-      return `received ${plural(event.bytes, "byte")}`;
+      return `received ${plural(e.bytes, "byte")}`;
     case "timed-out":
-      if (event.sent > 0 && event.code === "ETIMEDOUT") {
+      if (e.sent > 0 && e.code === "ETIMEDOUT") {
         return `the connection timed out: the server stopped acknowledging what was sent ` +
           `(retransmissions or the user timeout ran out)`;
       }
       return "the connection timed out: keepalive probes went unanswered, " +
-        (event.code === "ETIMEDOUT"
+        (e.code === "ETIMEDOUT"
           ? "the server is gone"
-          : `and the last could not be sent (${event.code}: this side lost its route to the server)`);
+          : `and the last could not be sent (${e.code}: this side lost its route to the server)`);
     case "error":
-      return `connection error: ${event.message}`;
+      return `connection error: ${e.message}`;
     case "quit":
-      return `quitting: closing the connection (${plural(event.bytes, "byte")} received)`;
+      return `quitting: closing the connection (${plural(e.bytes, "byte")} received)`;
     case "output-dropped":
-      return `${event.lines} lines of output dropped: stdout was not being read`;
+      return `${e.lines} lines of output dropped: stdout was not being read`;
   }
 }
 
+// The settings in the connected line: all of them with keepalive on; with it
+// off, only a user timeout, if one was set.
+function describeTimes(
+  e: { keepAlive: boolean; tuning: KeepAliveSettings | null },
+  ka?: Words | null,
+) {
+  if (!e.tuning) return "";
+  if (e.keepAlive) return ka ? ` (${ka.describeKeepAlive(e.tuning)})` : "";
+  return e.tuning.userTimeout ? `, user timeout ${e.tuning.userTimeout / 1000} s` : "";
+}
+
 // ## The command
+
+/** Where the command reads and writes; tests pass their own. */
+export interface CommandIO {
+  /** Resolves when the user asks to quit (default: Enter, Ctrl-C or SIGTERM). */
+  quit?: () => Promise<unknown>;
+  /** Where event lines go (default: stdout). It may stall; the client does not. */
+  stdout?: { write(bytes: Uint8Array): Promise<number> };
+  /** Where error lines go (default: stderr). */
+  stderr?: (line: string) => void;
+}
 
 /**
  * The command: parse flags, connect, hold the connection until the user
  * quits or the connection ends. Returns the exit code: 0 when the user quit
  * or the server closed cleanly, 1 when the connection was lost or could not
- * be made, 2 for bad flags. Tests pass their own `io` (quit, stdout, stderr).
+ * be made or something is missing, 2 for bad flags.
  */
 export async function main(args: string[], io: CommandIO = {}): Promise<number> {
-  const stderr = io.stderr ?? ((line: string) => console.error(line));
-  const options = parseCommandLine("client.ts", args, parseClientArgs, HELP, stderr);
-  if (typeof options === "number") return options;
-  // Ask before connecting: a missing permission should stop us before the
-  // server sees a connection.
-  const ffi = missingFfiPermission(options, import.meta.url, args);
-  if (ffi) {
-    stderr(`client.ts: ${ffi}`);
+  const stderr = io.stderr ?? printError;
+  let options: ClientOptions | "help";
+  try {
+    options = parseClientArgs(args);
+  } catch (error) {
+    stderr(`client.ts: ${errorMessage(error)} (see --help)`);
+    return 2;
+  }
+  if (options === "help") return writeHelp(HELP, "client.ts");
+  const needs = packageFlags(options);
+  // Ask before connecting: a missing permission or package should stop us
+  // before the server sees a connection.
+  if (needs.length > 0 && Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
+    stderr(
+      `client.ts: ${need(needs)} the --allow-ffi permission: ` +
+        runAgainWith(["--allow-net", "--allow-ffi"], args),
+    );
     return 1;
   }
+  let ka: Keepalive | null = null;
+  if (needs.length > 0) {
+    try {
+      ka = await loadPackage();
+    } catch (error) {
+      stderr(`client.ts: ${need(needs)} ${MISSING_PACKAGE} (${errorMessage(error)})`);
+      return 1;
+    }
+  }
   const enterQuits = io.quit === undefined && Deno.stdin.isTerminal();
-  const out = eventPrinter({
-    json: options.json,
-    format: (event: ClientEvent) => formatClientEvent(event, { enterQuits }),
-    output: io.stdout,
-  });
+  const out = lineWriter(
+    io.stdout ?? Deno.stdout,
+    (lines): ClientEvent => ({ time: now(), event: "output-dropped", lines }),
+    (event: ClientEvent) =>
+      options.json ? JSON.stringify(event) : formatClientEvent(event, { enterQuits, ka }),
+  );
   // Listen for Enter and signals from the start, so the user can quit a
   // connect that hangs.
   const quitting = (io.quit ?? waitForQuit)();
-  const code = await connectAndHold(options, args, quitting, out.print, stderr);
-  await out.flush(); // a moment for the last lines, not more
+  const code = await connectAndHold(options, args, quitting, out.print, stderr, ka);
+  // The last lines get half a second to go out, not more: a stalled stdout
+  // must not keep the client from quitting.
+  await out.flush(500);
   return code;
 }
+
+// The flags that need the package, as the user typed them.
+function packageFlags(o: ClientOptions): string[] {
+  const tuned = Object.entries(TUNING).filter(([, t]) => o.tuning?.[t.option] !== undefined);
+  return [...tuned.map(([flag]) => `--${flag}`), ...(o.watch ? ["--watch"] : [])];
+}
+
+// "--idle needs", "--idle and --watch need", "--idle, --count and --watch need".
+function need(flags: string[]): string {
+  return flags.length > 1
+    ? `${flags.slice(0, -1).join(", ")} and ${flags.at(-1)} need`
+    : `${flags[0]} needs`;
+}
+
+async function loadPackage(): Promise<Keepalive> {
+  const parts = await Promise.all([
+    import("@kakit/keepalive"),
+    import("@kakit/keepalive/flags"),
+  ]);
+  return Object.assign({}, ...parts);
+}
+
+const MISSING_PACKAGE = "the kit's package @kakit/keepalive: copy its keepalive/ folder beside " +
+  `this script and add "workspace": ["./keepalive"] to your deno.json (docs/copying.md)`;
 
 async function connectAndHold(
   options: ClientOptions,
@@ -453,6 +541,7 @@ async function connectAndHold(
   quitting: Promise<unknown>,
   print: (event: ClientEvent) => void,
   stderr: (line: string) => void,
+  ka: Keepalive | null,
 ): Promise<number> {
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });
   let conn: Deno.TcpConn | "quit" | "timeout";
@@ -467,33 +556,30 @@ async function connectAndHold(
     return 0;
   }
   if (conn === "timeout") {
+    const seconds = options.connectTimeoutMs! / 1000;
     stderr(
-      `client.ts: cannot connect to ${where}: no answer within ${
-        options.connectTimeoutMs! / 1000
-      } s (--connect-timeout)`,
+      `client.ts: cannot connect to ${where}: no answer within ${seconds} s (--connect-timeout)`,
     );
     return 1;
   }
   let tuning: KeepAliveSettings | null;
   try {
-    tuning = turnOnKeepAlive(conn, options);
+    tuning = turnOnKeepAlive(conn, options, ka);
   } catch (error) {
     conn.close();
     stderr(`client.ts: cannot set keepalive: ${errorMessage(error)}`);
     return 1;
   }
   print({
-    time: new Date().toISOString(),
+    time: now(),
     event: "connected",
     local: formatAddr(conn.localAddr),
     remote: formatAddr(conn.remoteAddr),
     keepAlive: options.keepAlive,
     tuning,
   });
-  const outcome = await holdConnection(conn, quitting, print, {
-    watch: options.watch,
-    send: options.send,
-  });
+  const { watch, send } = options;
+  const outcome = await holdConnection(conn, quitting, print, { watch, send }, ka);
   return outcome === "quit" || outcome === "server-closed" ? 0 : 1;
 }
 
@@ -506,9 +592,9 @@ function describeConnectError(
 ): string {
   const message = errorMessage(error);
   if (error instanceof Deno.errors.NotCapable) {
-    const ffi = options.tuning || options.watch ? ["--allow-ffi"] : [];
+    const ffi = packageFlags(options).length > 0 ? ["--allow-ffi"] : [];
     return `connecting to ${where} needs the --allow-net permission: ` +
-      runAgainWith(["--allow-net", ...ffi], import.meta.url, args);
+      runAgainWith(["--allow-net", ...ffi], args);
   }
   if (error instanceof Deno.errors.AddrNotAvailable) {
     return `cannot connect to ${where}: this machine has no address to reach it from ` +
@@ -536,40 +622,244 @@ function describeConnectError(
   return `cannot connect to ${where}: ${message}`;
 }
 
-// The settings in the connected line: all of them with keepalive on; with it
-// off, only a user timeout, if one was set.
-function describeTuning(event: { keepAlive: boolean; tuning: KeepAliveSettings | null }): string {
-  if (!event.tuning) return "";
-  if (event.keepAlive) return ` (${describeKeepAlive(event.tuning)})`;
-  return event.tuning.userTimeout ? `, user timeout ${event.tuning.userTimeout / 1000} s` : "";
+// ## Small helpers, repeated in server.ts on purpose: each script stands alone
+
+/** Bad command-line input: one line, exit code 2. */
+export class UsageError extends Error {
+  /** Named, so that a stack trace (there should be none) says what it is. */
+  override name = "UsageError";
 }
 
-// Small helpers that server.ts repeats on purpose, so that each script reads
-// on its own.
-
-/** `host:port`, with IPv6 hosts in brackets. */
-function formatAddr(addr: Deno.NetAddr): string {
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
+// What someone typed, quoted for a message: control and format characters
+// (escape sequences, bidi overrides) escaped, long values cut.
+function showTyped(text: string, max = 40): string {
+  const quoted = JSON.stringify(text.slice(0, max)).replace(
+    /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
+    (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, "0")}`,
+  );
+  return text.length > max ? `${quoted.slice(0, -1)}..." (${text.length} characters)` : quoted;
 }
 
-function plural(count: number, noun: string): string {
-  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+// Strict flags over parseArgs: an unknown flag, a boolean with a value
+// (--json=0), a missing value, a flag given twice or a stray argument is a
+// UsageError, where parseArgs would guess.
+function parseFlags<S extends string, B extends string>(
+  args: string[],
+  spec: { string: S[]; boolean: B[]; negatable?: B[] },
+): { [K in S]?: string } & { [K in B | "help"]: boolean } {
+  const seen = new Set<string>();
+  const normalized: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      if (i + 1 < args.length) {
+        throw new UsageError(`unexpected argument ${showTyped(args[i + 1])}`);
+      }
+      break;
+    }
+    if (!/^--?[^-]/.test(arg) || /^-[0-9]/.test(arg)) {
+      throw new UsageError(arg ? `unexpected argument ${showTyped(arg)}` : "an empty argument");
+    }
+    const [written, inline] = arg.includes("=")
+      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+      : [arg, undefined];
+    const bare = written === "-h" ? "help" : written.replace(/^--/, "");
+    const name = bare.startsWith("no-") && spec.negatable?.includes(bare.slice(3) as B)
+      ? bare.slice(3)
+      : bare;
+    const isBoolean = name === "help" || spec.boolean.includes(name as B);
+    if (!isBoolean && !spec.string.includes(name as S)) {
+      throw new UsageError(`unknown flag ${showTyped(written)}`);
+    }
+    if (seen.has(name)) throw new UsageError(`--${name} is given twice`);
+    seen.add(name);
+    if (isBoolean && inline !== undefined) {
+      throw new UsageError(`${written} takes no value, not ${showTyped(inline)}`);
+    }
+    const value = isBoolean ? undefined : inline ?? args[++i];
+    if (!isBoolean && !value) throw new UsageError(`--${name} needs a value`);
+    normalized.push(isBoolean ? `--${bare}` : `--${name}=${value}`);
+  }
+  return parseArgs(normalized, {
+    string: spec.string,
+    boolean: [...spec.boolean, "help"],
+    negatable: spec.negatable,
+    default: Object.fromEntries((spec.negatable ?? []).map((name) => [name, true])),
+  }) as never;
 }
 
-function errorMessage(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).split("\n")[0];
+// A whole number in min..max: decimal digits only, compared exactly.
+function parseInteger(flag: string, text: string, min: number, max: number): number {
+  if (!/^[0-9]+$/.test(text) || BigInt(text) < BigInt(min) || BigInt(text) > BigInt(max)) {
+    throw new UsageError(
+      `${flag} must be an integer from ${min} to ${max}, not ${showTyped(text)}`,
+    );
+  }
+  return Number(text);
 }
+
+// An IPv6 address (brackets optional), a dotted IPv4 address, or a host name.
+function parseHostname(flag: string, text: string): string {
+  const bare = /^\[.*\]$/.test(text) ? text.slice(1, -1) : text;
+  const shown = `${flag} ${showTyped(text)}`;
+  if (text.startsWith("[") !== text.endsWith("]")) {
+    throw new UsageError(`${shown} is not an address: unmatched bracket`);
+  }
+  if (bare.includes("%")) throw new UsageError(`${shown}: zone ids (%eth0) are not supported`);
+  if (bare.includes(":")) {
+    if (/^[0-9A-Fa-f:.]+$/.test(bare) && URL.canParse(`http://[${bare}]/`)) return bare;
+    throw new UsageError(`${shown} is not an IPv6 address`);
+  }
+  if (bare !== text) throw new UsageError(`${shown}: brackets are for IPv6 addresses only`);
+  const label = "[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?";
+  if (bare.length > 253 || !new RegExp(`^${label}(\\.${label})*\\.?$`).test(bare)) {
+    throw new UsageError(`${shown} is not an address or host name`);
+  }
+  // The C library would read 0177.0.0.1 as octal and 2130706433 as 127.0.0.1.
+  const octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+  if (
+    /^([0-9]+|0x[0-9a-f]*)$/i.test(bare.replace(/\.$/, "").split(".").at(-1)!) &&
+    !new RegExp(`^${octet}(\\.${octet}){3}$`).test(bare)
+  ) {
+    throw new UsageError(
+      `${shown} is not an IPv4 address: write four numbers 0..255 without leading zeros`,
+    );
+  }
+  return bare;
+}
+
+// This command again, with permissions added: copy it, and it runs.
+function runAgainWith(permissions: string[], args: string[]): string {
+  const quote = (arg: string) =>
+    /^[\w.,:=\/+@%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+  const path = decodeURIComponent(new URL(import.meta.url).pathname);
+  const here = `${Deno.cwd()}/`;
+  const script = path.startsWith(here) ? path.slice(here.length) : path;
+  return ["deno", "run", ...permissions, script, ...args].map(quote).join(" ");
+}
+
+// Lines out without ever waiting: console.log blocks while stdout is full (a
+// paused terminal, a stalled pipe), and a server waiting there serves no one.
+// Lines queue and go out in the background, many per write; past `maxQueued`
+// they are dropped and counted, and a line says how many once the output
+// takes lines again. A closed output drops everything after it.
+function lineWriter<E>(
+  output: { write(bytes: Uint8Array): Promise<number> },
+  dropped: (lines: number) => E,
+  format: (event: E) => string,
+  maxQueued = 10_000,
+) {
+  const queue: string[] = [];
+  let lost = 0, writing = false, broken = false, idle = Promise.resolve();
+  const noteLost = () => lost && (queue.push(format(dropped(lost))), lost = 0);
+  const drain = async () => {
+    try {
+      for (; noteLost() || queue.length;) {
+        const bytes = new TextEncoder().encode(queue.splice(0, 512).join("\n") + "\n");
+        for (let sent = 0; sent < bytes.length;) sent += await output.write(bytes.subarray(sent));
+      }
+    } catch {
+      broken = true;
+      queue.length = 0;
+    }
+    writing = false;
+  };
+  const start = () => writing || broken || (writing = true, idle = drain());
+  return {
+    print(event: E) {
+      if (broken) return;
+      if (queue.length >= maxQueued) return void lost++;
+      noteLost();
+      queue.push(format(event));
+      start();
+    },
+    /** Waits until every line is out, or `timeoutMs` passes. */
+    async flush(timeoutMs: number) {
+      start();
+      let timer;
+      await Promise.race([idle, new Promise((done) => timer = setTimeout(done, timeoutMs))]);
+      clearTimeout(timer);
+    },
+  };
+}
+
+// Resolves when the user asks to quit: Enter (the C programs' getchar()),
+// Ctrl-C or SIGTERM. A closed stdin (a background job, a service) is not a
+// request to quit. The signal listeners stay, so that a second Ctrl-C while
+// the server closes down does not kill it halfway.
+function waitForQuit(): Promise<unknown> {
+  return new Promise((quit) => {
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      Deno.addSignalListener(signal, () => quit(signal));
+    }
+    (async () => {
+      const buffer = new Uint8Array(256);
+      const terminal = Deno.stdin.isTerminal();
+      for (;;) {
+        const n = await Deno.stdin.read(buffer).catch(() => undefined);
+        if (n === undefined || (n === null && !terminal)) return; // only a signal quits
+        if (n === null) await delay(100); // Ctrl-D at a terminal ends one read
+        else if (buffer.subarray(0, n).includes(0x0a)) return quit("enter");
+      }
+    })();
+  });
+}
+
+// Writes the help; stdout full (> /dev/full) is one line and exit 1.
+function writeHelp(help: string, script: string): number {
+  try {
+    const bytes = new TextEncoder().encode(help + "\n");
+    for (let sent = 0; sent < bytes.length;) sent += Deno.stdout.writeSync(bytes.subarray(sent));
+    return 0;
+  } catch (error) {
+    printError(`${script}: cannot write the help: ${errorMessage(error)}`);
+    return 1;
+  }
+}
+
+// One line on stderr, or nothing when stderr cannot be written: the exit
+// code still tells.
+function printError(line: string): void {
+  try {
+    Deno.stderr.writeSync(new TextEncoder().encode(line + "\n"));
+  } catch { /* 2> /dev/full */ }
+}
+
+const formatAddr = ({ hostname, port }: Deno.NetAddr) =>
+  hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+const onOff = (on: boolean) => on ? "on" : "off";
+const errorMessage = (error: unknown) =>
+  (error instanceof Error ? error.message : String(error)).split("\n")[0];
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const now = () => new Date().toISOString();
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
 
-// Real runs (Deno 2.9.6, Linux 6.18), against the server above, quitting
-// with Enter after a few seconds:
+// Real runs (Deno 2.9.6, Linux), against server.ts, quitting with Enter
+// after a few seconds:
 //
 //   $ deno run --allow-net client.ts
 //   2026-11-25T20:08:04.088Z connected from 127.0.0.1:33626 to 127.0.0.1:8888, keepalive off; Enter quits
 //   2026-11-25T20:08:07.213Z quitting: closing the connection (0 bytes received)
+//
+// With --watch, against `server.ts --idle 2 --interval 1 --count 3`: this
+// side's kernel answers the server's probes, every 2 s of silence (quit here
+// with SIGTERM, from a background job):
+//
+//   $ deno run --allow-net --allow-ffi client.ts --port 42615 --watch
+//   2026-12-03T06:30:05.229Z connected from 127.0.0.1:46676 to 127.0.0.1:42615, keepalive off; SIGTERM quits
+//   2026-12-03T06:30:07.247Z probed by the peer; our kernel answered (in the 0.20 s before it was seen)
+//   2026-12-03T06:30:09.261Z probed by the peer; our kernel answered (in the 0.20 s before it was seen)
+//   2026-12-03T06:30:10.694Z quitting: closing the connection (0 bytes received)
+//
+// Copied alone (only @std/cli mapped), the flags that need the package say
+// what to add, and exit 1:
+//
+//   $ deno run --allow-net --allow-ffi client.ts --idle 2
+//   client.ts: --idle needs the kit's package @kakit/keepalive: copy its keepalive/ folder beside this script and add "workspace": ["./keepalive"] to your deno.json (docs/copying.md) (Import "@kakit/keepalive" not a dependency and not in import map from "file:///tmp/tmp.qG8Cl41eaK/client.ts")
+//   $ deno run --allow-net client.ts --count 3 --watch
+//   client.ts: --count and --watch need the --allow-ffi permission: deno run --allow-net --allow-ffi client.ts --count 3 --watch
 //
 // Against a port whose SYNs are dropped (a full backlog here; a firewall or a
 // vanished host elsewhere), without --connect-timeout the kernel would retry

@@ -674,8 +674,8 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   // before any client connects, not after.
   if (needs.length > 0 && Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
     stderr(
-      `server.ts: ${needs.join(", ")} ${needs.length > 1 ? "need" : "needs"} the ` +
-        `--allow-ffi permission: ${runAgainWith(["--allow-net", "--allow-ffi"], args)}`,
+      `server.ts: ${need(needs)} the --allow-ffi permission: ` +
+        runAgainWith(["--allow-net", "--allow-ffi"], args),
     );
     return 1;
   }
@@ -684,7 +684,7 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
     try {
       ka = await loadPackage();
     } catch (error) {
-      stderr(`server.ts: ${needs.join(", ")} ${MISSING_PACKAGE} (${errorMessage(error)})`);
+      stderr(`server.ts: ${need(needs)} ${MISSING_PACKAGE} (${errorMessage(error)})`);
       return 1;
     }
   }
@@ -738,8 +738,15 @@ async function loadPackage(): Promise<Keepalive> {
   return Object.assign({}, ...parts);
 }
 
-const MISSING_PACKAGE = "needs the kit's package @kakit/keepalive: copy its keepalive/ folder " +
-  `beside this script and add "workspace": ["./keepalive"] to your deno.json (docs/copying.md)`;
+// "--idle needs", "--idle and --watch need", "--idle, --count and --watch need".
+function need(flags: string[]): string {
+  return flags.length > 1
+    ? `${flags.slice(0, -1).join(", ")} and ${flags.at(-1)} need`
+    : `${flags[0]} needs`;
+}
+
+const MISSING_PACKAGE = "the kit's package @kakit/keepalive: copy its keepalive/ folder beside " +
+  `this script and add "workspace": ["./keepalive"] to your deno.json (docs/copying.md)`;
 
 function describeListenError(error: unknown, options: ServerOptions, args: string[]): string {
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });

@@ -31,14 +31,14 @@
  * - https://docs.deno.com/api/deno/~/Deno.writeTextFile
  * - https://docs.deno.com/api/deno/~/Deno.errors
  *
- * Copying this file into your project? Copy `cli.ts` (strict flags, and
- * what you typed shown back safely) beside it and map `@std/cli` in your
- * `deno.json` (the README's "Copying a file into your project" has the
- * lines). It needs `-A`, nothing else.
+ * This file runs on its own (copy it; map `@std/cli` in your deno.json),
+ * with `-A` and nothing else. The small helpers at the end (strict flags,
+ * what you typed shown back safely, one line on stderr) repeat server.ts's
+ * on purpose, so that each file stands alone.
  *
  * @module
  */
-import { parseFlags, printError, shellQuote, showTyped, UsageError, writeText } from "./cli.ts";
+import { parseArgs } from "@std/cli/parse-args";
 
 /** The three keepalive sysctls, in the order procps would list them for this script. */
 export const KEEPALIVE_SYSCTLS = [
@@ -239,7 +239,7 @@ export function parseAssignment(text: string): { key: KeepaliveSysctl; value: nu
  * {@linkcode SysctlError}.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { readKeepaliveSysctls } from "./sysctl.ts";
  * await readKeepaliveSysctls(["time"]); // { "net.ipv4.tcp_keepalive_time": 7200 }
  * ```
@@ -282,11 +282,18 @@ export async function readKeepaliveSysctls(
  * restore failed.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { writeKeepaliveSysctls } from "./sysctl.ts";
- * const { previous } = await writeKeepaliveSysctls({ time: 1, intvl: 1 });
- * // ... watch the probes ...
- * await writeKeepaliveSysctls(previous);
+ * // Called as root, inside a network namespace of its own (`ip netns exec`,
+ * // `unshare -n`): the values belong to the namespace, the host keeps its own.
+ * async function withFastProbes(experiment: () => Promise<void>) {
+ *   const { previous } = await writeKeepaliveSysctls({ time: 1, intvl: 1 });
+ *   try {
+ *     await experiment(); // ... watch the probes ...
+ *   } finally {
+ *     await writeKeepaliveSysctls(previous);
+ *   }
+ * }
  * ```
  */
 export async function writeKeepaliveSysctls(
@@ -316,7 +323,7 @@ export async function writeKeepaliveSysctls(
         } catch (restoreError) {
           restoreFailed = true;
           details.push(
-            `could not restore ${done} to ${previous[done]}: ${firstLine(restoreError)}`,
+            `could not restore ${done} to ${previous[done]}: ${errorMessage(restoreError)}`,
           );
         }
       }
@@ -361,7 +368,7 @@ function describeFileError(
   if (error instanceof Deno.errors.NotFound) {
     return new SysctlError(`${path} not found: these sysctls exist only on Linux`, 1);
   }
-  if (code === "EROFS" || /Read-only file system/.test(firstLine(error))) {
+  if (code === "EROFS" || /Read-only file system/.test(errorMessage(error))) {
     return new SysctlError(
       `cannot ${operation} ${key}: /proc/sys is read-only here, probably a container ` +
         `(set it on the host, or with docker run --sysctl ${key}=...)`,
@@ -374,7 +381,7 @@ function describeFileError(
     }
     return new SysctlError(
       `permission denied to ${operation} ${path}${isRoot() ? " even as root" : ""}: ` +
-        firstLine(error),
+        errorMessage(error),
       1,
     );
   }
@@ -386,7 +393,7 @@ function describeFileError(
       2,
     );
   }
-  return new SysctlError(`cannot ${operation} ${path}: ${firstLine(error)}`, 1);
+  return new SysctlError(`cannot ${operation} ${path}: ${errorMessage(error)}`, 1);
 }
 
 function isRoot(): boolean {
@@ -395,10 +402,6 @@ function isRoot(): boolean {
   } catch {
     return false;
   }
-}
-
-function firstLine(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).split("\n")[0];
 }
 
 // ## Printing
@@ -428,7 +431,7 @@ export function formatSysctls(values: Record<string, number>, json: boolean): st
  * failure, 2 on misuse. Errors are printed as one line on stderr.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { main } from "./sysctl.ts";
  * await main(["--json", "time"]); // prints {"net.ipv4.tcp_keepalive_time":7200}, returns 0
  * ```
@@ -439,7 +442,7 @@ export async function main(args: string[]): Promise<number> {
   } catch (error) {
     // printError never throws: with stderr full too, the exit code still tells.
     if (!(error instanceof SysctlError)) {
-      printError(`sysctl.ts: ${firstLine(error)}`);
+      printError(`sysctl.ts: ${errorMessage(error)}`);
       return 1;
     }
     printError(`sysctl.ts: ${error.message}${hintFor(error, args)}`);
@@ -484,18 +487,32 @@ async function runCommand(args: string[]): Promise<number> {
 // Prints `text`; when stdout refuses it (`> /dev/full`), one line on stderr
 // and exit 1, never a stack trace.
 function print(text: string, what: string): number {
-  const failed = writeText(text);
-  if (failed === null) return 0;
-  printError(`sysctl.ts: cannot print ${what}: ${failed}`);
-  return 1;
+  try {
+    const bytes = new TextEncoder().encode(text + "\n");
+    for (let sent = 0; sent < bytes.length;) {
+      const n = Deno.stdout.writeSync(bytes.subarray(sent));
+      if (n <= 0) throw new Error("the output took no bytes");
+      sent += n;
+    }
+    return 0;
+  } catch (error) {
+    printError(`sysctl.ts: cannot print ${what}: ${errorMessage(error)}`);
+    return 1;
+  }
 }
 
-// The same strict flags as the other scripts (cli.ts): --json=0 is a
-// mistake, not "no"; a flag given twice is a mistake. KEY and KEY=VALUE are
-// the arguments that are not flags, kept as typed (time=007 stays a string).
+// The same strict flags as server.ts and client.ts: --json=0 is a mistake,
+// not "no"; a flag given twice is a mistake. KEY and KEY=VALUE are the
+// arguments that do not start with "-", kept as typed (time=007 stays a
+// string); after "--" there may be nothing.
 function parseCommandFlags(args: string[]): { json: boolean; help: boolean; _: string[] } {
+  const operand = (arg: string) => /^[^-]/.test(arg);
   try {
-    return parseFlags(args, { string: [], boolean: ["json"], positionals: true });
+    const flags = parseFlags(args.filter((arg) => !operand(arg)), {
+      string: [],
+      boolean: ["json"],
+    });
+    return { ...flags, _: args.filter(operand) };
   } catch (error) {
     if (error instanceof UsageError) throw new SysctlError(error.message, 2, "help");
     throw error;
@@ -504,8 +521,7 @@ function parseCommandFlags(args: string[]): { json: boolean; help: boolean; _: s
 
 /** The command line that would work, after a failure that has one. */
 function hintFor(error: SysctlError, args: string[]): string {
-  const script = ownPath();
-  const command = ["deno", "run", "-A", script, ...args.map(shellQuote)].join(" ");
+  const command = runAgainWith(["-A"], args);
   const writing = args.some((arg) => arg.includes("=") && !arg.startsWith("-"));
   // sudo does not search the user's PATH (a deno installed in the home
   // directory, or one from npx, is not found), so a command for sudo names
@@ -515,8 +531,7 @@ function hintFor(error: SysctlError, args: string[]): string {
   const namespace = namespaceName();
   const inNamespace = namespace === null ? [] : ["ip", "netns", "exec", shellQuote(namespace)];
   const sudo = () =>
-    ["sudo", ...inNamespace, shellQuote(Deno.execPath()), "run", "-A", script]
-      .concat(args.map(shellQuote)).join(" ");
+    ["sudo", ...inNamespace, shellQuote(Deno.execPath()), command.slice("deno ".length)].join(" ");
   switch (error.hint) {
     case "help":
       return " (see --help)";
@@ -543,12 +558,97 @@ function namespaceName(): string | null {
   return null;
 }
 
-// This script's path as typed from the current directory (sudo keeps it).
-function ownPath(): string {
+// One word for a POSIX shell: as it is when it is safe, in single quotes otherwise.
+function shellQuote(arg: string): string {
+  return /^[\w.,:=\/+@%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+}
+
+// ## Small helpers, repeated in server.ts and client.ts on purpose: each script stands alone
+
+/** Bad command-line input: one line, exit code 2. */
+class UsageError extends Error {
+  /** Named, so that a stack trace (there should be none) says what it is. */
+  override name = "UsageError";
+}
+
+// What someone typed, quoted for a message: control and format characters
+// (escape sequences, bidi overrides) escaped, long values cut.
+function showTyped(text: string, max = 40): string {
+  const quoted = JSON.stringify(text.slice(0, max)).replace(
+    /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
+    (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, "0")}`,
+  );
+  return text.length > max ? `${quoted.slice(0, -1)}..." (${text.length} characters)` : quoted;
+}
+
+// Strict flags over parseArgs: an unknown flag, a boolean with a value
+// (--json=0), a missing value, a flag given twice or a stray argument is a
+// UsageError, where parseArgs would guess.
+function parseFlags<S extends string, B extends string>(
+  args: string[],
+  spec: { string: S[]; boolean: B[]; negatable?: B[] },
+): { [K in S]?: string } & { [K in B | "help"]: boolean } {
+  const seen = new Set<string>();
+  const normalized: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      if (i + 1 < args.length) {
+        throw new UsageError(`unexpected argument ${showTyped(args[i + 1])}`);
+      }
+      break;
+    }
+    if (!/^--?[^-]/.test(arg) || /^-[0-9]/.test(arg)) {
+      throw new UsageError(arg ? `unexpected argument ${showTyped(arg)}` : "an empty argument");
+    }
+    const [written, inline] = arg.includes("=")
+      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+      : [arg, undefined];
+    const bare = written === "-h" ? "help" : written.replace(/^--/, "");
+    const name = bare.startsWith("no-") && spec.negatable?.includes(bare.slice(3) as B)
+      ? bare.slice(3)
+      : bare;
+    const isBoolean = name === "help" || spec.boolean.includes(name as B);
+    if (!isBoolean && !spec.string.includes(name as S)) {
+      throw new UsageError(`unknown flag ${showTyped(written)}`);
+    }
+    if (seen.has(name)) throw new UsageError(`--${name} is given twice`);
+    seen.add(name);
+    if (isBoolean && inline !== undefined) {
+      throw new UsageError(`${written} takes no value, not ${showTyped(inline)}`);
+    }
+    const value = isBoolean ? undefined : inline ?? args[++i];
+    if (!isBoolean && !value) throw new UsageError(`--${name} needs a value`);
+    normalized.push(isBoolean ? `--${bare}` : `--${name}=${value}`);
+  }
+  return parseArgs(normalized, {
+    string: spec.string,
+    boolean: [...spec.boolean, "help"],
+    negatable: spec.negatable,
+    default: Object.fromEntries((spec.negatable ?? []).map((name) => [name, true])),
+  }) as never;
+}
+
+// This command again, with permissions added: copy it, and it runs.
+function runAgainWith(permissions: string[], args: string[]): string {
+  const quote = (arg: string) =>
+    /^[\w.,:=\/+@%-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
   const path = decodeURIComponent(new URL(import.meta.url).pathname);
   const here = `${Deno.cwd()}/`;
-  return shellQuote(path.startsWith(here) ? path.slice(here.length) : path);
+  const script = path.startsWith(here) ? path.slice(here.length) : path;
+  return ["deno", "run", ...permissions, script, ...args].map(quote).join(" ");
 }
+
+// One line on stderr, or nothing when stderr cannot be written: the exit
+// code still tells.
+function printError(line: string): void {
+  try {
+    Deno.stderr.writeSync(new TextEncoder().encode(line + "\n"));
+  } catch { /* 2> /dev/full */ }
+}
+
+const errorMessage = (error: unknown) =>
+  (error instanceof Error ? error.message : String(error)).split("\n")[0];
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
 

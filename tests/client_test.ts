@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
 import net from "node:net";
 import { main, parseClientArgs, UsageError } from "../client.ts";
-import { findTcpSocket, readTcpSockets } from "../proc_net.ts";
+import { findTcpSocket, readTcpSockets } from "@kakit/keepalive/proc-net";
 import { delay, netnsTest, run, runOk, spawnScript, withNetns, withOwnMounts } from "./_helpers.ts";
 
 // --- Flags -----------------------------------------------------------------
@@ -557,4 +557,56 @@ Deno.test("client --user-timeout alone: the kernel holds TCP_USER_TIMEOUT and no
   assertEquals([tuning.enabled, tuning.userTimeout], [false, 4_000]);
   const clientSide = findTcpSocket(await readTcpSockets(), accepted.remoteAddr, accepted.localAddr);
   assertEquals(clientSide?.timer, "none");
+});
+
+// --- What the package adds (loaded on demand) -----------------------------------
+
+Deno.test("client --idle --interval --count load the package: the kernel holds the times, and the connected line says them", async () => {
+  using listener = listen();
+  await using client = spawnScript("client.ts", [
+    "--port",
+    String(listener.port),
+    "--idle",
+    "2",
+    "--interval",
+    "1",
+    "--count",
+    "3",
+  ], { permissions: ["--allow-net", "--allow-ffi"] });
+  using accepted = await listener.accept();
+  const line = await client.waitForLine((line) => line.includes("connected from"));
+  assert(
+    line.endsWith(
+      "keepalive on (idle 2 s, interval 1 s, 3 probes, user timeout off); SIGTERM quits",
+    ),
+    line,
+  );
+  const clientSide = findTcpSocket(await readTcpSockets(), accepted.remoteAddr, accepted.localAddr);
+  assertEquals(clientSide?.timer, "keepalive");
+  assert(clientSide!.timerSeconds <= 2, `first probe in ${clientSide!.timerSeconds} s, not 2`);
+});
+
+Deno.test("client --watch loads the package and reports the server's probes, stamped when they were seen", async () => {
+  await using server = spawnScript("server.ts", [
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--idle",
+    "1",
+    "--interval",
+    "1",
+    "--json",
+  ], { permissions: ["--allow-net", "--allow-ffi"] });
+  const { address } = await server.waitForEvent("listening");
+  const port = String(address).split(":").at(-1)!;
+  await using client = spawnScript("client.ts", ["--port", port, "--watch"], {
+    permissions: ["--allow-net", "--allow-ffi"],
+  });
+  const connected = await client.waitForLine((line) => line.includes("connected from"));
+  // The kernel answers the server's probes; --watch sees them in TCP_INFO.
+  const probe = await client.waitForLine((line) => line.includes("probed by the peer"));
+  assertMatch(probe, /^\S+Z probed by the peer; our kernel answered \(in the \d+\.\d\d s before/);
+  const [connectedAt, probedAt] = [connected, probe].map((line) => Date.parse(line.split(" ")[0]));
+  assert(probedAt >= connectedAt, `a probe stamped before the connection: ${probe}`);
 });

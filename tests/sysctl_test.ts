@@ -42,19 +42,29 @@ function sysctlOnHost(permissions: string[], ...args: string[]): Promise<Command
   return run([Deno.execPath(), "run", ...permissions, "sysctl.ts", ...args]);
 }
 
-/** Calls main() in this process and collects what it prints. */
+/**
+ * Calls main() in this process and collects what it writes to stdout and
+ * stderr (it writes with writeSync, never through console), without the
+ * last newline of each.
+ */
 async function mainOutput(args: string[]): Promise<CommandResult> {
-  const stdout: string[] = [];
-  const stderr: string[] = [];
-  const { log, error } = console;
-  console.log = (...parts: unknown[]) => stdout.push(parts.join(" "));
-  console.error = (...parts: unknown[]) => stderr.push(parts.join(" "));
+  const written = { stdout: "", stderr: "" };
+  const decoder = new TextDecoder();
+  const restore = (["stdout", "stderr"] as const).map((name) => {
+    const stream = Deno[name];
+    const { writeSync } = stream;
+    stream.writeSync = (bytes: Uint8Array) => {
+      written[name] += decoder.decode(bytes);
+      return bytes.length;
+    };
+    return () => stream.writeSync = writeSync;
+  });
   try {
     const code = await main(args);
-    return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+    const trim = (text: string) => text.replace(/\n$/, "");
+    return { code, stdout: trim(written.stdout), stderr: trim(written.stderr) };
   } finally {
-    console.log = log;
-    console.error = error;
+    for (const undo of restore) undo();
   }
 }
 
@@ -396,8 +406,8 @@ netnsTest(
     assertSysctlsUnchanged(async () => {
       // The user `nobody` may not be able to read root's Deno cache or this
       // checkout (a clone in a private temporary directory), so it gets a copy
-      // of the script, its config and the npm packages of the lockfile (Deno
-      // installs all of them before it runs anything that needs one).
+      // of the script alone, a deno.json that maps only @std/cli (as someone
+      // who copied it would write), and the npm packages of root's cache.
       const denoDir = JSON.parse(await runOk([Deno.execPath(), "info", "--json"]))
         .denoDir as string;
       const npmPackages = `${denoDir}/npm/registry.npmjs.org`;
@@ -407,9 +417,12 @@ netnsTest(
         await Deno.mkdir(`${nobodyDenoDir}/npm`, { recursive: true });
         await runOk(["cp", "-r", npmPackages, `${nobodyDenoDir}/npm/`]);
         await Deno.mkdir(kit);
-        for (const file of ["sysctl.ts", "cli.ts", "deno.json", "deno.lock"]) {
-          await Deno.copyFile(`${ROOT_DIR}${file}`, `${kit}/${file}`);
-        }
+        await Deno.copyFile(`${ROOT_DIR}sysctl.ts`, `${kit}/sysctl.ts`);
+        const { imports } = JSON.parse(await Deno.readTextFile(`${ROOT_DIR}deno.json`));
+        await Deno.writeTextFile(
+          `${kit}/deno.json`,
+          JSON.stringify({ imports: { "@std/cli/parse-args": imports["@std/cli/parse-args"] } }),
+        );
         await runOk(["chown", "-R", "65534:65534", nobodyDenoDir]);
         await withNetns(async (ns) => {
           const before = await keepaliveSysctls(ns);

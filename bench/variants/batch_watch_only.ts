@@ -18,7 +18,7 @@
  *
  * @module
  */
-import { parseFlags, parseHostname, parseInteger } from "../../cli.ts";
+import { parseFlags, parseHostname, parseInteger } from "../../tools/cli.ts";
 import { getKeepAlive, setKeepAlive, watchKeepAliveAll } from "@kakit/keepalive";
 
 // The kit's strict flags; anything wrong is one line and exit code 2.
