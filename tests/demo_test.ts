@@ -57,7 +57,7 @@ Deno.test("the demo without --allow-all exits 1 and says to run it with -A", asy
   const demo = spawnScript("tools/demo.ts", [], { permissions: ["--allow-net", "--allow-run"] });
   const { code, stderr } = await demo.finish();
   assertEquals(code, 1);
-  assertMatch(stderr.trim(), /^demo\.ts: .*--allow-all.*run: deno run -A demo\.ts$/);
+  assertMatch(stderr.trim(), /^demo\.ts: .*--allow-all.*run: deno run -A tools\/demo\.ts$/);
 });
 
 Deno.test("demo --help prints help and exits 0 without running the demo; other arguments are misuse", async () => {
@@ -65,7 +65,7 @@ Deno.test("demo --help prints help and exits 0 without running the demo; other a
   for (const flag of ["--help", "-h"]) {
     const help = await run([Deno.execPath(), "run", "-A", "tools/demo.ts", flag]);
     assertEquals([help.code, help.stderr], [0, ""]);
-    assertMatch(help.stdout, /^Usage: deno run -A demo\.ts/);
+    assertMatch(help.stdout, /^Usage: deno run -A tools\/demo\.ts/);
     assert(!help.stdout.includes("Starting server.ts"), help.stdout);
   }
   assert(performance.now() - start < 5_000, "--help ran the demo");
