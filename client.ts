@@ -293,7 +293,7 @@ Exit codes: 0 when you quit or the server closed the connection cleanly,
 1 when the connection was lost (reset, timed out) or could not be made, or
 a permission or the package is missing, 2 for bad flags.`;
 
-// The per-connection flags: each stands in for a sysctl, in its units, within
+// (Repeated in server.ts on purpose.) The per-connection flags: each stands in for a sysctl, in its units, within
 // the kernel's per-socket limits; the package takes milliseconds.
 const TUNING = {
   idle: { option: "time", min: 1, max: 32767, ms: 1000 },
@@ -434,6 +434,8 @@ function describe(e: ClientEventBody, how: { enterQuits: boolean; ka?: Words | n
     case "output-dropped":
       return `${e.lines} lines of output dropped: stdout was not being read`;
   }
+  // Unreachable with the package's types; copied alone, the checker cannot know.
+  return "";
 }
 
 // The settings in the connected line: all of them with keepalive on; with it
@@ -532,8 +534,8 @@ async function loadPackage(): Promise<Keepalive> {
   return Object.assign({}, ...parts);
 }
 
-const MISSING_PACKAGE = "the kit's package @kakit/keepalive: copy its keepalive/ folder beside " +
-  `this script and add "workspace": ["./keepalive"] to your deno.json (docs/copying.md)`;
+const MISSING_PACKAGE = "the kit's package @kakit/keepalive: copy the kit's keepalive/ folder " +
+  `beside this script and add "@kakit/keepalive": "./keepalive/mod.ts" to "imports" in deno.json`;
 
 async function connectAndHold(
   options: ClientOptions,

@@ -207,7 +207,7 @@ async function readUntilEnd(
   }
 }
 
-// Deno's error classes, as the C library names them.
+// Deno's error classes, as the C library names them (repeated in client.ts on purpose).
 function errorCode(error: unknown): string {
   if (error instanceof Deno.errors.ConnectionReset) return "ECONNRESET";
   if (error instanceof Deno.errors.BrokenPipe) return "ECONNRESET";
@@ -352,14 +352,19 @@ function tuneListener(ka: Keepalive, listener: Deno.TcpListener, o: ServerOption
     const settings = ka.getKeepAlive(listener);
     const { hostname, port } = listener.addr;
     const watcher = o.watch
-      ? ka.watchKeepAliveAll({ hostname, port }, (probe, remote) =>
-        books.emit(
-          { event: "probe", peer: formatAddr(remote), ...probe },
-          Date.now() - probe.agoMs,
-        ), {
-        limits: settings,
-        onError: (error) => books.emit({ event: "watch-error", message: errorMessage(error) }),
-      })
+      ? ka.watchKeepAliveAll(
+        { hostname, port },
+        (probe: ProbeEvent, remote: Deno.NetAddr) =>
+          books.emit(
+            { event: "probe", peer: formatAddr(remote), ...probe },
+            Date.now() - probe.agoMs,
+          ),
+        {
+          limits: settings,
+          onError: (error: unknown) =>
+            books.emit({ event: "watch-error", message: errorMessage(error) }),
+        },
+      )
       : undefined;
     return { settings, watcher };
   } catch (error) {
@@ -443,7 +448,7 @@ With the kit's package @kakit/keepalive (loaded only for these; --allow-ffi, Lin
 Exit codes: 0 after a quit (Enter, Ctrl-C, SIGTERM), 1 when it cannot listen,
 a permission or the package is missing, 2 for bad flags.`;
 
-// The per-connection flags: each stands in for a sysctl, in its units, within
+// (Repeated in client.ts on purpose.) The per-connection flags: each stands in for a sysctl, in its units, within
 // the kernel's per-socket limits; the package takes milliseconds.
 const TUNING = {
   idle: { option: "time", min: 1, max: 32767, ms: 1000 },
@@ -745,8 +750,8 @@ function need(flags: string[]): string {
     : `${flags[0]} needs`;
 }
 
-const MISSING_PACKAGE = "the kit's package @kakit/keepalive: copy its keepalive/ folder beside " +
-  `this script and add "workspace": ["./keepalive"] to your deno.json (docs/copying.md)`;
+const MISSING_PACKAGE = "the kit's package @kakit/keepalive: copy the kit's keepalive/ folder " +
+  `beside this script and add "@kakit/keepalive": "./keepalive/mod.ts" to "imports" in deno.json`;
 
 function describeListenError(error: unknown, options: ServerOptions, args: string[]): string {
   const where = formatAddr({ transport: "tcp", hostname: options.hostname, port: options.port });

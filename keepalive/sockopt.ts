@@ -161,7 +161,8 @@ export function keepAliveGaveUp(
   if (error instanceof Deno.errors.TimedOut) return "ETIMEDOUT";
   if (error instanceof Deno.errors.NetworkUnreachable) return "ENETUNREACH";
   const code = (error as { code?: unknown } | null)?.code;
-  return code === "ENETUNREACH" || code === "EHOSTUNREACH" ? code : null;
+  // node:net sockets (the drivers') carry the C library's name in `code`.
+  return code === "ETIMEDOUT" || code === "ENETUNREACH" || code === "EHOSTUNREACH" ? code : null;
 }
 
 // --- One setter per option ---------------------------------------------------

@@ -2,7 +2,7 @@
  * # Scenario `dead-peer`: the client vanishes
  *
  * This time the server tunes keepalive per socket (`server.ts --idle
- * --interval --count`, through `keepalive.ts`), not with sysctls, so both
+ * --interval --count`, through the package `@kakit/keepalive`), not with sysctls, so both
  * ways of setting it are exercised. After two answered probes the client's
  * end of the cable is cut: no FIN, no RST, nothing, as when a laptop closes
  * its lid or a VM is destroyed. The server goes on probing into the void;
@@ -194,7 +194,7 @@ function judge(settings: DeadPeerSettings, seen: DeadPeerObservation): ScenarioR
       idleSeconds: settings.time,
       intervalSeconds: settings.intvl,
       count: settings.probes,
-      setBy: "server.ts flags (keepalive.ts)",
+      setBy: "server.ts flags (@kakit/keepalive)",
     },
     expected: {
       unansweredProbes: settings.probes,

@@ -37,6 +37,18 @@ for (const script of SCRIPTS) {
   });
 }
 
+for (const script of SCRIPTS) {
+  Deno.test(`${script} copied alone type-checks (deno check)`, async () => {
+    const dir = await copyAlone(script);
+    try {
+      const { code, stderr } = await run([Deno.execPath(), "check", script], { cwd: dir });
+      assertEquals(code, 0, stderr);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
 async function listeningPort(server: ScriptProcess): Promise<number> {
   const listening = await server.waitForEvent("listening");
   return Number(String(listening.address).match(/:(\d+)$/)![1]);
@@ -91,7 +103,7 @@ for (
     ["client.ts", ["--watch"]],
   ] as const
 ) {
-  Deno.test(`${script} copied alone: ${args.at(-2)} ${args.at(-1)} says in one line what to add, exit 1`, async () => {
+  Deno.test(`${script} copied alone: ${args.join(" ")} says in one line what to add, exit 1`, async () => {
     const dir = await copyAlone(script);
     try {
       const { code, stdout, stderr } = await spawnScript(script, [...args], {
@@ -103,7 +115,7 @@ for (
       assertEquals(stderr.trim().split("\n").length, 1, stderr);
       assertMatch(
         stderr,
-        /^\S+\.ts: .*needs the kit's package @kakit\/keepalive: copy its keepalive\/ folder/,
+        /^\S+\.ts: .*needs the kit's package @kakit\/keepalive: copy the kit's keepalive\/ folder beside this script and add "@kakit\/keepalive": "\.\/keepalive\/mod\.ts" to "imports"/,
       );
     } finally {
       await Deno.remove(dir, { recursive: true });

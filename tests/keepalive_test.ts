@@ -303,3 +303,15 @@ Deno.test("keepAliveGaveUp tells keepalive's verdicts from other read errors", (
   assertEquals(keepAliveGaveUp(new Deno.errors.ConnectionReset("reset")), null);
   assertEquals(keepAliveGaveUp("ETIMEDOUT"), null);
 });
+
+Deno.test("keepAliveGaveUp knows a node:net socket's timeout (the drivers' sockets), not only Deno's", () => {
+  // What node:net's 'error' event carries when the kernel gave up on the
+  // probes: an Error whose code is the C library's name, not Deno's class.
+  const nodeError = Object.assign(new Error("read ETIMEDOUT"), {
+    code: "ETIMEDOUT",
+    syscall: "read",
+  });
+  assertEquals(keepAliveGaveUp(nodeError), "ETIMEDOUT");
+  assertEquals(keepAliveGaveUp(new Deno.errors.TimedOut("x")), "ETIMEDOUT");
+  assertEquals(keepAliveGaveUp(Object.assign(new Error("x"), { code: "ECONNRESET" })), null);
+});

@@ -127,7 +127,7 @@ Deno.test("plan: how to apply it, with each tool's numbers in its own units", ()
     "--idle 30 --interval 10 --count 3 --user-timeout 60",
   );
   assertEquals(
-    apply["keepalive.ts"],
+    apply["@kakit/keepalive"],
     "setKeepAlive(conn, { time: 30_000, interval: 10_000, retries: 3, userTimeout: 60_000 })",
   );
   assertStringIncludes(apply["Node >= 26.4"], "initialDelay: 30000, interval: 10000, count: 3");

@@ -1,15 +1,15 @@
 /**
  * # Which keepalive settings? A planner
  *
- * @run deno run plan.ts --middlebox aws-nat-gateway --detect-within 60
- * @run deno run plan.ts --middlebox-timeout 350 [--detect-within 60] [--json]
+ * @run deno run tools/plan.ts --middlebox aws-nat-gateway --detect-within 60
+ * @run deno run tools/plan.ts --middlebox-timeout 350 [--detect-within 60] [--json]
  *
  * Two questions decide keepalive's settings: how long may a connection stay
  * silent before something on the path forgets it (a NAT gateway, a load
  * balancer, a firewall's connection table), and how soon must a dead peer
  * be noticed. This script turns the answers into the four numbers the
  * kernel takes, says what they cost, and prints how to apply them with the
- * kit's scripts, `keepalive.ts`, Node and Go.
+ * kit's scripts, the package `@kakit/keepalive`, Node and Go.
  *
  * The rules, each one short:
  *
@@ -38,8 +38,8 @@
  *
  * It needs no permission: it only computes and prints.
  *
- * Copying this file into your project? Copy `cli.ts` and `keepalive.ts`
- * (for the kernel's limits) beside it and map `@std/cli` in your `deno.json`.
+ * It is a tool of the kit (it uses `tools/cli.ts` and the package's limits),
+ * not a file to copy: the plan it prints is what goes into your project.
  *
  * @module
  */
@@ -185,7 +185,7 @@ export function applyPlan(plan: Plan): Record<string, string> {
   return {
     "server.ts / client.ts":
       `--idle ${idle} --interval ${interval} --count ${count} --user-timeout ${user}`,
-    "keepalive.ts": `setKeepAlive(conn, ${options})`,
+    "@kakit/keepalive": `setKeepAlive(conn, ${options})`,
     "fetch, npm drivers": `setKeepAliveAll(${options}, { hostname, port })`,
     "Node >= 26.4": `socket.setKeepAlive({ enable: true, initialDelay: ${idle * 1000}, ` +
       `interval: ${interval * 1000}, count: ${count} }); no user timeout in Node itself`,
@@ -286,7 +286,7 @@ const TIMEOUT_RANGE = { min: 3, max: 31_536_000 } as const;
 const DEADLINE_RANGE = { min: 2, max: 1_000_000 } as const;
 
 /** The `--help` text. */
-export const HELP = `Usage: deno run plan.ts [--middlebox-timeout SECONDS | --middlebox NAME]
+export const HELP = `Usage: deno run tools/plan.ts [--middlebox-timeout SECONDS | --middlebox NAME]
                     [--detect-within SECONDS] [--json]
 
 Picks TCP keepalive settings (idle, interval, count, user timeout) that keep
