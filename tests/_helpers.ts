@@ -21,10 +21,52 @@ export const SERVER_ENGINE = Deno.env.get("KAKIT_SERVER_ENGINE") === "epoll" ? "
 /** The repository's root directory, where the scripts and deno.json live. */
 export const ROOT_DIR = `${import.meta.dirname}/../`;
 
+/**
+ * One line of /proc/self/uid_map or gid_map: `count` ids from `inside` in
+ * this process's user namespace are the ids from `outside` in its parent's.
+ */
+export interface IdRange {
+  inside: number;
+  outside: number;
+  count: number;
+}
+
+/**
+ * This process's user namespace's map of user (or group) ids. The machine's
+ * own namespace maps every id to itself (one range of 4294967295); a user
+ * namespace an ordinary user made (`unshare -r`, as `deno task test` does,
+ * see tests/run.ts) maps only that user, to uid 0.
+ */
+export function idMap(kind: "uid" | "gid" = "uid"): IdRange[] {
+  return Deno.readTextFileSync(`/proc/self/${kind}_map`).trim().split("\n").map((line) => {
+    const [inside, outside, count] = line.trim().split(/\s+/).map(Number);
+    return { inside, outside, count };
+  });
+}
+
+/**
+ * Why this process cannot become user `uid` (`setpriv --reuid`), or null
+ * when it can: it takes root, and `uid` must exist in this user namespace.
+ * In `deno task test`'s sandbox only uid 0 does.
+ */
+export function otherUserUnavailableReason(uid: number): string | null {
+  if (Deno.build.os !== "linux") return "setpriv is Linux only";
+  if (Deno.uid() !== 0) return `becoming uid ${uid} (setpriv) needs root`;
+  if (!idMap().some((r) => uid >= r.inside && uid - r.inside < r.count)) {
+    return `uid ${uid} does not exist in this user namespace (only uid 0 does in the sandbox of ` +
+      "deno task test, unshare -r): becoming it needs real root";
+  }
+  return null;
+}
+
 /** Why tests that need network namespaces cannot run here, or null when they can. */
 export function netnsUnavailableReason(): string | null {
   if (Deno.build.os !== "linux") return "network namespaces are Linux only";
-  if (Deno.uid() !== 0) return "creating network namespaces needs root";
+  // uid 0 of a user namespace counts: there, it may make network namespaces.
+  if (Deno.uid() !== 0) {
+    return "creating network namespaces needs root or a user namespace " +
+      "(deno task test makes one where the system allows it)";
+  }
   try {
     const { success } = new Deno.Command("ip", { args: ["-V"], stdout: "null", stderr: "null" })
       .outputSync();
@@ -44,7 +86,25 @@ export function netnsUnavailableReason(): string | null {
   } catch {
     return "the `unshare` command (Debian package util-linux) is missing";
   }
-  return null;
+  return netnsDirUnavailableReason();
+}
+
+// `ip netns add` writes in /run/netns (making it in /run first). In a user
+// namespace the host's /run is not uid 0's (its owner shows as 65534), so
+// the sandbox of `deno task test` mounts a /run/netns of its own.
+function netnsDirUnavailableReason(): string | null {
+  for (const dir of ["/run/netns", "/run"]) {
+    let owner: number | null;
+    try {
+      owner = Deno.statSync(dir).uid;
+    } catch {
+      continue; // no /run/netns yet: `ip netns add` makes it in /run
+    }
+    if (owner === 0) return null;
+    return `${dir} is not uid 0's here, so \`ip netns add\` cannot work (a user namespace ` +
+      "without a /run/netns of its own? deno task test gives it one)";
+  }
+  return "there is no /run for `ip netns add` to keep its namespaces in";
 }
 
 /**

@@ -387,6 +387,8 @@ requiringTest(
       assertEquals(help.stderr.trimEnd().split("\n").length, 1, help.stderr);
       assertEquals((await tool("2>/dev/full", script, "--bogus")).code, 2, script);
     }
+    // A socket to list, even in an empty network namespace (the tests' sandbox).
+    using _listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const lines = await tool(">/dev/full", "tools/sock_diag.ts");
     assertEquals(lines.code, 1, lines.stderr);
     assertEquals(

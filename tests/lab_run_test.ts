@@ -11,9 +11,61 @@
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { XMLValidator } from "fast-xml-parser";
 import type { LabResult, Packet, ScenarioResult } from "../lab/result.ts";
-import { trySandbox } from "../lab/sandbox.ts";
+import { trySandbox, unshareOptions } from "../lab/sandbox.ts";
 import { locateTools } from "../lab/tools.ts";
-import { delay, keepaliveSysctls, requiringTest, ROOT_DIR, run } from "./_helpers.ts";
+import {
+  delay,
+  idMap,
+  keepaliveSysctls,
+  otherUserUnavailableReason,
+  requiringTest,
+  ROOT_DIR,
+  run,
+} from "./_helpers.ts";
+
+// Debian's PATH for an ordinary user: without /usr/sbin and /sbin, where ip,
+// nft and conntrack are.
+const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
+
+// In the sandbox of `deno task test` (tests/run.ts: uid 0 of a user
+// namespace that maps only the user who started it) the lab runs as that
+// user, as they run it themselves: a user namespace of its own maps uid 0
+// back to their uid, and the PATH is an ordinary user's (no /usr/sbin, where
+// nft and conntrack are: the lab must find them). Run as uid 0 there,
+// lab/sandbox.ts would take it for real root and start tcpdump without a
+// user namespace of its own, and tcpdump would fail trying to become the
+// `tcpdump` user, who does not exist there. As real root (CI) and outside a
+// sandbox: nothing before it.
+function asSandboxUser(): string[] {
+  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return [];
+  const [uids, gids] = [idMap("uid"), idMap("gid")];
+  if (uids.length !== 1 || uids[0].count !== 1 || gids.length !== 1 || gids[0].count !== 1) {
+    return [];
+  }
+  const [uid, gid] = [uids[0].outside, gids[0].outside];
+  return [
+    "env",
+    `PATH=${USER_PATH}`,
+    "unshare",
+    "--user",
+    `--map-user=${uid}`,
+    `--map-group=${gid}`,
+    "--keep-caps",
+  ];
+}
+const AS_USER = asSandboxUser();
+
+// lab.ts as the tests start it. (With AS_USER, unshare becomes lab.ts: the
+// same process, which gets the signals the tests send.)
+const LAB = [
+  ...AS_USER,
+  Deno.execPath(),
+  "run",
+  "--allow-run",
+  "--allow-read",
+  "--allow-write",
+  "lab/lab.ts",
+];
 
 async function labUnavailableReason(): Promise<string | null> {
   if (Deno.build.os !== "linux") return "the lab needs Linux";
@@ -22,14 +74,13 @@ async function labUnavailableReason(): Promise<string | null> {
     return `${missing.map((t) => t.command).join(", ")} not installed ` +
       `(Debian: ${[...new Set(missing.map((t) => t.package))].join(" ")})`;
   }
-  return await trySandbox();
+  if (AS_USER.length === 0) return await trySandbox();
+  // The sandbox the lab will make as the sandbox's user.
+  const { code, stderr } = await run([...AS_USER, "unshare", ...unshareOptions(false), "true"]);
+  return code === 0 ? null : `cannot make the lab's namespaces as this user: ${stderr.trim()}`;
 }
 
 const reason = await labUnavailableReason();
-
-// Debian's PATH for an ordinary user: without /usr/sbin and /sbin, where ip,
-// nft and conntrack are.
-const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
 
 // The host's state that the lab must never change.
 async function hostState() {
@@ -69,16 +120,7 @@ function labTest(name: string, fn: () => Promise<void>, needs: string | null = r
 }
 
 async function runLab(args: string[]): Promise<LabResult> {
-  const output = await run([
-    Deno.execPath(),
-    "run",
-    "--allow-run",
-    "--allow-read",
-    "--allow-write",
-    "lab/lab.ts",
-    "--json",
-    ...args,
-  ]);
+  const output = await run([...LAB, "--json", ...args]);
   if (output.code !== 0) {
     throw new Error(
       `lab.ts ${args.join(" ")}: exit ${output.code}: ${output.stderr}${
@@ -248,7 +290,8 @@ labTest(
   },
 );
 
-// Becoming uid 65534 takes root (setpriv); the lab itself does not.
+// Becoming uid 65534 takes real root (setpriv), and a uid 65534 to become;
+// the lab itself does not.
 labTest(
   "the whole lab runs as an ordinary user (uid 65534), and its SVG draws every packet of its JSON",
   async () => {
@@ -330,22 +373,14 @@ labTest(
       await Deno.remove(dir, { recursive: true });
     }
   },
-  reason ?? (Deno.uid() === 0 ? null : "becoming uid 65534 (setpriv) needs root"),
+  reason ?? otherUserUnavailableReason(65534),
 );
 
 labTest(
   "a lab stopped with SIGTERM midway is gone within 2 s, with everything it made",
   async () => {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-run",
-        "--allow-read",
-        "--allow-write",
-        "lab/lab.ts",
-        "blog",
-        "dead-peer",
-      ],
+    const child = new Deno.Command(LAB[0], {
+      args: [...LAB.slice(1), "blog", "dead-peer"],
       cwd: ROOT_DIR,
       stdin: "null",
       stdout: "piped",
@@ -382,7 +417,6 @@ labTest(
 
 // --- a slow, full or stalled stdout, and a diagram path that changed -----------
 
-const LAB = [Deno.execPath(), "run", "--allow-run", "--allow-read", "--allow-write", "lab/lab.ts"];
 const SHORT_BLOG = ["blog", "--time", "1", "--intvl", "1"];
 const FILLER = 65_000; // a pipe holds 65,536 bytes
 
