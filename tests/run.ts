@@ -122,7 +122,12 @@ function kitFiles(dir = ROOT, relative = ""): string[] {
   return files.sort();
 }
 
-/** Caches every dependency of the kit's files, while there is a network. */
+/**
+ * Caches every dependency of the kit's files, while there is a network; and
+ * the registry's description of the npm packages too, which a project
+ * without this lockfile needs (tests/copy_test.ts copies each script alone
+ * into one: it resolves `@std/cli` afresh).
+ */
 async function cacheDependencies(): Promise<boolean> {
   const output = await new Deno.Command(Deno.execPath(), {
     args: ["install", "--quiet", "--entrypoint", ...kitFiles()],
@@ -131,12 +136,37 @@ async function cacheDependencies(): Promise<boolean> {
     stdout: "null",
     stderr: "piped",
   }).output();
-  if (output.success) return true;
-  const why = new TextDecoder().decode(output.stderr).trim().split("\n").at(-1) ?? "";
+  const alone = output.success ? await cacheWithoutLock() : output;
+  if (alone.success) return true;
+  const why = new TextDecoder().decode(alone.stderr).trim().split("\n").at(-1) ?? "";
   console.error(
     `${PREFIX} cannot cache the dependencies before going offline into the sandbox: ${escape(why)}`,
   );
   return false;
+}
+
+// A script copied alone into a folder whose deno.json maps only the
+// standard library, cached there (no lockfile), as copy_test.ts will run it.
+async function cacheWithoutLock(): Promise<Deno.CommandOutput> {
+  const dir = await Deno.makeTempDir({ prefix: "kakit-cache-" });
+  try {
+    const { imports } = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`));
+    const std = Object.fromEntries(
+      Object.entries(imports).filter(([name]) => name.startsWith("@std/")),
+    );
+    await Deno.writeTextFile(`${dir}/deno.json`, JSON.stringify({ imports: std }));
+    await Deno.copyFile(`${ROOT}/server.ts`, `${dir}/server.ts`);
+    await Deno.writeTextFile(`${dir}/assert.ts`, 'import "@std/assert";\n');
+    return await new Deno.Command(Deno.execPath(), {
+      args: ["cache", "--quiet", "--no-lock", "server.ts", "assert.ts"],
+      cwd: dir,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 /**
