@@ -538,54 +538,6 @@ export function parseCommandLine<O extends object>(
   return 1;
 }
 
-// How long an exiting command gives its output by default: enough for the
-// last lines to go out, and short enough that a stalled stdout cannot keep it
-// from exiting.
-const EXIT_FLUSH_MS = 500;
-
-/** The line a {@linkcode LineWriter} of events prints when it had to drop some. */
-export interface OutputDroppedEvent {
-  /** When the output took lines again. */
-  time: string;
-  /** `output-dropped`. */
-  event: "output-dropped";
-  /** How many lines were dropped. */
-  lines: number;
-}
-
-/**
- * Prints a command's events, each as one line of JSON or of text
- * (`format`), through a {@linkcode LineWriter}: it never blocks. Lines it
- * has to drop are reported as an {@linkcode OutputDroppedEvent}, which
- * `format` must know. `flush()` at exit waits half a second at most.
- *
- * @example
- * ```ts
- * import { eventPrinter } from "./cli.ts";
- * type Event = { time: string; event: string; peer?: string };
- * const out = eventPrinter<Event>({ json: false, format: (e) => `${e.time} ${e.event}` });
- * out.print({ time: new Date().toISOString(), event: "accepted", peer: "[::1]:50000" });
- * await out.flush(500);
- * ```
- */
-export function eventPrinter<E extends { time: string }>(options: {
-  json: boolean;
-  format: (event: E | OutputDroppedEvent) => string;
-  output?: ByteSink;
-}): { print(event: E): void; flush(timeoutMs?: number): Promise<boolean> } {
-  const line = (event: E | OutputDroppedEvent) =>
-    options.json ? JSON.stringify(event) : options.format(event);
-  const writer = createLineWriter({
-    output: options.output,
-    droppedNotice: (lines) =>
-      line({ time: new Date().toISOString(), event: "output-dropped", lines }),
-  });
-  return {
-    print: (event) => writer.write(line(event)),
-    flush: (timeoutMs = EXIT_FLUSH_MS) => writer.flush(timeoutMs),
-  };
-}
-
 // ## Quitting
 
 /**
