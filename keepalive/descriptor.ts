@@ -17,6 +17,7 @@
  * @module
  */
 
+import type { Duplex } from "node:stream";
 import { getOption, lastErrno, libc } from "./_libc.ts";
 import {
   AF_INET,
@@ -92,6 +93,9 @@ export interface NodeServerLike {
 
 /**
  * A connection this package can tune and watch: Deno's TCP or TLS, or Node's.
+ * A `Duplex` is taken because drivers declare their socket as one (pg's
+ * `client.connection.stream`): it must be a `node:net` or `node:tls` socket
+ * at run time, or the call throws a `TypeError` saying what it is instead.
  *
  * @example
  * ```ts
@@ -100,7 +104,7 @@ export interface NodeServerLike {
  * getKeepAliveState(conn).unansweredProbes; // 0
  * ```
  */
-export type KeepAliveConnection = Deno.TcpConn | Deno.TlsConn | NodeSocketLike;
+export type KeepAliveConnection = Deno.TcpConn | Deno.TlsConn | NodeSocketLike | Duplex;
 
 /**
  * Everything this package can tune: a connection ({@linkcode KeepAliveConnection}),
@@ -208,7 +212,14 @@ export function endpointsOf(socket: KeepAliveSocket): Endpoints {
   } else {
     found = nodeEndpoints(socket);
   }
-  if (!found) throw new TypeError(`keepalive takes ${ACCEPTED}: this is none of them`);
+  if (!found) {
+    const stream = typeof (socket as { pipe?: unknown }).pipe === "function";
+    throw new TypeError(
+      `keepalive takes ${ACCEPTED}: this is ${
+        stream ? "a stream that is not a node:net or node:tls socket" : "none of them"
+      }`,
+    );
+  }
   // An address must be one: a host name would be looked for in vain through
   // every descriptor of the process.
   for (const addr of [found.local, found.remote]) {
