@@ -480,19 +480,23 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   const needs = packageFlags(options);
   // Ask before connecting: a missing permission or package should stop us
   // before the server sees a connection.
-  if (needs.length > 0 && Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
-    stderr(
-      `client.ts: ${need(needs)} the --allow-ffi permission: ` +
-        runAgainWith(["--allow-net", "--allow-ffi"], args),
-    );
-    return 1;
-  }
   let ka: Keepalive | null = null;
   if (needs.length > 0) {
     try {
       ka = await loadPackage();
     } catch (error) {
       stderr(`client.ts: ${need(needs)} ${MISSING_PACKAGE} (${errorMessage(error)})`);
+      return 1;
+    }
+    // The blanket --allow-ffi, or one narrowed to the C library's path.
+    const support = ka.keepAliveTuningSupport();
+    if (!support.available) {
+      stderr(
+        support.missing === "permission"
+          ? `client.ts: ${need(needs)} the --allow-ffi permission: ` +
+            runAgainWith(["--allow-net", "--allow-ffi"], args)
+          : `client.ts: ${need(needs)} Linux: ${support.message}`,
+      );
       return 1;
     }
   }

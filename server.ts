@@ -677,19 +677,23 @@ export async function main(args: string[], io: CommandIO = {}): Promise<number> 
   const needs = packageFlags(options);
   // Ask before listening: a missing permission or package should stop us
   // before any client connects, not after.
-  if (needs.length > 0 && Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
-    stderr(
-      `server.ts: ${need(needs)} the --allow-ffi permission: ` +
-        runAgainWith(["--allow-net", "--allow-ffi"], args),
-    );
-    return 1;
-  }
   let ka: Keepalive | null = null;
   if (needs.length > 0) {
     try {
       ka = await loadPackage();
     } catch (error) {
       stderr(`server.ts: ${need(needs)} ${MISSING_PACKAGE} (${errorMessage(error)})`);
+      return 1;
+    }
+    // The blanket --allow-ffi, or one narrowed to the C library's path.
+    const support = ka.keepAliveTuningSupport();
+    if (!support.available) {
+      stderr(
+        support.missing === "permission"
+          ? `server.ts: ${need(needs)} the --allow-ffi permission: ` +
+            runAgainWith(["--allow-net", "--allow-ffi"], args)
+          : `server.ts: ${need(needs)} Linux: ${support.message}`,
+      );
       return 1;
     }
   }

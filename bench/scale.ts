@@ -78,6 +78,8 @@ const VARIANT_IDS: Record<string, string> = {
   c: "C epoll",
   server: "server.ts as deno task server runs it",
   "server-many": "server.ts --engine epoll, as deno task server:many runs it",
+  cost: "what tuning costs with 1,000 and 4,000 connections open, against node:net " +
+    "(bench/tuning_cost.ts)",
   "many-watch": "server.ts --engine epoll --watch",
   "server-watch": "server.ts --watch",
   "batch-watch": "bench/variants/batch_watch_only.ts (the batch watcher, nothing printed)",
@@ -1226,6 +1228,7 @@ async function bench(options: BenchOptions): Promise<void> {
       );
     }
     if (watch.length > 0) console.log(renderTable(watchTable(watch, watchRuns)) + "\n");
+    if (options.only?.has("cost") ?? true) console.log(await tuningCostTable(options.runs) + "\n");
     console.log(
       `machine: nproc ${machine.nproc}, Linux ${machine.kernel}, ${machine.deno}, ` +
         `node ${machine.node}, ${machine.cc}, somaxconn ${machine.somaxconn}; ` +
@@ -1236,6 +1239,20 @@ async function bench(options: BenchOptions): Promise<void> {
     killEverything();
     await Deno.remove(directory, { recursive: true }).catch(() => {});
   }
+}
+
+// The tuning-cost table: bench/tuning_cost.ts, in this namespace, with as many runs.
+async function tuningCostTable(runs: number): Promise<string> {
+  progress("tuning cost: setKeepAlive and setKeepAliveAll with 1,000 and 4,000 connections");
+  const output = await runCommand([
+    Deno.execPath(),
+    "run",
+    "-A",
+    `${ROOT}/bench/tuning_cost.ts`,
+    "--runs",
+    String(Math.max(3, runs)),
+  ]);
+  return output.ok ? output.stdout.trimEnd() : `tuning cost: failed (${output.error})`;
 }
 
 async function main(): Promise<number> {

@@ -137,7 +137,8 @@ export class UnsupportedSystemError extends Error {
   }
 }
 
-// glibc's name first, then musl's (Alpine): the same symbols in both.
+// glibc's name first, then musl's (Alpine): the same symbols in both. The
+// dynamic loader finds them, with the blanket --allow-ffi.
 const LIBC_NAMES = [
   "libc.so.6",
   `libc.musl-${Deno.build.arch}.so.1`,
@@ -146,14 +147,50 @@ const LIBC_NAMES = [
 ];
 
 /**
- * Opens the C library with `symbols`, under glibc's name or musl's, for
- * `purpose`, which the errors name:
+ * Where the C library lives, by full path: Deno grants a narrowed
+ * `--allow-ffi=PATH` for that path as written, and for nothing else (not
+ * the bare name, not the same file through another link). Debian and
+ * Ubuntu first, as `/lib` and as `/usr/lib`; then Fedora, Arch, Alpine.
+ */
+export const LIBC_PATHS: readonly string[] = [
+  `/lib/${Deno.build.arch}-linux-gnu/libc.so.6`,
+  `/usr/lib/${Deno.build.arch}-linux-gnu/libc.so.6`,
+  "/lib64/libc.so.6",
+  "/usr/lib64/libc.so.6",
+  "/usr/lib/libc.so.6",
+  "/lib/libc.so.6",
+  `/lib/ld-musl-${Deno.build.arch}.so.1`,
+  `/usr/lib/ld-musl-${Deno.build.arch}.so.1`,
+];
+
+/**
+ * The narrowed permission to suggest: `--allow-ffi=` the first of
+ * {@linkcode LIBC_PATHS} that exists (looked for only where reading is
+ * already allowed: asking must not prompt), else Debian's.
+ */
+export function libcPermissionFlag(): string {
+  const exists = (path: string) => {
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return false;
+    try {
+      return Deno.statSync(path).isFile;
+    } catch {
+      return false;
+    }
+  };
+  return `--allow-ffi=${LIBC_PATHS.find(exists) ?? LIBC_PATHS[0]}`;
+}
+
+/**
+ * Opens the C library with `symbols`, for `purpose`, which the errors name.
+ * With the blanket `--allow-ffi` it is opened by name (glibc's, then
+ * musl's); with `--allow-ffi` narrowed to paths, by whichever of
+ * {@linkcode LIBC_PATHS} is allowed.
  *
  * - not Linux, or no C library: an {@linkcode UnsupportedSystemError}
  *   (`<purpose> works on Linux only, with glibc or musl (this is ...)`);
- * - no `--allow-ffi`: a `Deno.errors.NotCapable` whose message is
- *   `<purpose> needs the --allow-ffi permission`, followed by ` (<how>)`
- *   when `how` is given.
+ * - no `--allow-ffi` for it: a `Deno.errors.NotCapable` whose message is
+ *   `<purpose> needs --allow-ffi=<the C library's path> (or --allow-ffi)`,
+ *   followed by `: <how>` when `how` is given.
  *
  * Call it on first use and keep the result: each call opens the library
  * again.
@@ -177,13 +214,21 @@ export function openCLibrary<S extends Deno.ForeignLibraryInterface>(
 ): Deno.DynamicLibrary<S>["symbols"] {
   if (Deno.build.os !== "linux") throw new UnsupportedSystemError(undefined, purpose);
   const failures: string[] = [];
-  for (const name of LIBC_NAMES) {
+  const blanket = Deno.permissions.querySync({ name: "ffi" }).state === "granted";
+  const allowed = blanket
+    ? []
+    : LIBC_PATHS.filter((path) =>
+      Deno.permissions.querySync({ name: "ffi", path }).state === "granted"
+    );
+  // Without any grant, the names: Deno then asks at a terminal, or refuses.
+  for (const name of blanket || allowed.length === 0 ? LIBC_NAMES : allowed) {
     try {
       return Deno.dlopen(name, symbols).symbols;
     } catch (error) {
       if (error instanceof Deno.errors.NotCapable) {
         throw new Deno.errors.NotCapable(
-          `${purpose} needs the --allow-ffi permission${how ? ` (${how})` : ""}`,
+          `${purpose} needs ${libcPermissionFlag()} (the C library; or --allow-ffi)` +
+            (how ? `: ${how}` : ""),
         );
       }
       failures.push(`${name}: ${(error as Error).message.split("\n")[0]}`);

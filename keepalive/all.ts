@@ -4,8 +4,9 @@
  * `fetch()` keeps its pool to itself, and so does a database driver its
  * socket: there is no object to hand to `setKeepAlive`. These calls tune
  * every connected TCP socket of the process instead, optionally only those
- * to one peer, by looking at the process's descriptors with
- * `getsockname`/`getpeername` (FFI: `--allow-ffi`, no `/proc`).
+ * to some peers (addresses or host names), by asking `getpeername` about
+ * every descriptor number up to the table's capacity (FFI: `--allow-ffi`;
+ * Deno's `/proc` rules do not apply to what the C library reads).
  *
  * @example
  * ```ts
@@ -19,23 +20,11 @@
  */
 
 import { isPort, readFields, shown } from "./_checks.ts";
-import { getOption, lastErrno, libc } from "./_libc.ts";
-import {
-  ERRNO,
-  IPPROTO_TCP,
-  SO_ACCEPTCONN,
-  SO_PROTOCOL,
-  SO_TYPE,
-  SOCK_STREAM,
-  SOL_SOCKET,
-} from "./_linux.ts";
-import {
-  addressBytes,
-  formatAddr,
-  formatBytesAddress,
-  openFileLimit,
-  sockaddrAddress,
-} from "./descriptor.ts";
+import { addressBytes, formatAddr, formatBytesAddress, sockaddrAddress } from "./_address.ts";
+import { descriptorCeiling } from "./_fdtable.ts";
+import { getOption, socketName } from "./_libc.ts";
+import { AF_INET, AF_INET6, ERRNO, IPPROTO_TCP, SO_PROTOCOL, SOL_SOCKET } from "./_linux.ts";
+import { resolveLater, resolveNow } from "./_resolve.ts";
 import {
   type CheckedOptions,
   KeepAliveError,
@@ -46,59 +35,99 @@ import {
 import { applySettings } from "./sockopt.ts";
 
 export type { KeepAliveOptions } from "./options.ts";
+export { ResolveError } from "./_resolve.ts";
 
 /**
  * Which connections {@linkcode setKeepAliveAll} tunes: those to this peer.
+ * `hostname` is an IP address or a host name; a name is resolved as
+ * `fetch` and `node:net` resolve it (`/etc/hosts`, then DNS), and every
+ * address it has counts.
  *
  * @example
  * ```ts
  * import { type PeerFilter, setKeepAliveAll } from "@kakit/keepalive";
- * const redis: PeerFilter = { hostname: "::1", port: 6379 };
+ * const redis: PeerFilter = { hostname: "localhost", port: 6379 }; // 127.0.0.1 and ::1
  * setKeepAliveAll({ time: 30_000 }, redis);
  * ```
  */
 export interface PeerFilter {
-  /** The peer's IP address (`10.0.0.5`, `::1`); a host name is refused: resolve it first. */
+  /** The peer's IP address (`10.0.0.5`, `::1`) or host name (`db.internal`). */
   hostname?: string;
   /** The peer's port. */
   port?: number;
 }
 
 /**
+ * One peer, or a list of them: a connection to any of them matches. `{}`
+ * matches every connection; an empty list is refused (it would match none).
+ *
+ * @example
+ * ```ts
+ * import { type PeerFilters, setKeepAliveAll } from "@kakit/keepalive";
+ * const databases: PeerFilters = [{ hostname: "10.0.0.5", port: 5432 }, { hostname: "::1", port: 5432 }];
+ * setKeepAliveAll({ time: 30_000 }, databases);
+ * ```
+ */
+export type PeerFilters = PeerFilter | readonly PeerFilter[];
+
+/**
  * Tunes every connected TCP socket of this process (optionally only those to
- * one peer) and returns how many it tuned. This is how to reach connections
- * that a library keeps to itself: `fetch()`'s pool, a database driver's
- * socket. Its limits, honestly:
+ * some peers) and returns how many it tuned. This is how to reach
+ * connections that a library keeps to itself: `fetch()`'s pool, a database
+ * driver's socket. Its limits, honestly:
  *
  * - it tunes the connections that exist when it is called: call it after the
  *   first request, or every so often with {@linkcode setKeepAliveAllEvery};
  * - it cannot tell two libraries talking to the same peer apart, nor your
  *   own sockets from a library's: the filter is all it has;
- * - it looks at descriptors from 0 up and stops after 1,024 unused numbers
- *   in a row (beyond, in a process with huge gaps, it would not look);
  * - another thread (a Worker) shares the descriptors: one it closes and
  *   reuses between the look and the setting can be tuned by mistake, and a
  *   connection it opens meanwhile can be missed;
- * - it blocks while it looks: about 40 µs per connection (6,000
- *   connections, about 0.23 s).
+ * - it blocks while it looks: at every descriptor number up to the table's
+ *   capacity (`FDSize`, so none is missed however far apart they are), one
+ *   system call each, and a few more per connection it tunes (about 2.5 µs
+ *   per connection with 4,000 connections open); a host name in the filter
+ *   is resolved first, which waits for the name server if it is not in
+ *   `/etc/hosts`.
  *
- * Options are checked before anything is set, as for `setKeepAlive`. A
- * connection that closes while it looks is skipped. Needs `--allow-ffi`.
+ * Options and filter are checked before anything is set, as for
+ * `setKeepAlive` (a `TypeError`); a name that does not resolve is a
+ * {@linkcode ResolveError}, before anything is set. A connection that
+ * closes while it looks is skipped. Needs `--allow-ffi`.
  *
  * @example
  * ```ts
  * import { setKeepAliveAll } from "@kakit/keepalive";
  *
- * await fetch("http://10.0.0.5:8080/"); // the pool now holds a connection
- * setKeepAliveAll({ time: 60_000, interval: 10_000, retries: 3 }, { hostname: "10.0.0.5", port: 8080 });
+ * const url = new URL("http://localhost:8080/");
+ * await fetch(url); // the pool now holds a connection
+ * setKeepAliveAll({ time: 60_000, interval: 10_000, retries: 3 }, {
+ *   hostname: url.hostname,
+ *   port: Number(url.port),
+ * });
  * // 1
  * ```
  */
 export function setKeepAliveAll(
   options: boolean | KeepAliveOptions,
-  filter: PeerFilter = {},
+  filter: PeerFilters = {},
 ): number {
-  return tuneAll(validateOptions(options), checkFilter(filter));
+  const settings = validateOptions(options);
+  const peers = checkFilters(filter);
+  return tuneAll(settings, peers.map(resolvedNow));
+}
+
+/** What {@linkcode setKeepAliveAllEvery} returns: how to stop it, and what it did. */
+export interface KeepAliveAllTimer {
+  /** Stops it: no call after this one. */
+  stop(): void;
+  /** How many sockets the last call tuned. */
+  tuned(): number;
+  /**
+   * The time between calls now, in ms: `everyMs`, or more when a call took
+   * more than a twentieth of it (see {@linkcode setKeepAliveAllEvery}).
+   */
+  intervalMs(): number;
 }
 
 /**
@@ -109,11 +138,21 @@ export function setKeepAliveAll(
  * thrown from the timer). The options and the filter are checked and copied
  * once, at the call: changing the objects afterwards changes nothing.
  *
+ * It never takes more than a twentieth of the event loop: when a call takes
+ * longer than `everyMs / 20` (a process with many descriptors), the next one
+ * waits 20 times as long as it took (`intervalMs()` says how long). Host
+ * names are resolved at the call (a {@linkcode ResolveError} there), then
+ * again before each call on another thread, so that the loop never waits
+ * for a name server; when that fails, the addresses found before are kept.
+ *
  * @example
  * ```ts
  * import { setKeepAliveAllEvery } from "@kakit/keepalive";
  *
- * const tuning = setKeepAliveAllEvery(5_000, { time: 60_000, interval: 10_000, retries: 3 });
+ * const tuning = setKeepAliveAllEvery(5_000, { time: 60_000, interval: 10_000, retries: 3 }, {
+ *   hostname: "localhost",
+ *   port: 5432,
+ * });
  * // ... and at shutdown:
  * tuning.stop();
  * ```
@@ -121,59 +160,210 @@ export function setKeepAliveAll(
 export function setKeepAliveAllEvery(
   everyMs: number,
   options: boolean | KeepAliveOptions,
-  filter: PeerFilter = {},
+  filter: PeerFilters = {},
   onError: (error: unknown) => void = (error) => {
     throw error;
   },
-): { stop(): void; tuned(): number } {
+): KeepAliveAllTimer {
   if (!Number.isInteger(everyMs) || everyMs < 100 || everyMs > 2_147_483_647) {
     throw new TypeError(`everyMs must be an integer from 100 to 2147483647 ms, not ${everyMs}`);
   }
   if (typeof onError !== "function") throw new TypeError("onError must be a function");
   // Checked and copied once, up front: every call sets what was checked.
   const settings = validateOptions(options);
-  const peer = checkFilter(filter);
-  let last = tuneAll(settings, peer);
-  const timer = setInterval(() => {
-    try {
-      last = tuneAll(settings, peer);
-    } catch (error) {
-      clearInterval(timer);
-      onError(error);
+  const peers = checkFilters(filter);
+  let matchers = peers.map(resolvedNow);
+  let last = 0;
+  let interval = everyMs;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let stopped = false;
+  const named = peers.some((peer) => peer.name !== undefined);
+  const tune = () => {
+    const start = performance.now();
+    last = tuneAll(settings, matchers);
+    // At most a twentieth of the loop's time.
+    interval = Math.min(
+      2_147_483_647,
+      Math.max(everyMs, Math.ceil((performance.now() - start) * 20)),
+    );
+  };
+  const tick = () => {
+    if (stopped) return;
+    if (named) {
+      // Names again, off the loop, for the next call; a failure keeps the
+      // addresses found before.
+      Promise.all(peers.map(resolvedLater)).then((found) => matchers = found, () => {});
     }
-  }, everyMs);
-  Deno.unrefTimer(timer);
-  return { stop: () => clearInterval(timer), tuned: () => last };
+    try {
+      tune();
+    } catch (error) {
+      stopped = true;
+      onError(error);
+      return;
+    }
+    schedule();
+  };
+  const schedule = () => {
+    const handle = setTimeout(tick, interval);
+    Deno.unrefTimer(handle);
+    timer = handle;
+  };
+  tune();
+  schedule();
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+    tuned: () => last,
+    intervalMs: () => interval,
+  };
 }
+
+// --- The filter ------------------------------------------------------------------
+
+// One peer of the filter, checked: an address (as bytes) or a name to
+// resolve, or neither (any address); a port or none.
+interface Peer {
+  address?: Uint8Array;
+  name?: string;
+  port?: number;
+}
+
+// What a connection's peer is compared with: its addresses (null: any) and port.
+interface Matcher {
+  addresses: Uint8Array[] | null;
+  port?: number;
+}
+
+function resolvedNow(peer: Peer): Matcher {
+  return {
+    addresses: peer.name !== undefined
+      ? resolveNow(peer.name)
+      : peer.address
+      ? [peer.address]
+      : null,
+    port: peer.port,
+  };
+}
+
+async function resolvedLater(peer: Peer): Promise<Matcher> {
+  if (peer.name === undefined) return resolvedNow(peer);
+  return { addresses: await resolveLater(peer.name), port: peer.port };
+}
+
+function checkFilters(filter: PeerFilters): Peer[] {
+  if (!Array.isArray(filter)) return [checkFilter(filter as PeerFilter, "filter")];
+  if (filter.length === 0) {
+    throw new TypeError(
+      "the filter is an empty list, which matches nothing: give {} for every peer",
+    );
+  }
+  return filter.map((one, i) => checkFilter(one, `filter[${i}]`));
+}
+
+// A host name as DNS and /etc/hosts have them: letters, digits, hyphens
+// and underscores in dot-separated labels, the last one not all digits (so
+// that "1.2.3" or "01.2.3.4", which the C library would read as addresses,
+// are refused rather than resolved).
+const HOST_NAME =
+  /^(?=.{1,253}\.?$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_-]*[a-z_-][a-z0-9_-]*\.?$/i;
+
+function checkFilter(filter: PeerFilter, what: string): Peer {
+  // A misspelt key would otherwise widen the filter to every connection.
+  const { hostname, port } = readFields(
+    filter,
+    ["hostname", "port"],
+    `${what} must be an object: { hostname?, port? }`,
+    (key) => `unknown ${what} key ${JSON.stringify(key)}: it takes hostname and port`,
+  );
+  if (port !== undefined && !isPort(port)) {
+    throw new TypeError(`${what}.port must be an integer from 1 to 65535, not ${shown(port)}`);
+  }
+  const peer: Peer = { port: port as number | undefined };
+  if (hostname === undefined) return peer;
+  if (typeof hostname === "string" && hostname.includes("%")) {
+    throw new TypeError(
+      `${what}.hostname ${JSON.stringify(hostname)}: a zone id cannot be matched (the kernel's ` +
+        `socket addresses here carry none); give the address without it`,
+    );
+  }
+  const bytes = typeof hostname === "string" ? addressBytes(hostname) : null;
+  if (bytes) return { ...peer, address: bytes };
+  if (typeof hostname === "string" && HOST_NAME.test(hostname)) return { ...peer, name: hostname };
+  throw new TypeError(
+    `${what}.hostname must be an IP address or a host name, not ${shown(hostname)}`,
+  );
+}
+
+// --- The look at every descriptor -----------------------------------------------
 
 // setKeepAliveAll with its options and filter already checked (and copied:
 // what was checked is what is set, however often it runs).
-function tuneAll(settings: CheckedOptions, peer: { bytes?: Uint8Array; port?: number }): number {
-  const limit = openFileLimit();
+function tuneAll(settings: CheckedOptions, matchers: Matcher[]): number {
+  const ceiling = descriptorCeiling();
+  // When the first setting is a TCP option, a socket of another protocol
+  // (a connected UDP socket with the same peer) refuses it before anything
+  // is set: no need to ask each socket its protocol first.
+  const tcpFirst = settings.time !== undefined || settings.interval !== undefined ||
+    settings.retries !== undefined || settings.userTimeout !== undefined;
   let tuned = 0;
-  for (let fd = 0, unused = 0; fd < limit && unused < 1024; fd++) {
-    const what = connectedPeer(fd);
-    unused = what === "unused" ? unused + 1 : 0;
-    if (typeof what !== "object") continue;
-    if (peer.port !== undefined && what.port !== peer.port) continue;
-    if (peer.bytes && !what.bytes.every((byte, i) => byte === peer.bytes![i])) continue;
+  for (let fd = 0; fd < ceiling; fd++) {
+    // One system call for most numbers: unused (EBADF), a listener or an
+    // unconnected socket (ENOTCONN), a file (ENOTSOCK) all fail here.
+    const peer = socketName(fd, "peer");
+    if (peer === null || !matchesAny(peer, matchers)) continue;
+    if (!tcpFirst && getOption(fd, SOL_SOCKET, SO_PROTOCOL) !== IPPROTO_TCP) continue;
     try {
       applySettings(fd, settings);
       tuned++;
     } catch (error) {
       // Closed meanwhile, its number now free or taken by another kind of
-      // file (another thread, a Worker, shares the table): skip it.
+      // file (another thread, a Worker, shares the table), or not TCP: skip it.
       const code = (error as SyscallError).errno;
       if (GONE.includes(code)) continue;
+      const again = socketName(fd, "peer");
+      const address = again && sockaddrAddress(again);
       throw new KeepAliveError(
         "set keepalive on all",
         `descriptor ${fd}`,
-        formatAddr({ transport: "tcp", hostname: formatBytesAddress(what.bytes), port: what.port }),
+        address
+          ? formatAddr({
+            transport: "tcp",
+            hostname: formatBytesAddress(address.bytes),
+            port: address.port,
+          })
+          : "(peer gone)",
         error instanceof Error ? error : new Error(String(error)),
       );
     }
   }
   return tuned;
+}
+
+function matchesAny(sockaddr: Uint8Array, matchers: Matcher[]): boolean {
+  for (let i = 0; i < matchers.length; i++) if (matches(sockaddr, matchers[i])) return true;
+  return false;
+}
+
+// Whether a peer's struct sockaddr (IPv4 or IPv6) matches, compared in place.
+function matches(sockaddr: Uint8Array, matcher: Matcher): boolean {
+  const family = sockaddr[0] | (sockaddr[1] << 8);
+  if (family !== AF_INET && family !== AF_INET6) return false;
+  if (matcher.port !== undefined && ((sockaddr[2] << 8) | sockaddr[3]) !== matcher.port) {
+    return false;
+  }
+  if (matcher.addresses === null) return true;
+  return matcher.addresses.some((bytes) => {
+    if (family === AF_INET6) {
+      for (let i = 0; i < 16; i++) if (sockaddr[8 + i] !== bytes[i]) return false;
+      return true;
+    }
+    if (bytes[10] !== 0xff || bytes[11] !== 0xff) return false;
+    for (let i = 0; i < 10; i++) if (bytes[i] !== 0) return false;
+    for (let i = 0; i < 4; i++) if (sockaddr[4 + i] !== bytes[12 + i]) return false;
+    return true;
+  });
 }
 
 // The errno values of a descriptor that is no longer the socket looked at.
@@ -184,48 +374,3 @@ const GONE: number[] = [
   ERRNO.ENOPROTOOPT,
   ERRNO.EOPNOTSUPP,
 ];
-
-function checkFilter(filter: PeerFilter): { bytes?: Uint8Array; port?: number } {
-  // A misspelt key would otherwise widen the filter to every connection.
-  const { hostname, port } = readFields(
-    filter,
-    ["hostname", "port"],
-    "the filter must be an object: { hostname?, port? }",
-    (key) => `unknown filter key ${JSON.stringify(key)}: it takes hostname and port`,
-  );
-  if (port !== undefined && !isPort(port)) {
-    throw new TypeError(`filter.port must be an integer from 1 to 65535, not ${shown(port)}`);
-  }
-  if (hostname === undefined) return { port: port as number | undefined };
-  if (typeof hostname === "string" && hostname.includes("%")) {
-    throw new TypeError(
-      `filter.hostname ${JSON.stringify(hostname)}: a zone id cannot be matched (the kernel's ` +
-        `socket addresses here carry none); give the address without it`,
-    );
-  }
-  const bytes = typeof hostname === "string" ? addressBytes(hostname) : null;
-  if (!bytes) {
-    throw new TypeError(
-      `filter.hostname must be an IP address (resolve a name first, e.g. with Deno.resolveDns), ` +
-        `not ${shown(hostname)}`,
-    );
-  }
-  return { bytes, port: port as number | undefined };
-}
-
-// What one descriptor is, for setKeepAliveAll: a connected TCP socket (its
-// peer's address), an unused number, or something else.
-function connectedPeer(fd: number): { bytes: Uint8Array; port: number } | "unused" | "other" {
-  const address = new Uint8Array(128);
-  const length = new Uint32Array([address.length]);
-  if (libc().getsockname(fd, address, length) !== 0) {
-    return lastErrno() === ERRNO.EBADF ? "unused" : "other";
-  }
-  if (sockaddrAddress(address) === null) return "other"; // not IPv4 or IPv6
-  if (getOption(fd, SOL_SOCKET, SO_TYPE) !== SOCK_STREAM) return "other";
-  if (getOption(fd, SOL_SOCKET, SO_PROTOCOL) !== IPPROTO_TCP) return "other";
-  if (getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1) return "other"; // a listener
-  length[0] = address.length;
-  if (libc().getpeername(fd, address, length) !== 0) return "other"; // not connected
-  return sockaddrAddress(address) ?? "other";
-}

@@ -5,9 +5,16 @@
  * need one. On Linux it can be found without `/proc` (which Deno refuses
  * without `--allow-all`): ask `getsockname` and `getpeername`, through FFI,
  * about the process's descriptors, and keep the one whose addresses are the
- * socket's `localAddr` and `remoteAddr`. That is one scan per connection or
- * listener; the number found is kept with the socket object and checked on
- * every later use (after a close, the number may belong to another socket).
+ * socket's `localAddr` and `remoteAddr`. The number found is kept with the
+ * socket object and checked on every later use (after a close, the number
+ * may belong to another socket).
+ *
+ * Where to look (`_fdtable.ts`): first just below the lowest free number,
+ * where the kernel put a connection made a moment ago (a few system calls,
+ * however many descriptors the process holds); then every number up to the
+ * table's capacity, which no open descriptor exceeds (about 0.4 µs per
+ * number: a connection made long ago, in a process with thousands of
+ * descriptors, costs milliseconds, once).
  *
  * So a socket is known by its addresses, and this module says which objects
  * have them ({@linkcode KeepAliveSocket}): Deno's TCP and TLS connections
@@ -17,18 +24,20 @@
  * @module
  */
 
-import type { Duplex } from "node:stream";
-import { getOption, lastErrno, libc } from "./_libc.ts";
 import {
-  AF_INET,
-  AF_INET6,
+  addressBytes,
+  formatAddr,
+  sockaddrIs,
+  type WantedAddress,
+  wantedAddress,
+} from "./_address.ts";
+import { descriptorCeiling, lowestFreeDescriptor } from "./_fdtable.ts";
+import { getOption, lastErrno, socketName } from "./_libc.ts";
+import {
   ERRNO,
   IPPROTO_TCP,
-  RLIMIT_NOFILE,
   SO_ACCEPTCONN,
   SO_PROTOCOL,
-  SO_TYPE,
-  SOCK_STREAM,
   SOL_SOCKET,
   UnsupportedSystemError,
 } from "./_linux.ts";
@@ -92,10 +101,36 @@ export interface NodeServerLike {
 }
 
 /**
- * A connection this package can tune and watch: Deno's TCP or TLS, or Node's.
- * A `Duplex` is taken because drivers declare their socket as one (pg's
- * `client.connection.stream`): it must be a `node:net` or `node:tls` socket
- * at run time, or the call throws a `TypeError` saying what it is instead.
+ * A Node stream, as drivers declare their socket (pg's
+ * `client.connection.stream` is a `Duplex`): taken where a socket is, and
+ * it must be a `node:net` or `node:tls` socket at run time, or the call
+ * throws a `TypeError` saying what it is instead. (Declared here rather
+ * than imported from `node:stream`, so that the package does not bring
+ * Node's globals into a program that has none.)
+ *
+ * @example
+ * ```ts
+ * import { type NodeStreamLike, setKeepAlive } from "@kakit/keepalive";
+ * import net from "node:net";
+ *
+ * const stream: NodeStreamLike = net.connect(5432, "127.0.0.1");
+ * stream.once?.("connect", () => setKeepAlive(stream, { time: 60_000 }));
+ * ```
+ */
+export interface NodeStreamLike {
+  /** Whether it can still be read. */
+  readable: boolean;
+  /** Whether it can still be written. */
+  writable: boolean;
+  /** Whether it was destroyed. */
+  destroyed: boolean;
+  /** Listens for one event, as every Node stream can. */
+  once?(event: string, listener: (...args: unknown[]) => void): unknown;
+}
+
+/**
+ * A connection this package can tune and watch: Deno's TCP or TLS, or
+ * Node's, also when a driver declares it as a stream ({@linkcode NodeStreamLike}).
  *
  * @example
  * ```ts
@@ -104,7 +139,11 @@ export interface NodeServerLike {
  * getKeepAliveState(conn).unansweredProbes; // 0
  * ```
  */
-export type KeepAliveConnection = Deno.TcpConn | Deno.TlsConn | NodeSocketLike | Duplex;
+export type KeepAliveConnection =
+  | Deno.TcpConn
+  | Deno.TlsConn
+  | NodeSocketLike
+  | NodeStreamLike;
 
 /**
  * Everything this package can tune: a connection ({@linkcode KeepAliveConnection}),
@@ -136,9 +175,10 @@ export type KeepAliveSocket =
 /**
  * Finds the file descriptor behind a Deno connection or listener: the one
  * TCP socket of this process whose local address (and, for a connection,
- * remote address) match. The first lookup scans the process's descriptors,
- * starting above the last one found (where a newly accepted socket usually
- * is); later ones cost three system calls. Needs `--allow-ffi`.
+ * remote address) match. The first lookup looks just below the lowest free
+ * number (where a connection made a moment ago is), then at every number
+ * up to the descriptor table's capacity; later ones cost three system
+ * calls. Needs `--allow-ffi`.
  *
  * @example
  * ```ts
@@ -279,52 +319,58 @@ function badAddress(addr: unknown): never {
 
 // --- Finding the descriptor ----------------------------------------------------
 
-// The descriptor found for each socket object, so that polling TCP_INFO does
-// not scan again. It is checked on every use: after a close, the number may
-// belong to another socket.
+// The descriptor found for each socket object, so that tuning or polling it
+// again does not search again. It is checked on every use: after a close,
+// the number may belong to another socket.
 const descriptors = new WeakMap<object, number>();
-let lastFound = -1;
+
+// How far below the lowest free number to look first.
+const NEAR = 8;
+
+/** A socket's addresses, as bytes to compare the kernel's with. */
+interface Target {
+  local: WantedAddress;
+  remote: WantedAddress | null;
+}
+
+function targetOf(local: Deno.NetAddr, remote: Deno.NetAddr | null): Target {
+  // endpointsOf has checked that both are addresses.
+  return { local: wantedAddress(local)!, remote: remote && wantedAddress(remote)! };
+}
 
 function findDescriptor(
   socket: KeepAliveSocket,
   local: Deno.NetAddr,
   remote: Deno.NetAddr | null,
 ): number {
+  const target = targetOf(local, remote);
   const cached = descriptors.get(socket);
-  if (cached !== undefined && examine(cached, local, remote) === "match") return cached;
+  if (cached !== undefined && holds(cached, target) === "match") return cached;
   const found = (fd: number) => {
     descriptors.set(socket, fd);
-    lastFound = fd;
     return fd;
   };
-  // The kernel hands out the lowest free number, so on a server that keeps
-  // accepting, the next socket is usually just above the last one found.
-  // Look there first, until 256 numbers in a row are unused (nothing is
-  // likely to lie beyond), then from 0 up; only then, rarely, the rest.
-  const limit = openFileLimit();
-  let fd = lastFound + 1;
+  // A new descriptor gets the lowest free number: a connection made a
+  // moment ago is usually just below the lowest free number now. Nothing
+  // else decides where to look first, so the cost does not depend on which
+  // socket was found before.
+  const lowest = lowestFreeDescriptor();
+  const nearFrom = lowest === null ? 0 : Math.max(0, lowest - NEAR);
+  const nearTo = lowest ?? 0;
+  for (let fd = nearTo - 1; fd >= nearFrom; fd--) {
+    if (holds(fd, target) === "match") return found(fd);
+  }
+  // Then every number up to the table's capacity: every open descriptor is
+  // below it, however far apart they are. An unused number costs one
+  // system call; another socket, two or three.
+  const ceiling = descriptorCeiling();
   let peerless = false;
-  for (let unused = 0; fd < limit && unused < 256; fd++) {
-    const what = examine(fd, local, remote);
+  for (let fd = 0; fd < ceiling; fd++) {
+    if (fd === nearFrom) fd = Math.max(fd, nearTo);
+    if (fd >= ceiling) break;
+    const what = holds(fd, target);
     if (what === "match") return found(fd);
     peerless ||= what === "peerless";
-    unused = what === "unused" ? unused + 1 : 0;
-  }
-  for (let low = 0; low <= lastFound && low < limit; low++) {
-    const what = examine(low, local, remote);
-    if (what === "match") return found(low);
-    peerless ||= what === "peerless";
-  }
-  // Everything left lies beyond a run of unused numbers, up to the limit on
-  // open files (a million in some containers: seconds of system calls). If
-  // a reset socket with our address was seen, ours is most likely it; but
-  // every connection a listener accepted has the same local address, so it
-  // may be another one's: look a good way further (64 Ki numbers, about
-  // 30 ms), but not to a limit of a million, for a connection that is most
-  // likely already gone.
-  const end = peerless ? Math.min(limit, fd + 65_536) : limit;
-  for (; fd < end; fd++) {
-    if (examine(fd, local, remote) === "match") return found(fd);
   }
   if (peerless) {
     throw new SyscallError(
@@ -345,132 +391,30 @@ export function examine(
   local: Deno.NetAddr,
   remote: Deno.NetAddr | null,
 ): "match" | "unused" | "peerless" | "other" {
-  const c = libc();
-  const address = new Uint8Array(128);
-  const length = new Uint32Array(1);
-  length[0] = address.length;
-  if (c.getsockname(fd, address, length) !== 0) {
-    return lastErrno() === ERRNO.EBADF ? "unused" : "other";
-  }
-  if (!sameAddress(address, local)) return "other";
-  // A UDP socket can share the address; only a TCP socket will do (SCTP and
-  // MPTCP have stream sockets too).
-  if (getOption(fd, SOL_SOCKET, SO_TYPE) !== SOCK_STREAM) return "other";
-  if (getOption(fd, SOL_SOCKET, SO_PROTOCOL) !== IPPROTO_TCP) return "other";
-  if (remote === null) {
+  return holds(fd, targetOf(local, remote));
+}
+
+function holds(fd: number, target: Target): "match" | "unused" | "peerless" | "other" {
+  const name = socketName(fd, "local");
+  if (name === null) return lastErrno() === ERRNO.EBADF ? "unused" : "other";
+  if (!sockaddrIs(name, target.local)) return "other";
+  if (target.remote === null) {
     // An accepted socket has the listener's address too (and, once reset,
     // no peer either): only the listening socket accepts connections.
-    return getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1 ? "match" : "other";
+    return getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1 && tcpSocket(fd) ? "match" : "other";
   }
-  length[0] = address.length;
-  if (c.getpeername(fd, address, length) !== 0) {
+  const peer = socketName(fd, "peer");
+  if (peer === null) {
     // A connected socket with our address whose peer is gone: reset. It may
     // be the one we look for (a listener has no peer either, and is not it).
     const reset = lastErrno() === ERRNO.ENOTCONN &&
-      getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) !== 1;
+      getOption(fd, SOL_SOCKET, SO_ACCEPTCONN) !== 1 && tcpSocket(fd);
     return reset ? "peerless" : "other";
   }
-  return sameAddress(address, remote) ? "match" : "other";
+  // A UDP socket can have the same addresses: only a TCP socket will do.
+  return sockaddrIs(peer, target.remote) && tcpSocket(fd) ? "match" : "other";
 }
 
-/**
- * How many descriptor numbers to look at: the process's limit on open
- * files, at most 1,048,576 (1024 if it cannot be read).
- */
-export function openFileLimit(): number {
-  const limits = new BigUint64Array(2);
-  if (libc().getrlimit(RLIMIT_NOFILE, limits) !== 0) return 1024;
-  return Number(limits[0] > 1_048_576n ? 1_048_576n : limits[0]);
-}
-
-// --- Comparing addresses -----------------------------------------------------------
-
-// A struct sockaddr_in or sockaddr_in6, compared with Deno's view of it.
-// Deno prints addresses the way Rust does (RFC 5952), and so does this.
-function sameAddress(sockaddr: Uint8Array, addr: Deno.NetAddr): boolean {
-  const found = sockaddrAddress(sockaddr);
-  const wanted = addressBytes(addr.hostname);
-  return found !== null && wanted !== null && found.port === addr.port &&
-    found.bytes.every((byte, i) => byte === wanted[i]);
-}
-
-/**
- * A `struct sockaddr`'s address as 16 bytes (IPv4 as `::ffff:a.b.c.d`) and
- * its port; null for a family other than IPv4 and IPv6.
- */
-export function sockaddrAddress(sockaddr: Uint8Array): { bytes: Uint8Array; port: number } | null {
-  const view = new DataView(sockaddr.buffer, sockaddr.byteOffset);
-  const family = view.getUint16(0, true);
-  const port = view.getUint16(2, false);
-  if (family === AF_INET6) return { bytes: sockaddr.slice(8, 24), port };
-  if (family !== AF_INET) return null;
-  const bytes = new Uint8Array(16);
-  bytes.set([0xff, 0xff], 10);
-  bytes.set(sockaddr.subarray(4, 8), 12);
-  return { bytes, port };
-}
-
-/**
- * An address as written (`127.0.0.1`, `::1`, `::ffff:127.0.0.1`, `[::1]`,
- * `fe80::1%eth0`) as 16 bytes, IPv4 mapped into IPv6, so that the two ways
- * Deno and Node write an address compare equal; null if it is not an
- * address. Strict: decimal IPv4 octets 0..255, IPv6 groups of 1 to 4 hex
- * digits, at most one `::`, an IPv4 tail only at the end. A zone id
- * (`%eth0`) is dropped: the socket addresses compared carry none here.
- */
-export function addressBytes(hostname: string): Uint8Array | null {
-  const bracketed = /^\[(.*)\]$/.exec(hostname);
-  const [text, zone = null] = (bracketed ? bracketed[1] : hostname).split(/%(.*)/s);
-  if (zone !== null && (zone === "" || !text.includes(":"))) return null;
-  const bytes = new Uint8Array(16);
-  const v4 = ipv4Bytes(text);
-  if (v4) {
-    bytes.set([0xff, 0xff], 10);
-    bytes.set(v4, 12);
-    return bytes;
-  }
-  const halves = text.split("::");
-  if (halves.length > 2) return null;
-  const words = (part: string) => part === "" ? [] : part.split(":");
-  const head = words(halves[0]);
-  const tail = halves.length === 2 ? words(halves[1]) : [];
-  const lastGroups = halves.length === 2 ? tail : head;
-  const last = lastGroups.at(-1);
-  const v4Tail = last?.includes(".") ? ipv4Bytes(last) : null;
-  if (last?.includes(".") && !v4Tail) return null;
-  if (v4Tail) lastGroups.pop();
-  const groups = [...head, ...tail];
-  if (!groups.every((g) => /^[0-9a-f]{1,4}$/i.test(g))) return null;
-  const room = 8 - (v4Tail ? 2 : 0);
-  if (halves.length === 2 ? groups.length > room - 1 : groups.length !== room) return null;
-  const all = [...head, ...new Array(room - groups.length).fill("0"), ...tail];
-  all.forEach((g, i) => {
-    const value = parseInt(g, 16);
-    bytes.set([value >> 8, value & 255], 2 * i);
-  });
-  if (v4Tail) bytes.set(v4Tail, 12);
-  return bytes;
-}
-
-function ipv4Bytes(text: string): number[] | null {
-  const octets = text.split(".");
-  if (octets.length !== 4 || !octets.every((o) => /^(0|[1-9][0-9]{0,2})$/.test(o))) return null;
-  const values = octets.map(Number);
-  return values.every((v) => v <= 255) ? values : null;
-}
-
-/** 16 address bytes back to text, for an error message (IPv4-mapped as `a.b.c.d`). */
-export function formatBytesAddress(bytes: Uint8Array): string {
-  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
-    return bytes.subarray(12).join(".");
-  }
-  return Array.from({ length: 8 }, (_, i) => ((bytes[2 * i] << 8) | bytes[2 * i + 1]).toString(16))
-    .join(":");
-}
-
-/** `host:port`, with IPv6 hosts in brackets. */
-export function formatAddr(addr: Deno.NetAddr): string {
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
+function tcpSocket(fd: number): boolean {
+  return getOption(fd, SOL_SOCKET, SO_PROTOCOL) === IPPROTO_TCP;
 }

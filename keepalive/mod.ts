@@ -32,7 +32,10 @@
  * private connection), {@linkcode setKeepAliveAll} tunes every connection of
  * the process to a given peer.
  *
- * Permissions: `--allow-ffi` (and `--allow-net` for the connection itself).
+ * Permissions: `--allow-ffi=/lib/x86_64-linux-gnu/libc.so.6` (FFI narrowed to
+ * the C library's path, as your system has it; or the blanket `--allow-ffi`),
+ * and `--allow-net` for the connection itself. {@linkcode canTuneKeepAlive}
+ * tells whether tuning works here (Linux, FFI allowed), without prompting.
  * Deno does not expose a socket's file descriptor, so this package finds it
  * with `getsockname`/`getpeername` on the process's descriptors, matched
  * against `conn.localAddr` and `conn.remoteAddr`: one scan per connection or
@@ -66,10 +69,18 @@ export {
   type KeepAliveSocket,
   type NodeServerLike,
   type NodeSocketLike,
+  type NodeStreamLike,
   socketDescriptor,
   type TcpSocket,
 } from "./descriptor.ts";
-export { getKeepAlive, keepAliveGaveUp, setKeepAlive, setUserTimeout } from "./sockopt.ts";
+export {
+  canTuneKeepAlive,
+  getKeepAlive,
+  keepAliveGaveUp,
+  keepAliveTuningSupport,
+  setKeepAlive,
+  setUserTimeout,
+} from "./sockopt.ts";
 export {
   getKeepAliveState,
   type KeepAliveState,
@@ -80,4 +91,11 @@ export {
   watchKeepAlive,
   watchKeepAliveAll,
 } from "./watch.ts";
-export { type PeerFilter, setKeepAliveAll, setKeepAliveAllEvery } from "./all.ts";
+export {
+  type KeepAliveAllTimer,
+  type PeerFilter,
+  type PeerFilters,
+  ResolveError,
+  setKeepAliveAll,
+  setKeepAliveAllEvery,
+} from "./all.ts";

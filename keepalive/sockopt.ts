@@ -10,7 +10,7 @@
  * @module
  */
 
-import { lastErrno, libc } from "./_libc.ts";
+import { getOption, lastErrno, setOption, tuningSupport } from "./_libc.ts";
 import {
   IPPROTO_TCP,
   SO_KEEPALIVE,
@@ -61,6 +61,47 @@ export function setKeepAlive(
 ): void {
   const settings = validateOptions(options);
   onSocket("set keepalive", socket, (fd) => applySettings(fd, settings));
+}
+
+/**
+ * Whether per-connection tuning works here: Linux, with `--allow-ffi` (or
+ * `--allow-ffi=` the C library's path). Code written on a macOS laptop and
+ * run on a Linux server needs one `if`, not a `try` around each call; where
+ * it is false, the calls throw as documented. Never prompts for the
+ * permission. {@linkcode keepAliveTuningSupport} says why not.
+ *
+ * @example
+ * ```ts
+ * import { canTuneKeepAlive, setKeepAlive } from "@kakit/keepalive";
+ *
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8888 });
+ * if (canTuneKeepAlive()) setKeepAlive(conn, { time: 60_000, interval: 10_000, retries: 3 });
+ * else await conn.setKeepAlive(true); // elsewhere: the system's times
+ * ```
+ */
+export function canTuneKeepAlive(): boolean {
+  return tuningSupport().available;
+}
+
+/**
+ * Whether per-connection tuning works here, and if not, what is missing:
+ * `system` (not Linux, or no C library found) or `permission` (no
+ * `--allow-ffi` for the C library), with a one-line `message` naming the
+ * flag to add. Never prompts.
+ *
+ * @example
+ * ```ts
+ * import { keepAliveTuningSupport } from "@kakit/keepalive";
+ *
+ * const support = keepAliveTuningSupport();
+ * if (!support.available) console.error(support.message);
+ * // e.g. "per-connection keepalive tuning needs --allow-ffi=/lib/x86_64-linux-gnu/libc.so.6 (the C library; or --allow-ffi)"
+ * ```
+ */
+export function keepAliveTuningSupport():
+  | { available: true }
+  | { available: false; missing: "system" | "permission"; message: string } {
+  return tuningSupport();
 }
 
 /**
@@ -191,16 +232,13 @@ function setTcpUserTimeout(fd: number, milliseconds: number) {
 }
 
 function setInt(fd: number, level: number, option: number, value: number, name: string) {
-  if (libc().setsockopt(fd, level, option, new Int32Array([value]), 4) !== 0) {
+  if (setOption(fd, level, option, value) !== 0) {
     throw new SyscallError(`setsockopt ${name}=${value}`, lastErrno());
   }
 }
 
 function getInt(fd: number, level: number, option: number, name: string): number {
-  const value = new Int32Array(1);
-  const length = new Uint32Array([4]);
-  if (libc().getsockopt(fd, level, option, value, length) !== 0) {
-    throw new SyscallError(`getsockopt ${name}`, lastErrno());
-  }
-  return value[0];
+  const value = getOption(fd, level, option);
+  if (value === null) throw new SyscallError(`getsockopt ${name}`, lastErrno());
+  return value;
 }

@@ -33,13 +33,8 @@ import {
   readTcpInfo,
   readTcpInfoInto,
 } from "./_tcp_info.ts";
-import {
-  addressBytes,
-  endpointsOf,
-  examine,
-  type KeepAliveConnection,
-  onSocket,
-} from "./descriptor.ts";
+import { addressBytes } from "./_address.ts";
+import { endpointsOf, examine, type KeepAliveConnection, onSocket } from "./descriptor.ts";
 import { isValidKeepAliveValue } from "./options.ts";
 import { type DiagEntry, SockDiag } from "./sock_diag.ts";
 import { probeLimits } from "./sockopt.ts";

@@ -235,7 +235,6 @@ Deno.test("setKeepAliveAll tunes exactly the connections to the peer it is given
     assert(setKeepAliveAll({ retries: 5 }) >= 6);
     for (const conn of [...toA, toB, ...accepted]) assertEquals(getKeepAlive(conn).retries, 5);
     assertThrows(() => setKeepAliveAll({ time: 1_500 }), TypeError, "time");
-    assertThrows(() => setKeepAliveAll(true, { hostname: "localhost" }), TypeError, "IP address");
     assertThrows(() => setKeepAliveAll(true, { port: 0 }), TypeError, "filter.port");
   } finally {
     for (const conn of [...toA, toB, ...accepted]) conn.close();
@@ -349,7 +348,7 @@ Deno.test("a filter's address is parsed strictly: nothing that is not an address
     TypeError,
     'unknown filter key "host"',
   );
-  assertThrows(() => setKeepAliveAll(true, [] as never), TypeError, "must be an object");
+  assertThrows(() => setKeepAliveAll(true, [] as never), TypeError, "empty list");
   assertThrows(() => setKeepAliveAllEvery(2 ** 31, true), TypeError, "everyMs");
   assertThrows(() => setKeepAliveAllEvery(1_000, true, {}, "x" as never), TypeError, "onError");
   assertThrows(

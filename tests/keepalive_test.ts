@@ -211,7 +211,8 @@ Deno.test("without --allow-ffi, tuning fails with a message naming the flag, and
     assertEquals(code, 0);
     assertEquals(stdout.trim().split("\n"), [
       "listening without ffi",
-      "per-connection keepalive tuning needs the --allow-ffi permission (it calls setsockopt through FFI)",
+      `per-connection keepalive tuning needs --allow-ffi=/lib/${Deno.build.arch}-linux-gnu/libc.so.6 ` +
+      "(the C library; or --allow-ffi): it calls setsockopt through FFI",
     ]);
   } finally {
     await Deno.remove(script);

@@ -9,6 +9,7 @@ import { assert, assertEquals } from "@std/assert";
 import * as keepalive from "@kakit/keepalive";
 // Types cannot be listed at run time: the compiler checks these are exported.
 import type {
+  KeepAliveAllTimer,
   KeepAliveConnection,
   KeepAliveOption,
   KeepAliveOptions,
@@ -18,7 +19,9 @@ import type {
   LocalFilter,
   NodeServerLike,
   NodeSocketLike,
+  NodeStreamLike,
   PeerFilter,
+  PeerFilters,
   ProbeEvent,
   ProbeTiming,
   TcpSocket,
@@ -50,6 +53,9 @@ Deno.test("mod.ts exports every value the old keepalive.ts exported, by the same
   const values = [
     "KEEPALIVE_LIMITS",
     "KeepAliveError",
+    "ResolveError",
+    "canTuneKeepAlive",
+    "keepAliveTuningSupport",
     "SyscallError",
     "UnsupportedSystemError",
     "getKeepAlive",
@@ -152,8 +158,9 @@ Deno.test("a copy of keepalive/ with an import map runs alone, and importing it 
     assertEquals(refused.code, 0, refused.stderr);
     assertEquals(refused.stdout.trim().split("\n"), [
       "imported",
-      "NotCapable: per-connection keepalive tuning needs the --allow-ffi permission " +
-      "(it calls setsockopt through FFI)",
+      "NotCapable: per-connection keepalive tuning needs " +
+      `--allow-ffi=/lib/${Deno.build.arch}-linux-gnu/libc.so.6 (the C library; or --allow-ffi): ` +
+      "it calls setsockopt through FFI",
     ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
