@@ -1,7 +1,11 @@
 /**
- * Tests for plan.ts: every rule of its formula, the requests it refuses, and
- * its command line. (That a plan really keeps a flow alive through a router
- * that forgets, and notices a dead peer in time, is in reach_test.ts.)
+ * Tests for plan.ts and plan_rules.ts: every rule of the formula, that a
+ * deadline never makes a plan worse, the warning without a deadline, the
+ * presets and their sources, the pool's idle timeout, the requests refused,
+ * and the command line. (That a plan really keeps a flow alive through a
+ * router that forgets, and notices a dead peer in time, is in
+ * reach_test.ts; that fetch's pool closes idle connections itself is in
+ * pool_idle_test.ts.)
  */
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import { KEEPALIVE_LIMITS } from "@kakit/keepalive";
@@ -11,12 +15,14 @@ import {
   HELP,
   MIDDLEBOXES,
   parsePlanArgs,
+  type Plan,
   planKeepAlive,
   type PlanRequest,
+  planWarnings,
   probeCeiling,
   UsageError,
 } from "../tools/plan.ts";
-import { requiringTest, run } from "./_helpers.ts";
+import { requiringTest, ROOT_DIR, run } from "./_helpers.ts";
 
 Deno.test("plan: the worked examples of the README", () => {
   const pick = (p: ReturnType<typeof planKeepAlive>) => [
@@ -41,12 +47,30 @@ Deno.test("plan: the worked examples of the README", () => {
     4,
   ]);
   assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 240 })), [170, 21, 3, 233, 233]);
+  // A deadline the plan without one meets changes nothing (it was 110/100/3 before).
   assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 600 })), [
-    110,
-    100,
+    248,
+    31,
     3,
-    410,
-    410,
+    341,
+    341,
+  ]);
+  // The user's report: --middlebox-timeout 350 alone, and with --detect-within 341.
+  assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 350 })), [248, 31, 3, 341, 341]);
+  assertEquals(pick(planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 341 })), [
+    248,
+    31,
+    3,
+    341,
+    341,
+  ]);
+  // ... and --detect-within 100000 without a middlebox: no ceiling but the kernel's.
+  assertEquals(pick(planKeepAlive({ detectWithinSeconds: 100_000 })), [
+    32_767,
+    16_666,
+    3,
+    82_765,
+    82_765,
   ]);
   assertEquals(pick(planKeepAlive({ detectWithinSeconds: 3 })), [1, 1, 2, 3, 3]);
   assertEquals(pick(planKeepAlive({ detectWithinSeconds: 2 })), [1, 1, 1, 2, 2]);
@@ -77,12 +101,15 @@ Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () =>
       // Rules 1 and 2: every probe, the retries of lost ones included, is due
       // by the ceiling, and leaves (an eighth late at most) before the timeout.
       if (timeout !== undefined) {
-        const ceiling = Math.min(32767, probeCeiling(timeout));
+        const ceiling = probeCeiling(timeout);
+        assertEquals(p.idleCeilingSeconds, ceiling, where);
         assertEquals(p.lostProbesSurvived, Math.min(p.count - 1, ceiling - 1), where);
         const lastRetry = p.idleSeconds + p.intervalSeconds * p.lostProbesSurvived!;
         assert(lastRetry <= ceiling, where);
         assert(Math.max(p.idleSeconds, p.intervalSeconds) <= ceiling, where);
-        if (ceiling < 32767) assert(lastRetry * 9 / 8 + 1 <= timeout, where);
+        assert(lastRetry * 9 / 8 + 1 <= timeout, where);
+      } else {
+        assertEquals([p.idleCeilingSeconds, p.lostProbesSurvived], [null, null], where);
       }
       // Rule 3: the worst case, and within the deadline.
       assertEquals(p.worstCaseDetectionSeconds, p.idleSeconds + p.intervalSeconds * p.count, where);
@@ -90,13 +117,75 @@ Deno.test("plan: the rules hold for every timeout and deadline (a sweep)", () =>
       // Rule 4: the user timeout is the worst case.
       assertEquals(p.userTimeoutSeconds, p.worstCaseDetectionSeconds, where);
       assert(p.userTimeoutSeconds * 1000 <= KEEPALIVE_LIMITS.userTimeout.max, where);
-      // Rule 5: one probe and one answer per max(idle, interval), 66 bytes each.
-      assertEquals(
-        p.probesPerHour,
-        Math.round(3600 / Math.max(p.idleSeconds, p.intervalSeconds) * 100) / 100,
-      );
-      assertEquals(p.bytesPerHourIPv4, Math.round(p.probesPerHour * 2 * 66));
+      // Rule 5: one probe and one answer per max(idle, interval), 66 bytes each; exact in JSON.
+      const period = Math.max(p.idleSeconds, p.intervalSeconds);
+      assertEquals(p.probeEverySeconds, period, where);
+      assertEquals(p.probesPerHour, 3600 / period, where);
+      assertEquals(p.bytesPerHourIPv4, Math.round(3600 / period * 2 * 66), where);
     }
+  }
+});
+
+// The plan for a timeout (or none) and a deadline (or none), with its cost.
+const planFor = (timeout?: number, deadline?: number) =>
+  planKeepAlive({ middleboxTimeoutSeconds: timeout, detectWithinSeconds: deadline });
+const settingsOf = (p: Plan) => [p.idleSeconds, p.intervalSeconds, p.count];
+
+Deno.test("plan: a deadline never makes a plan worse: one the plan without it meets changes nothing, a looser one never costs more", () => {
+  const timeouts = [3, 4, 5, 6, 8, 10, 17, 30, 61, 100, 240, 350, 600, 900, 1200, 7_200];
+  for (const timeout of [...timeouts, 36_866, 432_000]) {
+    const loose = planFor(timeout);
+    const last = timeout > 7_200 ? loose.worstCaseDetectionSeconds + 20 : 3 * timeout;
+    let previous: Plan | null = null;
+    for (let deadline = 2; deadline <= last; deadline++) {
+      const where = `timeout ${timeout}, deadline ${deadline}`;
+      const p = planFor(timeout, deadline);
+      assert(p.worstCaseDetectionSeconds <= deadline, where);
+      if (deadline >= loose.worstCaseDetectionSeconds) {
+        // Already met: the same settings, so no more probes and no later worst case.
+        assertEquals(settingsOf(p), settingsOf(loose), where);
+        assert(p.probesPerHour <= loose.probesPerHour, where);
+        assert(p.worstCaseDetectionSeconds <= loose.worstCaseDetectionSeconds, where);
+      }
+      // A looser deadline never asks for more probes (count 3 from a 4 s deadline on).
+      if (previous !== null && deadline > 4) {
+        assert(p.probesPerHour <= previous.probesPerHour, `${where}: ${JSON.stringify(p)}`);
+      }
+      previous = p;
+    }
+  }
+});
+
+Deno.test("plan: without a middlebox, no ceiling but the kernel's, and no interval above the deadline's share", () => {
+  for (
+    const deadline of [
+      2,
+      3,
+      4,
+      5,
+      6,
+      7,
+      10,
+      60,
+      61,
+      600,
+      3_600,
+      65_534,
+      100_000,
+      196_602,
+      1_000_000,
+    ]
+  ) {
+    const p = planFor(undefined, deadline);
+    const where = `deadline ${deadline}: ${JSON.stringify(settingsOf(p))}`;
+    const share = Math.max(1, Math.floor(deadline / (2 * p.count)));
+    assert(p.intervalSeconds <= share, where);
+    // Idle takes half the deadline (what the probes leave, when less), up to
+    // the kernel's limit: never a 32,767 s ceiling to aim under (which gave
+    // idle 1 s for 100,000 s).
+    const rest = deadline - p.intervalSeconds * p.count;
+    assertEquals(p.idleSeconds, Math.min(32_767, rest, Math.ceil(deadline / 2)), where);
+    if (deadline >= 2 * p.count) assert(p.idleSeconds >= Math.min(32_767, deadline / 2), where);
   }
 });
 
@@ -156,6 +245,9 @@ Deno.test("plan flags: a known middlebox or a timeout, a deadline, and nothing e
       [["--detect-within", "60", "--detect-within", "61"], "--detect-within"],
       [["--json"], "give --middlebox-timeout"],
       [["--json=1", "--detect-within", "5"], "--json"],
+      [["--detect-within", "60", "--pool-idle-timeout", "0"], "--pool-idle-timeout"],
+      [["--detect-within", "60", "--pool-idle-timeout", "1.5"], "--pool-idle-timeout"],
+      [["--pool-idle-timeout", "90"], "the pool's timeout alone is not a plan"],
     ] as const
   ) {
     assertThrows(() => parsePlanArgs([...args]), UsageError, words);
@@ -202,30 +294,48 @@ Deno.test("plan.ts exits 0 with a plan, 2 with one line for what cannot be, and 
 
 Deno.test("plan flags: each range is the one --help gives, at both edges, whatever the leading zeros", () => {
   for (
-    const { flag, min, max } of [
-      { flag: "--middlebox-timeout", min: 3, max: 31_536_000 },
-      { flag: "--detect-within", min: 2, max: 1_000_000 },
-    ]
+    const { flag, min, max, field, base } of [
+      {
+        flag: "--middlebox-timeout",
+        min: 3,
+        max: 31_536_000,
+        field: "middleboxTimeoutSeconds",
+        base: [],
+      },
+      { flag: "--detect-within", min: 2, max: 1_000_000, field: "detectWithinSeconds", base: [] },
+      // The pool's timeout alone is not a plan: it comes with a deadline here.
+      {
+        flag: "--pool-idle-timeout",
+        min: 1,
+        max: 31_536_000,
+        field: "poolIdleTimeoutSeconds",
+        base: ["--detect-within", "60"],
+      },
+    ] as const
   ) {
     // --help: the flag's own lines (up to the next flag) give the range.
     const start = HELP.indexOf(`  ${flag} `);
+    assert(start >= 0, `${flag} is in --help`);
     const helpLines = HELP.slice(start, HELP.indexOf("\n  --", start + 1));
     assertStringIncludes(helpLines, `${min}..${max}`, flag);
     const refused = `${flag} must be an integer from ${min} to ${max}, not`;
     for (const typed of [min - 1, max + 1]) {
       for (const zeros of ["", "0", "0".repeat(30)]) {
-        assertThrows(() => parsePlanArgs([flag, `${zeros}${typed}`]), UsageError, refused);
+        assertThrows(
+          () => parsePlanArgs([...base, flag, `${zeros}${typed}`]),
+          UsageError,
+          refused,
+        );
       }
     }
     for (const typed of [min, max]) {
       // Leading zeros, however many: the value decides, not the count of digits.
       for (const zeros of ["", "0", "0".repeat(13), "0".repeat(14), "0".repeat(30)]) {
-        const options = parsePlanArgs([flag, `${zeros}${typed}`]);
+        const options = parsePlanArgs([...base, flag, `${zeros}${typed}`]);
         if (options === "help") throw new Error("not --help");
-        const request = options.request;
-        assertEquals(request.middleboxTimeoutSeconds ?? request.detectWithinSeconds, typed);
-        // What the flags take, the planner can plan.
-        planKeepAlive(request);
+        assertEquals(options.request[field], typed);
+        // What the flags take, the planner can plan, and put in words.
+        formatPlan(planKeepAlive(options.request));
       }
     }
   }
@@ -257,6 +367,181 @@ Deno.test("plan text: when no probe may be lost, it says so and why, never '0 lo
     lines({ middleboxTimeoutSeconds: 350 }),
     "a flow survives 2 lost probes in a row",
   );
+});
+
+const planText = (request: PlanRequest) => formatPlan(planKeepAlive(request)).join("\n");
+const planCommand = (...args: string[]) => run([Deno.execPath(), "run", "tools/plan.ts", ...args]);
+
+Deno.test("plan: without --detect-within, a worst case over a minute is a warning in plain words, with what a deadline costs", async () => {
+  const gcp = planKeepAlive({ middleboxTimeoutSeconds: 600 });
+  assertEquals(gcp.worstCaseDetectionSeconds, 585);
+  const [warning, ...more] = planWarnings(gcp);
+  assertEquals(more, []);
+  assertStringIncludes(
+    warning,
+    "without --detect-within, a dead peer, or a request in flight on a dead path, can go " +
+      "unnoticed for up to 585 s (about 10 min)",
+  );
+  assertStringIncludes(warning, "--detect-within 60 costs 120 probes an hour");
+  // Given a deadline, however loose, or with a worst case of a minute or less: none.
+  assertEquals(
+    planWarnings(planKeepAlive({ middleboxTimeoutSeconds: 600, detectWithinSeconds: 3600 })),
+    [],
+  );
+  assertEquals(planKeepAlive({ middleboxTimeoutSeconds: 60 }).worstCaseDetectionSeconds, 57);
+  assertEquals(planWarnings(planKeepAlive({ middleboxTimeoutSeconds: 60 })), []);
+  // Every preset alone leaves more than a minute: every one warns.
+  for (const [key, box] of Object.entries(MIDDLEBOXES)) {
+    const plan = planKeepAlive({ middleboxTimeoutSeconds: box.timeoutSeconds });
+    assertEquals(planWarnings(plan).length, 1, key);
+  }
+  // The command prints it with the plan, and --json carries it.
+  const text = await planCommand("--middlebox", "gcp-firewall");
+  assertEquals(text.code, 0, text.stderr);
+  assertStringIncludes(text.stdout, `\n  warning: ${warning}\n`);
+  const json = await planCommand("--middlebox", "gcp-firewall", "--json");
+  assertEquals(JSON.parse(json.stdout).warnings, [warning]);
+  const quiet = await planCommand(
+    "--middlebox",
+    "gcp-firewall",
+    "--detect-within",
+    "600",
+    "--json",
+  );
+  assertEquals(JSON.parse(quiet.stdout).warnings, []);
+});
+
+Deno.test("plan text: plain numbers, rounded and said 'about', exact ones exact; --json keeps them exact", () => {
+  const gcp = planKeepAlive({ middleboxTimeoutSeconds: 600 });
+  const text = formatPlan(gcp).join("\n");
+  assertStringIncludes(
+    text,
+    "cost: about 8 probes an hour per idle connection, each answered: about 1.1 kB an hour on IPv4",
+  );
+  assertStringIncludes(text, "noticed at most 585 s (about 10 min) after its last packet");
+  assertStringIncludes(text, "idle          426 s (about 7 min): the first probe");
+  // No 8.45 probes: two decimals nowhere but in the versions of the tools (Go >= 1.23).
+  const prose = text.slice(0, text.indexOf("Apply it:"));
+  assert(!/[0-9][.][0-9][0-9]/.test(prose), prose);
+  assertEquals(gcp.probesPerHour, 3600 / 426);
+  assertEquals(gcp.probeEverySeconds, 426);
+  // 120 an hour is exact, so not "about".
+  assertStringIncludes(
+    planText({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 60 }),
+    "cost: 120 probes an hour per idle connection, each answered: about 16 kB an hour on IPv4",
+  );
+  // Long times in hours and days, big numbers with separators (not in the flags).
+  const long = planText({ detectWithinSeconds: 100_000 });
+  assertStringIncludes(long, "idle          32,767 s (about 9 h): the first probe");
+  assertStringIncludes(long, "within 100,000 s:");
+  assertStringIncludes(long, "cost: about 3 probes a day per idle connection");
+  assertStringIncludes(long, "--idle 32767 --interval 16666 --count 3 --user-timeout 82765");
+});
+
+Deno.test("plan presets: GCP Cloud NAT and Azure NAT gateway beside the others, each with its number and its source, in --help and docs/planner.md", async () => {
+  assertEquals(
+    Object.fromEntries(Object.entries(MIDDLEBOXES).map(([key, box]) => [key, box.timeoutSeconds])),
+    {
+      "aws-nat-gateway": 350,
+      "aws-nlb": 350,
+      "azure-lb": 240,
+      "azure-nat-gateway": 240,
+      "gcp-firewall": 600,
+      "gcp-cloud-nat": 1200,
+      "docker-swarm": 900,
+      "linux-conntrack": 432_000,
+    },
+  );
+  const docs = await Deno.readTextFile(`${ROOT_DIR}docs/planner.md`);
+  const helpLines = HELP.split("\n");
+  for (const [key, box] of Object.entries(MIDDLEBOXES)) {
+    assert(box.source.startsWith("https://"), key);
+    const help = helpLines.find((line) => line.trimStart().startsWith(`${key} `));
+    assert(help, `--help lists ${key}`);
+    assertStringIncludes(help, `${box.timeoutSeconds} s  ${box.name}`, key);
+    const row = docs.split("\n").find((line) => line.startsWith(`| \`${key}\``));
+    assert(row, `docs/planner.md has a row for ${key}`);
+    assertStringIncludes(row, `| ${box.timeoutSeconds} s`, key);
+    assertStringIncludes(row, box.source, key);
+    const options = parsePlanArgs(["--middlebox", key]);
+    if (options === "help") throw new Error("not --help");
+    assertEquals(options.request, {
+      middleboxTimeoutSeconds: box.timeoutSeconds,
+      middleboxName: box.name,
+    });
+  }
+});
+
+Deno.test("plan --pool-idle-timeout: keepalive is not needed to keep parked connections when the pool closes them first, and is still needed for the rest", async () => {
+  const advice = (timeout: number | undefined, pool: number, deadline?: number) =>
+    planKeepAlive({
+      middleboxTimeoutSeconds: timeout,
+      detectWithinSeconds: deadline,
+      poolIdleTimeoutSeconds: pool,
+    }).pool;
+  // fetch's 90 s (180 s when it closes late) before an AWS NAT gateway's 350 s.
+  assertEquals(advice(350, 90), {
+    idleTimeoutSeconds: 90,
+    closedBySeconds: 180,
+    keepaliveNeededToKeep: "no",
+    probesParked: false,
+  });
+  // With a 60 s deadline the idle time is 30 s: a parked connection is probed.
+  assertEquals(advice(350, 90, 60)?.probesParked, true);
+  assertEquals(advice(350, 174)?.keepaliveNeededToKeep, "no");
+  // Before 350 s only when closed on time (pg-pool), not when 2 x 175 s late (fetch).
+  assertEquals(advice(350, 175)?.keepaliveNeededToKeep, "maybe");
+  assertEquals(advice(350, 349)?.keepaliveNeededToKeep, "maybe");
+  assertEquals(advice(350, 350)?.keepaliveNeededToKeep, "yes");
+  assertEquals(advice(undefined, 10, 30)?.keepaliveNeededToKeep, null);
+  assertEquals(planKeepAlive({ middleboxTimeoutSeconds: 350 }).pool, null);
+  // The settings stay; the advice changes.
+  const without = planText({ middleboxTimeoutSeconds: 350 });
+  const pooled = planText({ middleboxTimeoutSeconds: 350, poolIdleTimeoutSeconds: 90 });
+  assert(!without.includes("pool:"), without);
+  for (const text of [without, pooled]) {
+    assertStringIncludes(text, "--idle 248 --interval 31 --count 3 --user-timeout 341");
+  }
+  assertStringIncludes(
+    pooled,
+    "  pool: it closes an idle connection after 90 s; fetch's pool checks every 90 s, so by " +
+      "180 s (3 min) at the latest, before the middlebox forgets it at 350 s: keepalive is not " +
+      "needed to keep parked connections.",
+  );
+  assertStringIncludes(
+    pooled,
+    "  keepalive is still what notices a path that dies under a parked connection (NAT reboot, " +
+      "failover, VPN drop), but only after 248 s (about 4 min) of silence",
+  );
+  assertStringIncludes(pooled, "connections that outlive the pool");
+  assertStringIncludes(
+    pooled,
+    "the user timeout still ends a request in flight on a dead path, after 341 s (about 6 min).",
+  );
+  assertStringIncludes(
+    planText({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 60, poolIdleTimeoutSeconds: 90 }),
+    "within 60 s of its last packet (the first probe after 30 s of silence)",
+  );
+  const late = planText({ middleboxTimeoutSeconds: 350, poolIdleTimeoutSeconds: 400 });
+  assertStringIncludes(late, "keepalive is what keeps it");
+  assertStringIncludes(late, "Deno.createHttpClient({ poolIdleTimeout: 174_000 })");
+  assertStringIncludes(
+    planText({ middleboxTimeoutSeconds: 350, poolIdleTimeoutSeconds: 200 }),
+    "fetch's pool checks every 200 s and may keep one up to 400 s (about 7 min): keep keepalive on",
+  );
+  // The command: --json carries the advice; the pool alone is misuse, one line.
+  const json = await planCommand(
+    "--middlebox",
+    "aws-nat-gateway",
+    "--pool-idle-timeout",
+    "90",
+    "--json",
+  );
+  assertEquals(JSON.parse(json.stdout).pool.keepaliveNeededToKeep, "no");
+  const alone = await planCommand("--pool-idle-timeout", "90");
+  assertEquals([alone.code, alone.stdout], [2, ""]);
+  assertEquals(alone.stderr.trim().split("\n").length, 1, alone.stderr);
+  assertStringIncludes(alone.stderr, "the pool's timeout alone is not a plan");
 });
 
 /** Why stdout or stderr cannot be pointed at a full device here, or null. */

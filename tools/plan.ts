@@ -2,39 +2,21 @@
  * # Which keepalive settings? A planner
  *
  * @run deno run tools/plan.ts --middlebox aws-nat-gateway --detect-within 60
- * @run deno run tools/plan.ts --middlebox-timeout 350 [--detect-within 60] [--json]
+ * @run deno run tools/plan.ts --middlebox-timeout 350 [--detect-within 60] [--pool-idle-timeout 90] [--json]
  *
  * Two questions decide keepalive's settings: how long may a connection stay
  * silent before something on the path forgets it (a NAT gateway, a load
  * balancer, a firewall's connection table), and how soon must a dead peer
  * be noticed. This script turns the answers into the four numbers the
- * kernel takes, says what they cost, and prints how to apply them with the
- * kit's scripts, the package `@kakit/keepalive`, Node and Go.
+ * kernel takes, says what they cost and how long a dead peer can go
+ * unnoticed, and prints how to apply them with the kit's scripts, the
+ * package `@kakit/keepalive`, Node and Go. Given the idle timeout of the
+ * connection pool too (fetch's, pg-pool's), it says whether keepalive is
+ * still needed to keep parked connections, and what it is still for.
  *
- * The rules, each one short:
- *
- * 1. **Every probe leaves before the middlebox forgets.** Keepalive counts
- *    in whole seconds and the kernel's timer wheel may fire a timer up to an
- *    eighth late (a 130 s idle time was seen to send its probe at 146 s), so
- *    a probe due at t may leave at t × 9/8, and then needs a moment on the
- *    wire: the ceiling is C = ⌊(timeout − 1) × 8/9⌋ seconds after the last
- *    packet. (An answered probe is traffic too: it restarts both clocks.)
- * 2. **Three probes, and a lost one does not lose the flow.** A dead peer is
- *    declared after `count` unanswered probes (three; fewer only when the
- *    deadline leaves no room). The retries of a lost probe must leave before
- *    the ceiling too: idle + interval × L ≤ C, where L, the probes that may
- *    be lost in a row, is count − 1 where there is room (1 s per retry).
- * 3. **Worst case = idle + interval × count**, counted from the last packet
- *    heard from the peer. With a deadline, half of it goes to the probes:
- *    interval = ⌊deadline / (2 × count)⌋ (at most what rule 2 leaves), then
- *    idle takes the rest, up to what rule 2 allows. Without a deadline:
- *    interval = C / 10, idle = C − interval × L.
- * 4. **User timeout = the worst case.** `TCP_USER_TIMEOUT` bounds a request
- *    already in flight (keepalive only runs when nothing is), and with
- *    keepalive on it also replaces the count: set to the worst case, both
- *    ways of dying agree.
- * 5. **Cost.** A healthy idle connection sends one probe and gets one answer
- *    every max(idle, interval) seconds: 66-byte frames on IPv4 (86 on IPv6).
+ * The rules are in `tools/plan_rules.ts` (and docs/planner.md); this file
+ * puts them in words, plain ones: "about 8 probes an hour", "about 6 min".
+ * `--json` gives the same plan with its exact numbers.
  *
  * It needs no permission: it only computes and prints.
  *
@@ -53,128 +35,28 @@ import {
   UsageError,
   writeText,
 } from "./cli.ts";
-import { KEEPALIVE_LIMITS } from "@kakit/keepalive";
+import {
+  FRAME_BYTES_IPV4,
+  MAX_KEEPALIVE_SECONDS,
+  MIDDLEBOXES,
+  type Plan,
+  planKeepAlive,
+  type PlanRequest,
+  POOL_IDLE_TIMEOUTS,
+} from "./plan_rules.ts";
 export { type CommandIO, UsageError } from "./cli.ts";
-
-/** Middleboxes that forget idle flows, and after how long (sources in the README). */
-export const MIDDLEBOXES: Record<string, { name: string; timeoutSeconds: number }> = {
-  "aws-nat-gateway": { name: "AWS NAT gateway", timeoutSeconds: 350 },
-  "aws-nlb": { name: "AWS Network Load Balancer", timeoutSeconds: 350 },
-  "azure-lb": { name: "Azure load balancer", timeoutSeconds: 240 },
-  "gcp-firewall": { name: "GCP firewall connection tracking", timeoutSeconds: 600 },
-  "docker-swarm": { name: "Docker Swarm (IPVS)", timeoutSeconds: 900 },
-  "linux-conntrack": { name: "Linux conntrack", timeoutSeconds: 432_000 },
-};
-
-/** What the plan is for. At least one of the two is given. */
-export interface PlanRequest {
-  /** Seconds after which the strictest middlebox on the path forgets an idle flow. */
-  middleboxTimeoutSeconds?: number;
-  /** Its name, when it came from {@linkcode MIDDLEBOXES}. */
-  middleboxName?: string;
-  /** Seconds within which a dead peer must be noticed, counted from its last packet. */
-  detectWithinSeconds?: number;
-}
-
-/** The settings, what they guarantee and what they cost. Times in seconds. */
-export interface Plan {
-  /** The request, as understood. */
-  request: PlanRequest;
-  /** `TCP_KEEPIDLE`: silence before the first probe. */
-  idleSeconds: number;
-  /** Rule 1's ceiling: the latest a probe may be due after the last packet; null without a middlebox. */
-  idleCeilingSeconds: number | null;
-  /** Probes that may be lost in a row before the middlebox forgets the flow (rule 2); null without one. */
-  lostProbesSurvived: number | null;
-  /** `TCP_KEEPINTVL`: between unanswered probes. */
-  intervalSeconds: number;
-  /** `TCP_KEEPCNT`: unanswered probes before the connection fails. */
-  count: number;
-  /** `TCP_USER_TIMEOUT`, in seconds: how long sent data may go unacknowledged. */
-  userTimeoutSeconds: number;
-  /** The longest a dead peer can go unnoticed, from its last packet: idle + interval × count. */
-  worstCaseDetectionSeconds: number;
-  /** Probes a healthy idle connection sends per hour (each gets an answer), to 2 decimals. */
-  probesPerHour: number;
-  /** Bytes on an Ethernet link per connection per hour, probes and answers, IPv4 (IPv6 is 86/66 of it). */
-  bytesPerHourIPv4: number;
-}
-
-// A probe or its answer on the wire: Ethernet 14 + IPv4 20 (IPv6 40) + TCP
-// 20 + timestamps option 12 bytes.
-const FRAME_BYTES_IPV4 = 66;
-const COUNT = 3;
-const MAX_IDLE = KEEPALIVE_LIMITS.time.max / 1000;
-const MAX_INTERVAL = KEEPALIVE_LIMITS.interval.max / 1000;
-
-/**
- * Rule 1's ceiling: the latest a probe may be due, in seconds after the last
- * packet, so that it leaves (up to an eighth late) and arrives before a
- * middlebox with this timeout forgets the flow.
- */
-export function probeCeiling(timeoutSeconds: number): number {
-  return Math.floor((timeoutSeconds - 1) * 8 / 9);
-}
-
-/**
- * Works out the settings for a request. Throws a {@linkcode UsageError}
- * saying what is possible when the request cannot be met.
- *
- * @example
- * ```ts
- * import { planKeepAlive } from "./plan.ts";
- * const plan = planKeepAlive({ middleboxTimeoutSeconds: 350, detectWithinSeconds: 60 });
- * // plan.idleSeconds 30, plan.intervalSeconds 10, plan.count 3, plan.userTimeoutSeconds 60
- * ```
- */
-export function planKeepAlive(request: PlanRequest): Plan {
-  const { middleboxTimeoutSeconds: timeout, detectWithinSeconds: deadline } = request;
-  if (timeout === undefined && deadline === undefined) {
-    throw new UsageError("give --middlebox-timeout (or --middlebox), --detect-within, or both");
-  }
-  let ceiling = MAX_IDLE;
-  if (timeout !== undefined) {
-    ceiling = Math.min(MAX_IDLE, probeCeiling(timeout));
-    if (ceiling < 1) {
-      throw new UsageError(
-        `keepalive cannot keep a flow alive through a middlebox that forgets it after ` +
-          `${timeout} s: a probe is due 1 s after the last packet at the soonest, and may leave ` +
-          `an eighth late, so the timeout must be at least 3 s`,
-      );
-    }
-  }
-  if (deadline !== undefined && deadline < 2) {
-    throw new UsageError(
-      `a dead peer cannot be noticed within ${deadline} s: the least keepalive can do is ` +
-        `2 s (idle 1 s, then 1 probe after 1 s)`,
-    );
-  }
-  // Room for idle 1 s and count probes 1 s apart within the deadline.
-  const count = deadline === undefined ? COUNT : Math.min(COUNT, deadline - 1);
-  // Rule 2: the probes that may be lost in a row, each retry 1 s or more.
-  const lost = Math.min(count - 1, ceiling - 1);
-  const roomPerRetry = lost > 0 ? Math.floor((ceiling - 1) / lost) : MAX_INTERVAL;
-  const wanted = deadline === undefined
-    ? Math.round(ceiling / 10)
-    : Math.floor(deadline / (2 * count));
-  const interval = Math.min(MAX_INTERVAL, ceiling, roomPerRetry, Math.max(1, wanted));
-  let idle = ceiling - interval * lost;
-  if (deadline !== undefined) idle = Math.min(idle, deadline - interval * count);
-  const worst = idle + interval * count;
-  const probesPerHour = Math.round(3600 / Math.max(idle, interval) * 100) / 100;
-  return {
-    request,
-    idleSeconds: idle,
-    idleCeilingSeconds: timeout === undefined ? null : ceiling,
-    intervalSeconds: interval,
-    count,
-    lostProbesSurvived: timeout === undefined ? null : lost,
-    userTimeoutSeconds: worst,
-    worstCaseDetectionSeconds: worst,
-    probesPerHour,
-    bytesPerHourIPv4: Math.round(probesPerHour * 2 * FRAME_BYTES_IPV4),
-  };
-}
+export {
+  type KeepaliveNeed,
+  type Middlebox,
+  MIDDLEBOXES,
+  type Plan,
+  planKeepAlive,
+  type PlanRequest,
+  POOL_IDLE_TIMEOUTS,
+  type PoolAdvice,
+  poolAdvice,
+  probeCeiling,
+} from "./plan_rules.ts";
 
 /** How to apply a plan with each tool, one line each, keyed by the tool. */
 export function applyPlan(plan: Plan): Record<string, string> {
@@ -199,42 +81,81 @@ export function applyPlan(plan: Plan): Record<string, string> {
   };
 }
 
-/** The plan as lines of text, for people. */
+/** The plan as lines of text, for people: exact settings, plain words for what they mean. */
 export function formatPlan(plan: Plan): string[] {
   const { request } = plan;
-  const path = request.middleboxTimeoutSeconds === undefined
+  const timeout = request.middleboxTimeoutSeconds;
+  const path = timeout === undefined
     ? "a path with no known idle timeout"
-    : `a path that forgets idle flows after ${request.middleboxTimeoutSeconds} s${
+    : `a path that forgets idle flows after ${count(timeout)} s${
       request.middleboxName ? ` (${request.middleboxName})` : ""
     }`;
   const goal = request.detectWithinSeconds === undefined
     ? ""
-    : `, noticing a dead peer within ${request.detectWithinSeconds} s`;
-  const timeout = request.middleboxTimeoutSeconds;
+    : `, noticing a dead peer within ${count(request.detectWithinSeconds)} s`;
+  const pool = request.poolIdleTimeoutSeconds === undefined
+    ? ""
+    : `, with a pool that closes idle connections after ${count(request.poolIdleTimeoutSeconds)} s`;
   const ceiling = plan.idleCeilingSeconds === null
     ? ""
-    : timeout !== undefined && probeCeiling(timeout) > MAX_IDLE
-    ? ` (at most ${MAX_IDLE} s: the kernel's limit)`
+    : plan.idleCeilingSeconds > MAX_KEEPALIVE_SECONDS
+    ? ` (at most ${count(MAX_KEEPALIVE_SECONDS)} s: the kernel's limit)`
     : ` (every probe due by ${plan.idleCeilingSeconds} s after the last packet: even an ` +
       `eighth late, it leaves by ${timeout! - 1} s)`;
-  const lost = describeLostProbes(plan);
   const apply = applyPlan(plan);
   const width = Math.max(...Object.keys(apply).map((key) => key.length));
+  const warnings = planWarnings(plan).map((line) => `  warning: ${line}`);
+  const poolLines = describePool(plan);
   return [
-    `Plan for ${path}${goal}:`,
+    `Plan for ${path}${goal}${pool}:`,
     "",
-    `  idle          ${plan.idleSeconds} s: the first probe after this much silence${ceiling}`,
-    `  interval      ${plan.intervalSeconds} s: then one probe this often while unanswered`,
+    `  idle          ${duration(plan.idleSeconds)}: the first probe after this much silence` +
+    ceiling,
+    `  interval      ${duration(plan.intervalSeconds)}: then one probe this often while unanswered`,
     `  count         ${plan.count}: dead after this many unanswered probes`,
-    `  user timeout  ${plan.userTimeoutSeconds} s: sent data unacknowledged this long fails too`,
+    `  user timeout  ${duration(plan.userTimeoutSeconds)}: sent data unacknowledged this long ` +
+    `fails too`,
     "",
-    ...lost,
-    `  worst case: a dead peer is noticed ${plan.worstCaseDetectionSeconds} s after its last ` +
-    `packet (${plan.idleSeconds} + ${plan.intervalSeconds} x ${plan.count})`,
-    `  cost: ${describeRate(plan)}`,
+    ...describeLostProbes(plan),
+    `  worst case: a dead peer is noticed at most ${duration(plan.worstCaseDetectionSeconds)} ` +
+    `after its last packet (${plan.idleSeconds} + ${plan.intervalSeconds} x ${plan.count})`,
+    `  cost: ${describeCost(plan)}`,
+    ...warnings,
+    ...(poolLines.length ? ["", ...poolLines] : []),
     "",
     "Apply it:",
     ...Object.entries(apply).map(([tool, how]) => `  ${tool.padEnd(width)}  ${how}`),
+  ];
+}
+
+// Beyond this many seconds, a worst case nobody asked for is worth a warning.
+const WARN_ABOVE_SECONDS = 60;
+// The deadline the warning suggests, and prices.
+const SUGGESTED_DEADLINE = 60;
+
+/**
+ * What the user did not ask for but should know, one line each: without
+ * `--detect-within`, a worst case over a minute (a dead peer unnoticed, a
+ * request in flight on a dead path hanging) is said in plain words, with
+ * what a deadline would cost. Empty when there is nothing to say.
+ *
+ * @example
+ * ```ts
+ * import { planKeepAlive, planWarnings } from "./plan.ts";
+ * planWarnings(planKeepAlive({ middleboxTimeoutSeconds: 600 }))[0];
+ * // "without --detect-within, a dead peer, or a request in flight on a dead path, ..."
+ * ```
+ */
+export function planWarnings(plan: Plan): string[] {
+  const { request } = plan;
+  if (request.detectWithinSeconds !== undefined) return [];
+  if (plan.worstCaseDetectionSeconds <= WARN_ABOVE_SECONDS) return [];
+  const bounded = planKeepAlive({ ...request, detectWithinSeconds: SUGGESTED_DEADLINE });
+  return [
+    `without --detect-within, a dead peer, or a request in flight on a dead path, can go ` +
+    `unnoticed for up to ${duration(plan.worstCaseDetectionSeconds)}. Add --detect-within ` +
+    `SECONDS to bound it: --detect-within ${SUGGESTED_DEADLINE} costs ` +
+    `${describeProbeRate(bounded.probeEverySeconds)}.`,
   ];
 }
 
@@ -261,20 +182,117 @@ function describeLostProbes(plan: Plan): string[] {
   ];
 }
 
-// Probes per hour, or per day when fewer than one an hour.
-function describeRate(plan: Plan): string {
-  const period = Math.max(plan.idleSeconds, plan.intervalSeconds);
-  if (period > 3600) {
-    const perDay = Math.round(86400 / period * 10) / 10;
-    return `one probe and its answer every ${period} s (${perDay} a day) per connection, ` +
-      `${formatBytes(Math.round(perDay * 2 * FRAME_BYTES_IPV4))} a day on IPv4`;
+// What a pool's own idle timeout changes, in words (docs/planner.md, "The
+// pool's own idle timeout first"). No lines without --pool-idle-timeout.
+function describePool(plan: Plan): string[] {
+  const advice = plan.pool;
+  if (advice === null) return [];
+  const pool = advice.idleTimeoutSeconds;
+  const timeout = plan.request.middleboxTimeoutSeconds;
+  const closes = `it closes an idle connection after ${duration(pool)}; fetch's pool checks ` +
+    `every ${count(pool)} s, so by ${duration(advice.closedBySeconds)} at the latest`;
+  const sooner = (limit: number) =>
+    `or close them sooner: Deno.createHttpClient({ poolIdleTimeout: ${milliseconds(limit)} }) ` +
+    `or less for fetch, idleTimeoutMillis: ${milliseconds(timeout! - 1)} or less for pg-pool`;
+  const half = Math.floor((timeout! - 1) / 2);
+  if (advice.keepaliveNeededToKeep === "yes") {
+    return [
+      `  pool: ${closes}. The middlebox forgets a parked connection sooner, at ` +
+      `${count(timeout!)} s: keepalive is what keeps it (${sooner(half)}).`,
+    ];
   }
-  return `${plan.probesPerHour} probes and as many answers per connection per hour, ` +
-    `about ${formatBytes(plan.bytesPerHourIPv4)} on IPv4`;
+  if (advice.keepaliveNeededToKeep === "maybe") {
+    return [
+      `  pool: it closes an idle connection after ${duration(pool)}, before the middlebox ` +
+      `forgets it at ${count(timeout!)} s, if it closes on time, as pg-pool does (a timer per ` +
+      `connection). fetch's pool checks every ${count(pool)} s and may keep one up to ` +
+      `${duration(advice.closedBySeconds)}: keep keepalive on for fetch (${sooner(half)}).`,
+    ];
+  }
+  const first = timeout === undefined
+    ? `  pool: ${closes}. With no middlebox to outlast, keepalive is not what keeps it.`
+    : `  pool: ${closes}, before the middlebox forgets it at ${count(timeout)} s: keepalive ` +
+      `is not needed to keep parked connections.`;
+  const probe = advice.probesParked
+    ? `within ${duration(plan.worstCaseDetectionSeconds)} of its last packet (the first ` +
+      `probe after ${duration(plan.idleSeconds)} of silence)`
+    : `but only after ${duration(plan.idleSeconds)} of silence, longer than the pool keeps ` +
+      `it (${count(pool)} s): a request that meets the dead path waits for the user timeout ` +
+      `instead`;
+  return [
+    first,
+    `  keepalive is still what notices a path that dies under a parked connection (NAT ` +
+    `reboot, failover, VPN drop), ${probe}; it still keeps connections that outlive the pool ` +
+    `(streams, subscriptions, LISTEN, pg-pool's min); and the user timeout still ends a ` +
+    `request in flight on ` +
+    `a dead path, after ${duration(plan.userTimeoutSeconds)}.`,
+  ];
 }
 
-function formatBytes(bytes: number): string {
-  return bytes < 10_000 ? `${bytes} bytes` : `${(bytes / 1000).toFixed(1)} kB`;
+// ## Plain numbers
+
+// An integer with thousands separators, the way people write it: 32,767.
+function count(value: number): string {
+  return value.toLocaleString("en-US");
+}
+
+// Seconds as people say them: "60 s", "341 s (about 6 min)", "5 days".
+function duration(seconds: number): string {
+  if (seconds < 100) return `${seconds} s`;
+  return `${count(seconds)} s (${roughly(seconds)})`;
+}
+
+// A long time in its largest sensible unit, rounded: "about 6 min".
+function roughly(seconds: number): string {
+  const [size, unit] = seconds < 5_400
+    ? [60, "min"]
+    : seconds < 129_600
+    ? [3_600, "h"]
+    : [86_400, "days"];
+  return approximately(seconds / size, unit);
+}
+
+// "4 min" when exact, "about 6 min" when rounded.
+function approximately(value: number, unit: string): string {
+  const rounded = Math.max(1, Math.round(value));
+  return `${rounded === value ? "" : "about "}${count(rounded)} ${unit}`;
+}
+
+// Milliseconds as an option takes them: 174_000.
+function milliseconds(seconds: number): string {
+  return `${seconds * 1000}`.replace(/\B(?=(\d{3})+$)/g, "_");
+}
+
+// How often a healthy idle connection probes: "about 15 probes an hour".
+function describeProbeRate(periodSeconds: number): string {
+  const rate = (value: number, per: string) =>
+    `${approximately(value, "probes").replace(/^((?:about )?1) probes$/, "$1 probe")} ${per}`;
+  const perHour = 3600 / periodSeconds;
+  if (perHour >= 1) return rate(perHour, "an hour");
+  const perDay = 86_400 / periodSeconds;
+  if (perDay >= 1) return rate(perDay, "a day");
+  return `one probe every ${roughly(periodSeconds)}`;
+}
+
+// Rule 5 in plain words: probes, answers and bytes, per hour or per day.
+function describeCost(plan: Plan): string {
+  const period = plan.probeEverySeconds;
+  const perHour = 3600 / period;
+  const [bytes, per] = perHour >= 1
+    ? [perHour * 2 * FRAME_BYTES_IPV4, "an hour"]
+    : [86_400 / period * 2 * FRAME_BYTES_IPV4, "a day"];
+  return `${describeProbeRate(period)} per idle connection, each answered: ` +
+    `${plainBytes(bytes)} ${per} on IPv4`;
+}
+
+// Bytes, rounded to two figures: "about 290 bytes", "about 1.1 kB", "about 16 kB".
+function plainBytes(bytes: number): string {
+  if (bytes < 1_000) {
+    return `about ${Math.max(1, Math.round(bytes / 10) * 10 || Math.round(bytes))} bytes`;
+  }
+  if (bytes < 10_000) return `about ${(bytes / 1_000).toFixed(1)} kB`;
+  if (bytes < 1_000_000) return `about ${Math.round(bytes / 1_000)} kB`;
+  return `about ${(bytes / 1_000_000).toFixed(1)} MB`;
 }
 
 // ## The command line
@@ -284,10 +302,17 @@ function formatBytes(bytes: number): string {
 // peer cannot be noticed sooner than 2 s (idle 1 s, one probe 1 s later).
 const TIMEOUT_RANGE = { min: 3, max: 31_536_000 } as const;
 const DEADLINE_RANGE = { min: 2, max: 1_000_000 } as const;
+const POOL_RANGE = { min: 1, max: 31_536_000 } as const;
+
+const PRESETS = Object.entries(MIDDLEBOXES).map(([key, box]) =>
+  `      ${key.padEnd(18)} ${`${box.timeoutSeconds} s`.padStart(8)}  ${box.name}${
+    box.configurable ? ` (default; ${box.configurable})` : ""
+  }`
+).join("\n");
 
 /** The `--help` text. */
 export const HELP = `Usage: deno run tools/plan.ts [--middlebox-timeout SECONDS | --middlebox NAME]
-                    [--detect-within SECONDS] [--json]
+                    [--detect-within SECONDS] [--pool-idle-timeout SECONDS] [--json]
 
 Picks TCP keepalive settings (idle, interval, count, user timeout) that keep
 a connection alive through a middlebox that forgets idle flows, and notice a
@@ -295,15 +320,17 @@ dead peer in time; says what they cost and how to apply them.
 
 Options:
   --middlebox-timeout SECONDS  the shortest idle timeout on the path, ${TIMEOUT_RANGE.min}..${TIMEOUT_RANGE.max}
-  --middlebox NAME             the same, from a known middlebox:
-${
-  Object.entries(MIDDLEBOXES).map(([key, box]) =>
-    `                                 ${key.padEnd(16)} ${box.timeoutSeconds} s  ${box.name}`
-  ).join("\n")
-}
+  --middlebox NAME             the same, from a known middlebox (at its default: if
+                               yours was changed, give --middlebox-timeout):
+${PRESETS}
   --detect-within SECONDS      notice a dead peer within this long after its last packet,
-                               ${DEADLINE_RANGE.min}..${DEADLINE_RANGE.max}
-  --json                       print the plan as one JSON object
+                               ${DEADLINE_RANGE.min}..${DEADLINE_RANGE.max}; without it, the plan is the cheapest that
+                               keeps the flow, and a worst case over a minute is a warning
+  --pool-idle-timeout SECONDS  the connection pool closes idle connections itself after
+                               this long, ${POOL_RANGE.min}..${POOL_RANGE.max} (fetch in Deno 2.9: ${POOL_IDLE_TIMEOUTS.fetch}; pg-pool:
+                               ${POOL_IDLE_TIMEOUTS.pg}, idleTimeoutMillis); the plan says whether keepalive is
+                               still needed to keep them, and what it is still for
+  --json                       print the plan as one JSON object, exact numbers
   -h, --help                   show this help
 
 Exit codes: 0 with a plan, 1 when it cannot be written (stdout full or
@@ -324,7 +351,7 @@ export interface PlanOptions {
  */
 export function parsePlanArgs(args: string[]): PlanOptions | "help" {
   const flags = parseFlags(args, {
-    string: ["middlebox-timeout", "middlebox", "detect-within"],
+    string: ["middlebox-timeout", "middlebox", "detect-within", "pool-idle-timeout"],
     boolean: ["json"],
   });
   if (flags.help) return "help";
@@ -362,8 +389,21 @@ export function parsePlanArgs(args: string[]): PlanOptions | "help" {
       DEADLINE_RANGE.max,
     );
   }
+  if (flags["pool-idle-timeout"] !== undefined) {
+    request.poolIdleTimeoutSeconds = parseInteger(
+      "--pool-idle-timeout",
+      flags["pool-idle-timeout"],
+      POOL_RANGE.min,
+      POOL_RANGE.max,
+    );
+  }
   if (request.middleboxTimeoutSeconds === undefined && request.detectWithinSeconds === undefined) {
-    throw new UsageError("give --middlebox-timeout (or --middlebox), --detect-within, or both");
+    throw new UsageError(
+      "give --middlebox-timeout (or --middlebox), --detect-within, or both" +
+        (request.poolIdleTimeoutSeconds === undefined
+          ? ""
+          : ": the pool's timeout alone is not a plan"),
+    );
   }
   return { request, json: flags.json };
 }
@@ -386,7 +426,7 @@ export function main(args: string[], io: Pick<CommandIO, "stderr"> = {}): number
   }
   const failed = writeText(
     options.json
-      ? JSON.stringify({ ...plan, apply: applyPlan(plan) }, null, 2)
+      ? JSON.stringify({ ...plan, warnings: planWarnings(plan), apply: applyPlan(plan) }, null, 2)
       : formatPlan(plan).join("\n"),
   );
   if (failed === null) return 0;
