@@ -16,96 +16,22 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { addNamespace, cutCable, deleteNamespace } from "../lab/netns.ts";
-import { buildRouter, type Router } from "../lab/router.ts";
-import { planKeepAlive } from "../tools/plan.ts";
+import { delay, requiringTest, run, spawnScript } from "./_helpers.ts";
 import {
-  delay,
-  netnsUnavailableReason,
-  requiringTest,
-  run,
-  spawnScript,
-  withNetns,
-} from "./_helpers.ts";
+  clientFixture,
+  IDLE,
+  routerUnavailableReason,
+  startRedis,
+  tuning,
+  WAIT,
+  withRouterPath,
+} from "./_router.ts";
 
-const TIMEOUT = 5; // seconds after which the router forgets an idle flow
-const IDLE = 3 * TIMEOUT + 1; // how long each client stays idle: more than three timeouts
-const WAIT = 5; // how long a request after the idle may take before it counts as lost
-
-async function missing(): Promise<string | null> {
-  const reason = netnsUnavailableReason();
-  if (reason) return reason;
-  for (const [command, pkg] of [["nft", "nftables"], ["redis-server", "redis-server"]]) {
-    const found = await run(["sh", "-c", `command -v ${command}`]);
-    if (found.code !== 0) return `${command} is missing (Debian package ${pkg})`;
-  }
-  return null;
-}
-const reason = await missing();
+const reason = await routerUnavailableReason([["redis-server", "redis-server"]]);
 
 function reachTest(name: string, fn: () => Promise<void>) {
   requiringTest(name, reason, fn);
 }
-
-interface Path {
-  client: string;
-  router: string;
-  server: string;
-  /** The client's prefix to run a command in its namespace. */
-  inClient: string[];
-  /** The server's. */
-  inServer: string[];
-  net: Router;
-}
-
-// client - router - server, the router forgetting idle flows after TIMEOUT s.
-function withRouterPath<T>(fn: (path: Path) => Promise<T>): Promise<T> {
-  return withNetns((client) =>
-    withNetns((router) =>
-      withNetns(async (server) => {
-        const net = await buildRouter({
-          client: client.name,
-          router: router.name,
-          server: server.name,
-          timeoutSeconds: TIMEOUT,
-        });
-        return await fn({
-          client: client.name,
-          router: router.name,
-          server: server.name,
-          inClient: client.exec,
-          inServer: server.exec,
-          net,
-        });
-      })
-    )
-  );
-}
-
-// Runs a fixture in the client's namespace and returns the JSON it printed.
-async function clientFixture(path: Path, fixture: string, args: object) {
-  const output = await run([
-    ...path.inClient,
-    Deno.execPath(),
-    "run",
-    "--allow-net",
-    "--allow-ffi",
-    "--allow-env",
-    "--allow-read",
-    "--allow-sys",
-    `tests/fixtures/${fixture}`,
-    JSON.stringify(args),
-  ]);
-  assertEquals(output.code, 0, output.stderr);
-  return JSON.parse(output.stdout.trim().split("\n").at(-1)!);
-}
-
-const plan = planKeepAlive({ middleboxTimeoutSeconds: TIMEOUT, detectWithinSeconds: 10 });
-const tuning = {
-  time: plan.idleSeconds * 1000,
-  interval: plan.intervalSeconds * 1000,
-  retries: plan.count,
-  userTimeout: plan.userTimeoutSeconds * 1000,
-};
 
 reachTest(
   "fetch's pooled connection through a NAT that forgets: lost without tuning, kept by setKeepAliveAll",
@@ -136,7 +62,7 @@ reachTest(
       // on it is dropped and nothing comes back in WAIT seconds.
       assertEquals(plain.second, null, `the untuned request completed: ${JSON.stringify(plain)}`);
       assertEquals(plain.error, "TimeoutError");
-      assert(plain.secondsWaited >= WAIT - 0.1, JSON.stringify(plain));
+      assert(Number(plain.secondsWaited) >= WAIT - 0.1, JSON.stringify(plain));
       // Tuned: one socket (the pooled connection) was tuned, and the second
       // request went over the same connection (the server saw the same port).
       assertEquals(tuned.tuned, 1);
@@ -150,60 +76,31 @@ reachTest(
   "a real Redis through a NAT that forgets: a GET after the idle is lost untuned, answered when tuned",
   async () => {
     await withRouterPath(async (path) => {
-      const redis = new Deno.Command(path.inServer[0], {
-        args: [
-          ...path.inServer.slice(1),
-          "redis-server",
-          "--port",
-          "6379",
-          "--bind",
-          "0.0.0.0",
-          "--protected-mode",
-          "no",
-          "--save",
-          "",
-          "--appendonly",
-          "no",
-          "--daemonize",
-          "no",
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      try {
-        const ready = redis.stdout.pipeThrough(new TextDecoderStream()).getReader();
-        for (let seen = ""; !seen.includes("Ready to accept connections");) {
-          const { value, done } = await ready.read();
-          if (done) throw new Error(`redis-server ended: ${seen}`);
-          seen += value;
-        }
-        ready.releaseLock();
-        redis.stdout.cancel().catch(() => {});
-        const host = path.net.serverAddress;
-        const [plain, tuned] = await Promise.all([
-          clientFixture(path, "reach_redis_client.ts", {
-            host,
-            idleSeconds: IDLE,
-            waitSeconds: WAIT,
-            tuning: null,
-          }),
-          clientFixture(path, "reach_redis_client.ts", {
-            host,
-            idleSeconds: IDLE,
-            waitSeconds: WAIT,
-            tuning,
-          }),
-        ]);
-        assertEquals(plain.value, null, `the untuned GET was answered: ${JSON.stringify(plain)}`);
-        assert(/timed out/i.test(plain.error), JSON.stringify(plain));
-        assertEquals(tuned.error, null, JSON.stringify(tuned));
-        assertEquals(tuned.value, "alive");
-        assertEquals(tuned.settings.time, tuning.time, "read back from the driver's socket");
-      } finally {
-        redis.kill("SIGKILL");
-        await redis.status;
-        await redis.stderr.cancel().catch(() => {});
-      }
+      await using redis = await startRedis(path);
+      const host = redis.host;
+      const [plain, tuned] = await Promise.all([
+        clientFixture(path, "reach_redis_client.ts", {
+          host,
+          idleSeconds: IDLE,
+          waitSeconds: WAIT,
+          tuning: null,
+        }),
+        clientFixture(path, "reach_redis_client.ts", {
+          host,
+          idleSeconds: IDLE,
+          waitSeconds: WAIT,
+          tuning,
+        }),
+      ]);
+      assertEquals(plain.value, null, `the untuned GET was answered: ${JSON.stringify(plain)}`);
+      assert(/timed out/i.test(String(plain.error)), JSON.stringify(plain));
+      assertEquals(tuned.error, null, JSON.stringify(tuned));
+      assertEquals(tuned.value, "alive");
+      assertEquals(
+        (tuned.settings as { time: number }).time,
+        tuning.time,
+        "read back from the driver's socket",
+      );
     });
   },
 );
