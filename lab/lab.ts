@@ -14,6 +14,8 @@
  * - `nat`: a router that forgets idle flows, as NAT gateways and load
  *   balancers do; four connections show what happens without keepalive,
  *   with a user timeout, with an idle time below the router's and above it.
+ * - `own` (a mode of its own, `lab/own.ts`): your own server and client
+ *   commands behind that router, and what it did to each of their flows.
  *
  * How: `lab.ts` checks the tools, then starts `lab/inside.ts` in a sandbox
  * of namespaces (`lab/sandbox.ts`: user, network, mount and PID namespaces;
@@ -49,6 +51,7 @@ import {
 import { expectedDetection } from "./dead_peer.ts";
 import { type InsidePlan, type ScenarioName, SCENARIOS } from "./inside.ts";
 import { natWatchSeconds } from "./nat.ts";
+import { ownMain } from "./own.ts";
 import { formatTimeline, formatVerdict } from "./report.ts";
 import type { LabResult } from "./result.ts";
 import { sandboxCommand, trySandbox } from "./sandbox.ts";
@@ -86,6 +89,9 @@ settings predict. Scenarios (all by default, in this order):
   dead-peer   the client's cable is cut; the server's tuned keepalive notices
   nat         a router that forgets idle flows: no keepalive, a user timeout,
               keepalive idle below and above the router's timeout
+
+Your own program behind that router (see lab.ts own --help):
+  own --server CMD --port N --client CMD [--middlebox-timeout S] [--json]
 
 Options:
   --time SECONDS               keepalive idle time, 1..10 (blog: the sysctl, default 2;
@@ -183,6 +189,8 @@ export function parseLabArgs(args: string[]): LabOptions | "help" {
  * not run, 2 for bad flags.
  */
 export async function main(args: string[], io: CommandIO = {}): Promise<number> {
+  // `own` is a mode of its own, with its own flags (lab/own.ts).
+  if (args[0] === "own") return await ownMain(args.slice(1), io);
   const stderr = io.stderr ?? ((line: string) => console.error(line));
   const options = parseCommandLine("lab.ts", args, parseLabArgs, HELP, stderr);
   if (typeof options === "number") return options;

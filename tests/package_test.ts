@@ -33,6 +33,7 @@ const PACKAGE_DIR = `${ROOT_DIR}keepalive`;
 
 // A use of each type, so that a name missing from mod.ts fails the type check.
 type _Exported = [
+  KeepAliveAllTimer,
   KeepAliveConnection,
   KeepAliveOption,
   KeepAliveOptions,
@@ -42,7 +43,9 @@ type _Exported = [
   LocalFilter,
   NodeServerLike,
   NodeSocketLike,
+  NodeStreamLike,
   PeerFilter,
+  PeerFilters,
   ProbeEvent,
   ProbeTiming,
   TcpSocket,

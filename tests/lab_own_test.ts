@@ -1,0 +1,615 @@
+/**
+ * Tests for `lab own` (lab/own*.ts): your own program behind the lab's
+ * router that forgets idle flows.
+ *
+ * - Fast ones, without namespaces: its flags and their misuse, the flow
+ *   tracker over made-up samples, the per-port drop counters' parser, the
+ *   bounded line reader, and the report's escaping (nothing a program
+ *   prints reaches the terminal raw).
+ * - The three worked runs of docs/lab.md, each untuned and tuned, all six
+ *   at once (each lab is a sandbox of its own): `Deno.serve` + fetch,
+ *   redis-server + ioredis, PostgreSQL + pg. Untuned: the lab exits 1, the
+ *   router reports the flow forgotten and its packets dropped. Tuned: exit
+ *   0, no flow forgotten. The commands are the docs' own, word for word.
+ * - A server that never listens, and a quit request that ends everything
+ *   within 2 s.
+ *
+ * The runs need namespaces, ip, unshare, setpriv, nft, conntrack (as an
+ * ordinary user), redis-server and PostgreSQL: each skips with one line
+ * without them, and fails when CI=true.
+ */
+import { assert, assertEquals, assertFalse, assertStringIncludes, assertThrows } from "@std/assert";
+import { ownMain, parseOwnArgs } from "../lab/own.ts";
+import { MAX_LINE_CHARACTERS, readLines } from "../lab/own_command.ts";
+import { createFlowTracker, type DropSample } from "../lab/own_flows.ts";
+import { escapeText, formatJson, formatReport, type OwnResult } from "../lab/own_report.ts";
+import { parseCounters } from "../lab/own_router.ts";
+import type { ConntrackEntry } from "../lab/router.ts";
+import { trySandbox, unshareOptions } from "../lab/sandbox.ts";
+import { locateTools } from "../lab/tools.ts";
+import { UsageError } from "../tools/cli.ts";
+import { delay, idMap, keepaliveSysctls, requiringTest, ROOT_DIR, run } from "./_helpers.ts";
+
+// --- flags ----------------------------------------------------------------------
+
+const MINIMAL = ["--server", "redis-server", "--port", "6379", "--client", "true"];
+
+Deno.test("lab own: the flags, with their defaults", () => {
+  assertEquals(parseOwnArgs(MINIMAL), {
+    server: "redis-server",
+    port: 6379,
+    client: "true",
+    timeoutSeconds: 5,
+    clientTimeoutSeconds: 300,
+    json: false,
+  });
+  assertEquals(
+    parseOwnArgs([...MINIMAL, "--middlebox-timeout", "600", "--client-timeout", "1", "--json"]),
+    {
+      server: "redis-server",
+      port: 6379,
+      client: "true",
+      timeoutSeconds: 600,
+      clientTimeoutSeconds: 1,
+      json: true,
+    },
+  );
+  assertEquals(parseOwnArgs(["--help"]), "help");
+});
+
+Deno.test("lab own: each misuse is one UsageError naming the flag", () => {
+  const cases: [string[], string][] = [
+    [["--port", "6379", "--client", "true"], "--server is needed"],
+    [["--server", "x", "--client", "true"], "--port is needed"],
+    [["--server", "x", "--port", "1"], "--client is needed"],
+    [[...MINIMAL.slice(0, 2), "--port", "0", ...MINIMAL.slice(4)], "--port must be an integer"],
+    [[...MINIMAL.slice(0, 2), "--port", "65536", ...MINIMAL.slice(4)], "from 1 to 65535"],
+    [[...MINIMAL, "--middlebox-timeout", "2"], "--middlebox-timeout must be an integer from 3"],
+    [[...MINIMAL, "--middlebox-timeout", "601"], "from 3 to 600"],
+    [[...MINIMAL, "--client-timeout", "0"], "--client-timeout must be an integer from 1"],
+    [[...MINIMAL, "--server", "again"], "--server is given twice"],
+    [[...MINIMAL, "--svg", "x.svg"], 'unknown flag "--svg"'],
+    [[...MINIMAL, "--json=1"], "--json takes no value"],
+    [[...MINIMAL, "blog"], 'unexpected argument "blog"'],
+    [["--server", "", "--port", "1", "--client", "true"], "--server needs a value"],
+  ];
+  for (const [args, message] of cases) {
+    const error = assertThrows(() => parseOwnArgs(args), UsageError);
+    assertStringIncludes(error.message, message, JSON.stringify(args));
+    assertFalse(error.message.includes("\n"));
+  }
+});
+
+Deno.test("lab own: misuse through lab.ts's main is one line on stderr and exit code 2", async () => {
+  const lines: string[] = [];
+  const code = await ownMain(["--port", "99999"], { stderr: (line) => lines.push(line) });
+  assertEquals(code, 2);
+  assertEquals(lines.length, 1);
+  assertStringIncludes(lines[0], "lab.ts own:");
+  assertStringIncludes(lines[0], "(see --help)");
+});
+
+// --- the flow tracker ---------------------------------------------------------
+
+const NO_DROPS: DropSample = { fromClient: new Map(), fromServer: new Map() };
+
+function entry(port: number, state: string, remainingSeconds: number): ConntrackEntry {
+  return {
+    source: "10.231.1.2",
+    sourcePort: port,
+    destination: "10.231.2.2",
+    destinationPort: 8080,
+    state,
+    remainingSeconds,
+  };
+}
+
+Deno.test("lab own: a flow gone while established is forgotten, after the idle its countdown shows", () => {
+  const tracker = createFlowTracker(5);
+  assertEquals(tracker.observe(1, [entry(40000, "ESTABLISHED", 5)], NO_DROPS)[0].kind, "new");
+  // Shown 0 s left at 5.5: between 0 and 1 s left, so no news of a later packet.
+  tracker.observe(5.5, [entry(40000, "ESTABLISHED", 0)], NO_DROPS);
+  const [gone] = tracker.observe(6.5, [], NO_DROPS);
+  assertEquals(gone.kind, "forgotten");
+  assertEquals(gone.flow.lastActiveSeconds, 1);
+  assertEquals(gone.flow.idleSeconds, 5.5);
+  assertEquals(gone.flow.goneSeconds, 6.5);
+  assertEquals(gone.flow.lowestRemainingSeconds, 0);
+  // Packets of the forgotten flow, dropped: counted for it, the first one said.
+  const drops: DropSample = { fromClient: new Map([[40000, 3]]), fromServer: new Map() };
+  assertEquals(tracker.observe(9, [], drops).map((e) => e.kind), ["dropped"]);
+  drops.fromClient.set(40000, 7);
+  drops.fromServer.set(40000, 1);
+  assertEquals(tracker.observe(10, [], drops), []);
+  const [flow] = tracker.flows();
+  assertEquals([flow.droppedFromClient, flow.droppedFromServer], [7, 1]);
+  assertEquals(flow.end, "forgotten");
+});
+
+Deno.test("lab own: a kept flow is refreshed, a closed one is not called forgotten", () => {
+  const tracker = createFlowTracker(5);
+  tracker.observe(0.5, [entry(40001, "ESTABLISHED", 5), entry(40002, "ESTABLISHED", 5)], NO_DROPS);
+  for (let t = 1; t <= 20; t++) {
+    // 40001: keepalive every second keeps the countdown up; 40002 closes at 10.
+    const other = t < 10 ? entry(40002, "ESTABLISHED", 5) : entry(40002, "TIME_WAIT", 120);
+    tracker.observe(
+      t,
+      [entry(40001, "ESTABLISHED", t % 2 ? 4 : 5), ...(t < 15 ? [other] : [])],
+      NO_DROPS,
+    );
+  }
+  const [kept, closed] = tracker.flows();
+  assertEquals(kept.end, "tracked");
+  assertEquals(kept.lowestRemainingSeconds, 4);
+  assertEquals(kept.lastActiveSeconds, 20);
+  assertEquals(closed.end, "closed");
+  assertEquals(closed.lastState, "TIME_WAIT");
+  assertEquals(closed.goneSeconds, 15);
+  assertEquals(closed.idleSeconds, null);
+});
+
+Deno.test("lab own: flows past the limit are counted, not followed; unknown ports' drops are counted", () => {
+  const tracker = createFlowTracker(5, 2);
+  const entries = [1, 2, 3, 4].map((i) => entry(40000 + i, "ESTABLISHED", 5));
+  tracker.observe(1, entries, { fromClient: new Map([[50000, 2]]), fromServer: new Map() });
+  tracker.observe(2, entries, NO_DROPS);
+  assertEquals(tracker.flows().length, 2);
+  assertEquals(tracker.flowsLeftOut(), 2);
+  assertEquals(tracker.unattributedDrops(), 2);
+});
+
+Deno.test("lab own: the per-port drop counters are read from nft's JSON, and nonsense is no counter", () => {
+  const json = JSON.stringify({
+    nftables: [
+      { metainfo: { version: "1.0.6" } },
+      {
+        set: {
+          name: "from_client",
+          elem: [{ elem: { val: 40000, counter: { packets: 7, bytes: 420 } } }],
+        },
+      },
+      { set: { name: "from_server", elem: [{ elem: { val: 40000, counter: { packets: 1 } } }] } },
+      { set: { name: "from_server", elem: [{ elem: { val: "x", counter: { packets: 1 } } }] } },
+    ],
+  });
+  const drops = parseCounters(json);
+  assertEquals([...drops.fromClient], [[40000, 7]]);
+  assertEquals([...drops.fromServer], [[40000, 1]]);
+  assertEquals(parseCounters("not json").fromClient.size, 0);
+});
+
+// --- output, bounded and escaped ---------------------------------------------
+
+function streamOf(...chunks: string[]): ReadableStream<Uint8Array> {
+  const bytes = chunks.map((chunk) => new TextEncoder().encode(chunk));
+  return new ReadableStream({
+    start(controller) {
+      for (const chunk of bytes) controller.enqueue(chunk);
+      controller.close();
+    },
+  });
+}
+
+Deno.test("lab own: a command's lines are cut to a bound, however long, and \\r\\n counts as \\n", async () => {
+  const lines: [string, number][] = [];
+  const long = "x".repeat(1_000_000);
+  await readLines(
+    streamOf("one\r\ntw", "o\n", long.slice(0, 500), long.slice(500), "\nlast"),
+    (text, cut) => lines.push([text, cut]),
+  );
+  assertEquals(lines.map(([text]) => text.length), [3, 3, MAX_LINE_CHARACTERS, 4]);
+  assertEquals(lines[0], ["one", 0]);
+  assertEquals(lines[2][1], 1_000_000 - MAX_LINE_CHARACTERS);
+  assertEquals(lines[3], ["last", 0]);
+});
+
+// Anything a terminal acts on: C0 (but the newlines between report lines),
+// DEL, C1, bidirectional overrides and isolates, zero-width marks, separators.
+// deno-lint-ignore no-control-regex -- control characters are what it looks for
+const UNSAFE = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/;
+
+Deno.test("lab own: escapeText leaves nothing a terminal would act on, and cannot be forged", () => {
+  const nasty = "a\x1b[2Jb\x9b31mc\u202ed\re\tf\u2028g\x07h\\u001b";
+  const shown = escapeText(nasty);
+  assertFalse(UNSAFE.test(shown), shown);
+  assertEquals(
+    shown,
+    "a\\u001b[2Jb\\u009b31mc\\u202ed\\u000de\\u0009f\\u2028g\\u0007h\\\\u001b",
+  );
+});
+
+function resultWith(text: string): OwnResult {
+  const command = {
+    command: `printf '${text}'`,
+    namespace: "own-client",
+    startedSeconds: 0.3,
+    endedSeconds: 15.3,
+    exitCode: 1,
+    signal: null,
+    stoppedBecause: null,
+    output: [{ seconds: 1, stream: "stdout" as const, text, cutCharacters: 5 }],
+    linesLeftOut: 3,
+  };
+  return {
+    timeoutSeconds: 5,
+    serverAddress: "10.231.2.2",
+    clientAddress: "10.231.1.2",
+    port: 8080,
+    failure: null,
+    listeningAfterSeconds: 0.3,
+    server: { ...command, namespace: "own-server", signal: "SIGTERM", exitCode: null },
+    client: command,
+    flows: [{
+      client: "10.231.1.2:40000",
+      server: "10.231.2.2:8080",
+      firstSeenSeconds: 0.4,
+      lastActiveSeconds: 0.5,
+      lastState: "ESTABLISHED",
+      lowestRemainingSeconds: 0,
+      end: "forgotten",
+      goneSeconds: 6,
+      idleSeconds: 5.5,
+      droppedFromClient: 6,
+      droppedFromServer: 0,
+    }],
+    flowsLeftOut: 0,
+    drops: { invalid: 6, other: 0, unattributed: 0 },
+    conntrackReadable: true,
+    notes: [],
+    passed: false,
+  };
+}
+
+Deno.test("lab own: the report escapes what the programs printed, and says what the router did", () => {
+  const nasty = "\x1b]0;owned\x07\x1b[2J\u202eevil\x9b1m\r";
+  const text = formatReport(resultWith(nasty)).join("\n");
+  assertFalse(UNSAFE.test(text), text);
+  assertStringIncludes(text, "\\u001b]0;owned\\u0007");
+  assertStringIncludes(text, "(3 earlier lines left out)");
+  assertStringIncludes(text, "... (5 more characters)");
+  assertStringIncludes(text, "forgot it at 6.0 s, idle 5.5 s");
+  assertStringIncludes(text, "6 (6 from the client, 0 from the server)");
+  assertStringIncludes(
+    text,
+    "the client failed (exit code 1 at 15.3 s); the router forgot 1 of 1 flows and dropped 6",
+  );
+  // The JSON holds the same strings, and no raw character a terminal acts on.
+  const json = formatJson(resultWith(nasty));
+  assertFalse(UNSAFE.test(json.replaceAll("\n", "")), json);
+  assertEquals(JSON.parse(json).client.output[0].text, nasty);
+});
+
+// --- the worked runs ------------------------------------------------------------
+
+// In the sandbox of `deno task test` (tests/run.ts: uid 0 of a user
+// namespace that maps only the user who started it) the lab runs as that
+// user, as they would run it (see tests/lab_run_test.ts): then the commands
+// run with their uid, and PostgreSQL, which refuses uid 0, runs too.
+const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
+function asSandboxUser(): string[] {
+  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return [];
+  const [uids, gids] = [idMap("uid"), idMap("gid")];
+  if (uids.length !== 1 || uids[0].count !== 1 || gids.length !== 1 || gids[0].count !== 1) {
+    return [];
+  }
+  return [
+    "env",
+    `PATH=${USER_PATH}`,
+    "unshare",
+    "--user",
+    `--map-user=${uids[0].outside}`,
+    `--map-group=${gids[0].outside}`,
+    "--keep-caps",
+  ];
+}
+const AS_USER = asSandboxUser();
+const LAB = [
+  ...AS_USER,
+  Deno.execPath(),
+  "run",
+  "--allow-run",
+  "--allow-read",
+  "--allow-write",
+  "lab/lab.ts",
+  "own",
+];
+
+async function labUnavailableReason(): Promise<string | null> {
+  if (Deno.build.os !== "linux") return "the lab needs Linux";
+  const { missing } = await locateTools();
+  const needed = missing.filter((tool) => tool.command !== "tcpdump");
+  if (needed.length > 0) {
+    return `${needed.map((t) => t.command).join(", ")} not installed ` +
+      `(Debian: ${[...new Set(needed.map((t) => t.package))].join(" ")})`;
+  }
+  if (AS_USER.length === 0) return await trySandbox();
+  const { code, stderr } = await run([...AS_USER, "unshare", ...unshareOptions(false), "true"]);
+  return code === 0 ? null : `cannot make the lab's namespaces as this user: ${stderr.trim()}`;
+}
+
+async function commandMissing(command: string, pkg: string): Promise<string | null> {
+  const found = await run(["sh", "-c", `command -v ${command}`]);
+  return found.code === 0 ? null : `${command} is missing (Debian package ${pkg})`;
+}
+
+// PostgreSQL refuses uid 0. As an ordinary user (or the sandbox's user) the
+// commands run with that uid; as root, examples/pg_server.sh becomes the
+// postgres user, who must exist, and exist in this user namespace.
+async function postgresMissing(): Promise<string | null> {
+  const found = await run([
+    "sh",
+    "-c",
+    "command -v initdb || ls /usr/lib/postgresql/*/bin/initdb",
+  ]);
+  if (found.code !== 0) return "PostgreSQL is missing (Debian package postgresql)";
+  if (AS_USER.length > 0 || Deno.uid() !== 0) return null;
+  const id = await run(["id", "-u", "postgres"]);
+  if (id.code !== 0) {
+    return "as root, the pg run needs the postgres user (Debian package postgresql)";
+  }
+  const uid = Number(id.stdout.trim());
+  if (!idMap().some((r) => uid >= r.inside && uid - r.inside < r.count)) {
+    return "PostgreSQL refuses uid 0, and no other uid exists in this user namespace";
+  }
+  return null;
+}
+
+const labReason = await labUnavailableReason();
+const reasons = {
+  fetch: labReason,
+  redis: labReason ?? await commandMissing("redis-server", "redis-server"),
+  pg: labReason ?? await postgresMissing(),
+};
+
+// The three worked runs of docs/lab.md: the server, the port, the client
+// (untuned; the tuned one adds --tuned).
+const RUNS = {
+  fetch: {
+    server: "deno run --allow-net examples/hello_server.ts --host {server}",
+    port: "8080",
+    client: "deno run --allow-net --allow-ffi examples/fetch_client.ts --host {server}",
+  },
+  redis: {
+    server:
+      "redis-server --bind {server} --port 6379 --protected-mode no --save '' --appendonly no",
+    port: "6379",
+    client: "deno run --allow-net --allow-env --allow-ffi examples/redis_client.ts --host {server}",
+  },
+  pg: {
+    server: "sh examples/pg_server.sh",
+    port: "5432",
+    client: "deno run --allow-net --allow-env --allow-ffi examples/pg_client.ts --host {server}",
+  },
+};
+type Example = keyof typeof RUNS;
+const IDLE_SECONDS = 10; // the examples' default idle: two router timeouts
+
+interface LabRun {
+  code: number;
+  result: OwnResult;
+  stderr: string;
+}
+
+async function runLab(example: Example, tuned: boolean): Promise<LabRun> {
+  const { server, port, client } = RUNS[example];
+  const output = await run([
+    ...LAB,
+    "--server",
+    server,
+    "--port",
+    port,
+    "--client",
+    tuned ? `${client} --tuned` : client,
+    "--client-timeout",
+    "120",
+    "--json",
+  ]);
+  let result: OwnResult;
+  try {
+    result = JSON.parse(output.stdout);
+  } catch {
+    throw new Error(`lab own (${example}) printed no JSON; exit ${output.code}: ${output.stderr}`);
+  }
+  return { code: output.code, result, stderr: output.stderr };
+}
+
+// All six runs at once, started by the first test that wants one: each
+// lab is a sandbox of its own (network, PID, IPC namespaces), so they cannot
+// meet, and the suite waits about 20 s instead of six times that.
+let hostBefore: Promise<string> | null = null;
+let started: Map<string, Promise<LabRun>> | null = null;
+async function startRuns(): Promise<Map<string, Promise<LabRun>>> {
+  if (started) return started;
+  hostBefore = hostState();
+  await hostBefore;
+  // The namespaces have no way out: the examples' dependencies are cached
+  // first (in `deno task test`'s sandbox tests/run.ts cached them already).
+  const files = ["hello_server", "fetch_client", "redis_client", "pg_client"]
+    .map((name) => `examples/${name}.ts`);
+  const cached = await run([Deno.execPath(), "cache", "--quiet", ...files]);
+  assertEquals(cached.code, 0, `deno cache ${files.join(" ")}: ${cached.stderr}`);
+  started = new Map();
+  for (const example of Object.keys(RUNS) as Example[]) {
+    if (reasons[example] !== null) continue;
+    for (const tuned of [false, true]) {
+      started.set(`${example} ${tuned}`, runLab(example, tuned));
+    }
+  }
+  return started;
+}
+
+async function theRuns(example: Example): Promise<[LabRun, LabRun]> {
+  const runs = await startRuns();
+  return [await runs.get(`${example} false`)!, await runs.get(`${example} true`)!];
+}
+
+function summary(run: LabRun): string {
+  const { client, flows, drops } = run.result;
+  return JSON.stringify({ code: run.code, stderr: run.stderr, client, flows, drops });
+}
+
+function assertLost(run: LabRun) {
+  const { result } = run;
+  assertEquals(run.code, 1, summary(run));
+  assertEquals(result.client?.exitCode, 1, summary(run));
+  const forgotten = result.flows.filter((flow) => flow.end === "forgotten");
+  assert(forgotten.length >= 1, `the router forgot no flow: ${summary(run)}`);
+  for (const flow of forgotten) {
+    // Forgotten after about the router's timeout of silence, not before.
+    assert(flow.idleSeconds! >= result.timeoutSeconds - 1, summary(run));
+  }
+  const dropped = forgotten.reduce((n, f) => n + f.droppedFromClient + f.droppedFromServer, 0);
+  assert(dropped > 0, `no packet of the forgotten flow was dropped: ${summary(run)}`);
+  assert(result.drops.invalid >= dropped, summary(run));
+}
+
+function assertKept(run: LabRun) {
+  const { result } = run;
+  assertEquals(run.code, 0, summary(run));
+  assertEquals(result.client?.exitCode, 0, summary(run));
+  assert(result.flows.length >= 1, `the router saw no flow: ${summary(run)}`);
+  assertEquals(result.flows.filter((flow) => flow.end === "forgotten"), [], summary(run));
+  // It really stayed idle longer than the router's timeout, twice over.
+  const client = result.client!;
+  assert(client.endedSeconds! - client.startedSeconds >= IDLE_SECONDS, summary(run));
+  for (const flow of result.flows) {
+    if (flow.lowestRemainingSeconds !== null) {
+      assert(flow.lowestRemainingSeconds >= 1, summary(run));
+    }
+  }
+}
+
+function exampleTest(example: Example, name: string) {
+  requiringTest(name, reasons[example], async () => {
+    const [untuned, tuned] = await theRuns(example);
+    assertLost(untuned);
+    assertKept(tuned);
+  });
+}
+
+exampleTest(
+  "fetch",
+  "lab own, Deno.serve + fetch with a 60 s pool: lost to the router untuned, kept by setKeepAliveAll",
+);
+exampleTest(
+  "redis",
+  "lab own, redis-server + ioredis: the GET after the idle is lost untuned, answered when tuned",
+);
+exampleTest(
+  "pg",
+  "lab own, PostgreSQL + pg: the query after the idle is lost untuned, answered when tuned",
+);
+
+Deno.test("lab own: docs/lab.md shows the tests' commands word for word", async () => {
+  const docs = await Deno.readTextFile(`${ROOT_DIR}/docs/lab.md`);
+  for (const { server, port, client } of Object.values(RUNS)) {
+    assertStringIncludes(docs, `--server "${server}"`);
+    assertStringIncludes(docs, `--port ${port}`);
+    assertStringIncludes(docs, `--client "${client}"`);
+    assertStringIncludes(docs, `--client "${client} --tuned"`);
+  }
+});
+
+// The host's state that the lab must never change.
+async function hostState(): Promise<string> {
+  const read = (path: string) => Deno.readTextFile(path).then((t) => t.trim(), () => "absent");
+  return JSON.stringify({
+    keepalive: await keepaliveSysctls(),
+    ipForward: await read("/proc/sys/net/ipv4/ip_forward"),
+    conntrack: await read("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"),
+    loose: await read("/proc/sys/net/netfilter/nf_conntrack_tcp_loose"),
+    namespaces: (await run(["ip", "netns", "list"])).stdout.split("\n")
+      .filter((line) => line.startsWith("own-")),
+  });
+}
+
+// This checkout's lab/own_inside.ts, while a lab runs: the first process of
+// its PID namespace. When it is gone, everything it started is gone.
+const INSIDE = `${Deno.realPathSync(ROOT_DIR)}/lab/own_inside.ts`;
+async function labProcesses(): Promise<string> {
+  const found = await run(["pgrep", "-af", "--", INSIDE]);
+  return found.stdout.split("\n").filter((line) => !line.includes("pgrep")).join("\n").trim();
+}
+
+requiringTest(
+  "lab own: a server that never listens is one line with its exit code, and its last lines",
+  labReason,
+  async () => {
+    const output = await run([
+      ...LAB,
+      "--server",
+      "echo 'no config\x1b[31m' >&2; exit 3",
+      "--port",
+      "9",
+      "--client",
+      "true",
+    ]);
+    assertEquals(output.code, 1, output.stderr);
+    const lines = output.stderr.trim().split("\n");
+    assertEquals(lines.length, 1, output.stderr);
+    assertStringIncludes(lines[0], "ended before anything listened on port 9 (exit code 3)");
+    assertStringIncludes(output.stdout, "no config\\u001b[31m");
+    assertFalse(output.stdout.includes("\x1b"), "a program's escape sequence printed raw");
+  },
+);
+
+requiringTest(
+  "lab own: SIGTERM ends the lab and everything it started within 2 s",
+  labReason,
+  async () => {
+    await startRuns(); // the six runs go on meanwhile: this one is quick
+    const child = new Deno.Command(LAB[0], {
+      args: [
+        ...LAB.slice(1),
+        "--server",
+        RUNS.fetch.server,
+        "--port",
+        "8080",
+        "--client",
+        "sleep 600",
+      ],
+      cwd: ROOT_DIR,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const stdout = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const errors = new Response(child.stderr).text();
+    for (let seen = ""; !seen.includes("client: started");) {
+      const { value, done } = await stdout.read();
+      if (done) throw new Error(`lab own ended before its client started: ${seen}${await errors}`);
+      seen += value;
+    }
+    // This lab's inner half: its plan names the client (the six runs may go on).
+    const found = await run(["pgrep", "-f", "--", `${INSIDE} .*sleep 600`]);
+    const pid = found.stdout.trim().split("\n");
+    assert(pid.length >= 1 && pid[0] !== "", "no own_inside.ts running");
+    const signalled = performance.now();
+    child.kill("SIGTERM");
+    const status = await child.status;
+    stdout.cancel().catch(() => {});
+    const seconds = (performance.now() - signalled) / 1000;
+    assertEquals(status.code, 1);
+    assertStringIncludes(await errors, "stopped; every namespace and process it made is gone");
+    assert(seconds < 2, `the lab took ${seconds.toFixed(2)} s to stop`);
+    // Its inner half, the first process of its PID namespace, is gone too.
+    for (let waited = 0; waited < 2_000; waited += 100) {
+      const alive = await Promise.all(pid.map((p) => run(["kill", "-0", p])));
+      if (alive.every((r) => r.code !== 0)) return;
+      await delay(100);
+    }
+    throw new Error(`own_inside.ts (pid ${pid.join(", ")}) outlived the lab by 2 s`);
+  },
+);
+
+requiringTest(
+  "lab own: after the runs no process of the lab is left, and the host is as it was",
+  labReason,
+  async () => {
+    const runs = await startRuns();
+    await Promise.allSettled(runs.values());
+    assertEquals(await labProcesses(), "", "processes of the lab are left");
+    assertEquals(await hostState(), await hostBefore, "the host's sysctls or namespaces changed");
+  },
+);
