@@ -12,6 +12,9 @@
  * - `setKeepAlive` on the newest connection (made just before, as a pool's
  *   `connect` handler sees it), after tuning a random older one;
  * - `setKeepAlive` again on an older connection tuned before;
+ * - `setKeepAlive` on a new connection made after a random one closed
+ *   (churn: the kernel puts it in the hole, and the search looks at every
+ *   number up to it: this one does grow with the descriptors);
  * - `setKeepAliveAll` per socket tuned (every client end, by port), and
  *   with a filter that matches nothing;
  * - `setKeepAliveAllEvery(100)`: the share of the event loop it takes.
@@ -33,6 +36,7 @@ interface Row {
   nodeUs: number;
   newestUs: number;
   olderAgainUs: number;
+  churnUs: number;
   allPerSocketUs: number;
   allNoMatchMs: number;
   everyShare: number;
@@ -95,6 +99,21 @@ async function measure(connections: number): Promise<Row> {
       fresh.destroy();
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
+    // Churn: a random connection closed (both ends), a new one made: the
+    // kernel puts it in the hole, low down, not just below the lowest free
+    // number, and the search looks at every number up to it.
+    const churn: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const k = 1 + Math.floor(Math.random() * (clients.length - 2));
+      const peerPort = clients[k].localPort;
+      clients[k].destroy();
+      accepted.find((socket) => socket.remotePort === peerPort)?.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      clients[k] = await connect(port);
+      const start = performance.now();
+      setKeepAlive(clients[k], TUNING);
+      churn.push((performance.now() - start) * 1000);
+    }
     const older = clients[Math.floor(clients.length / 3)];
     setKeepAlive(older, TUNING);
     const olderAgainUs = timeEach(500, (i) => {
@@ -123,6 +142,7 @@ async function measure(connections: number): Promise<Row> {
       nodeUs,
       newestUs: median(newest),
       olderAgainUs,
+      churnUs: median(churn),
       allPerSocketUs: median(perSocket),
       allNoMatchMs: median(noMatch),
       everyShare,
@@ -152,6 +172,10 @@ function table(rows: Row[]): string {
     cell([
       "setKeepAlive, older one again (goal ≤50x)",
       ...rows.map((r) => ratio(r.olderAgainUs, r.nodeUs)),
+    ]),
+    cell([
+      "setKeepAlive, new one in a hole (churn)",
+      ...rows.map((r) => ratio(r.churnUs, r.nodeUs)),
     ]),
     cell([
       "setKeepAliveAll per socket tuned (goal ≤3 µs)",
@@ -198,6 +222,7 @@ async function main() {
       nodeUs: pick("nodeUs"),
       newestUs: pick("newestUs"),
       olderAgainUs: pick("olderAgainUs"),
+      churnUs: pick("churnUs"),
       allPerSocketUs: pick("allPerSocketUs"),
       allNoMatchMs: pick("allNoMatchMs"),
       everyShare: pick("everyShare"),

@@ -58,3 +58,13 @@ Deno.test(`a recipe of ${PAGE} with a typo in pg's API fails the same check`, as
   assertNotEquals(output.code, 0, "deno check passed a recipe that uses a property pg lacks");
   assertMatch(output.stderr, /streem/);
 });
+
+Deno.test("every ts block of the README type-checks, the service snippet with the drivers' types", async () => {
+  const readme = tsBlocks(await Deno.readTextFile(`${ROOT_DIR}README.md`));
+  assert(
+    readme.some((block) => block.code.includes("db.connection.stream")),
+    "the README's service snippet (with pg) is gone: adapt this test",
+  );
+  const output = await checkSources(readme.map((block) => block.code));
+  assertEquals(output.code, 0, `deno check failed:\n${output.stderr}`);
+});
