@@ -21,13 +21,22 @@ export function readFields<K extends string>(
   notObject: string,
   unknown: (key: string) => string,
 ): Partial<Record<K, unknown>> {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new TypeError(notObject);
-  }
-  const extra = Object.keys(value).find((key) => !(known as readonly string[]).includes(key));
-  if (extra !== undefined) throw new TypeError(unknown(extra));
+  // A plain object only: a Map, a Date or a class instance would read as
+  // {} (no keys of its own), which widens a filter to everything.
+  const prototype = typeof value === "object" && value !== null
+    ? Object.getPrototypeOf(value)
+    : undefined;
+  if (prototype !== Object.prototype && prototype !== null) throw new TypeError(notObject);
+  // Every key of its own, enumerable or not, symbols too: a misspelt one is
+  // refused wherever it hides; and only its own values count, not inherited.
+  const extra = Reflect.ownKeys(value as object).find((key) =>
+    typeof key !== "string" || !(known as readonly string[]).includes(key)
+  );
+  if (extra !== undefined) throw new TypeError(unknown(String(extra)));
   const fields: Partial<Record<K, unknown>> = {};
-  for (const key of known) fields[key] = (value as Record<string, unknown>)[key];
+  for (const key of known) {
+    if (Object.hasOwn(value as object, key)) fields[key] = (value as Record<string, unknown>)[key];
+  }
   return fields;
 }
 

@@ -17,6 +17,7 @@
 
 import {
   errno,
+  ERRNO_SYMBOLS,
   LIBC_PATHS,
   libcPermissionFlag,
   openCLibrary,
@@ -34,17 +35,16 @@ const LIBC_SYMBOLS = {
   open: { parameters: ["buffer", "i32"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   close: { parameters: ["i32"], result: "i32" },
-  getaddrinfo: { parameters: ["buffer", "pointer", "buffer", "buffer"], result: "i32" },
+  getaddrinfo: { parameters: ["buffer", "usize", "buffer", "buffer"], result: "i32" },
   getaddrinfoAsync: {
     name: "getaddrinfo",
-    parameters: ["buffer", "pointer", "buffer", "buffer"],
+    parameters: ["buffer", "usize", "buffer", "buffer"],
     result: "i32",
     nonblocking: true,
   },
-  freeaddrinfo: { parameters: ["pointer"], result: "void" },
-  gai_strerror: { parameters: ["i32"], result: "pointer" },
-  __errno_location: { parameters: [], result: "pointer" },
-  strerror: { parameters: ["i32"], result: "pointer" },
+  freeaddrinfo: { parameters: ["usize"], result: "void" },
+  gai_strerror: { parameters: ["i32"], result: "usize" },
+  ...ERRNO_SYMBOLS,
 } as const;
 
 /** The socket-option code's C library functions. */

@@ -197,12 +197,11 @@ export function libcPermissionFlag(): string {
  *
  * @example
  * ```ts
- * import { errno, openCLibrary, strerror } from "./_linux.ts";
+ * import { errno, ERRNO_SYMBOLS, openCLibrary, strerror } from "./_linux.ts";
  *
  * const libc = openCLibrary({
  *   close: { parameters: ["i32"], result: "i32" },
- *   __errno_location: { parameters: [], result: "pointer" },
- *   strerror: { parameters: ["i32"], result: "pointer" },
+ *   ...ERRNO_SYMBOLS,
  * }, "closing descriptors");
  * if (libc.close(12345) !== 0) console.log(strerror(libc, errno(libc))); // "Bad file descriptor"
  * ```
@@ -237,53 +236,76 @@ export function openCLibrary<S extends Deno.ForeignLibraryInterface>(
   throw new UnsupportedSystemError(`no C library found (${failures.join("; ")})`, purpose);
 }
 
-/** The symbol {@linkcode errno} reads, as {@linkcode openCLibrary} returns it. */
-export interface HasErrno {
-  /** glibc's and musl's `int *__errno_location(void)`. */
-  __errno_location(): Deno.PointerValue;
-}
+/**
+ * The C library symbols that {@linkcode errno} and {@linkcode strerror}
+ * need, to spread into the symbols a module opens. Addresses are plain
+ * numbers (`usize`) copied out with `memcpy` into a buffer: Deno lets only
+ * the blanket `--allow-ffi` read memory through `Deno.UnsafePointerView`,
+ * and these work with FFI narrowed to the C library's path too.
+ */
+export const ERRNO_SYMBOLS = {
+  __errno_location: { parameters: [], result: "usize" },
+  strerror: { parameters: ["i32"], result: "usize" },
+  strlen: { parameters: ["usize"], result: "usize" },
+  memcpy: { parameters: ["buffer", "usize", "usize"], result: "usize" },
+} as const;
 
-/** The symbol {@linkcode strerror} calls, as {@linkcode openCLibrary} returns it. */
-export interface HasStrerror {
-  /** `char *strerror(int)`. */
-  strerror(code: number): Deno.PointerValue;
-}
+/** {@linkcode ERRNO_SYMBOLS}, as {@linkcode openCLibrary} returns them. */
+export type ErrnoSymbols = Deno.DynamicLibrary<typeof ERRNO_SYMBOLS>["symbols"];
+
+const errnoValue = new Int32Array(1);
 
 /**
  * The errno the C library left after the last call that failed, read
- * through `lib`'s `__errno_location` (open it with `{ parameters: [],
- * result: "pointer" }`). Read it right after the failed call: the next call
- * may change it.
+ * through `lib`'s `__errno_location` and `memcpy` (open it with
+ * {@linkcode ERRNO_SYMBOLS}). Read it right after the failed call: the
+ * next call may change it.
  *
  * @example
  * ```ts
- * import { errno, openCLibrary } from "./_linux.ts";
+ * import { errno, ERRNO_SYMBOLS, openCLibrary } from "./_linux.ts";
  * const libc = openCLibrary({
  *   close: { parameters: ["i32"], result: "i32" },
- *   __errno_location: { parameters: [], result: "pointer" },
+ *   ...ERRNO_SYMBOLS,
  * }, "closing descriptors");
  * libc.close(-1);
  * errno(libc); // 9 (EBADF)
  * ```
  */
-export function errno(lib: HasErrno): number {
-  const pointer = lib.__errno_location();
-  return pointer ? new Deno.UnsafePointerView(pointer).getInt32() : 0;
+export function errno(lib: Pick<ErrnoSymbols, "__errno_location" | "memcpy">): number {
+  const address = lib.__errno_location();
+  if (!address) return 0;
+  lib.memcpy(errnoValue, BigInt(address), 4n);
+  return errnoValue[0];
 }
 
 /**
  * The C library's text for an errno (`"Connection reset by peer"` for
- * 104), through `lib`'s `strerror` (open it with `{ parameters: ["i32"],
- * result: "pointer" }`); `errno N` if it has none.
+ * 104), through `lib`'s `strerror` (open it with {@linkcode ERRNO_SYMBOLS});
+ * `errno N` if it has none.
  *
  * @example
  * ```ts
- * import { openCLibrary, strerror } from "./_linux.ts";
- * const libc = openCLibrary({ strerror: { parameters: ["i32"], result: "pointer" } }, "errors");
+ * import { ERRNO_SYMBOLS, openCLibrary, strerror } from "./_linux.ts";
+ * const libc = openCLibrary({ ...ERRNO_SYMBOLS }, "errors");
  * strerror(libc, 22); // "Invalid argument"
  * ```
  */
-export function strerror(lib: HasStrerror, code: number): string {
-  const pointer = lib.strerror(code);
-  return pointer ? Deno.UnsafePointerView.getCString(pointer) : `errno ${code}`;
+export function strerror(lib: ErrnoSymbols, code: number): string {
+  return cStringAt(lib, lib.strerror(code)) ?? `errno ${code}`;
+}
+
+/**
+ * The NUL-terminated string at `address` (a `char *` a C function
+ * returned, as a `usize`), copied out with `strlen` and `memcpy`; null for
+ * a null pointer.
+ */
+export function cStringAt(
+  lib: Pick<ErrnoSymbols, "strlen" | "memcpy">,
+  address: number | bigint,
+): string | null {
+  if (!address) return null;
+  const bytes = new Uint8Array(Number(lib.strlen(BigInt(address))));
+  lib.memcpy(bytes, BigInt(address), BigInt(bytes.length));
+  return new TextDecoder().decode(bytes);
 }

@@ -17,7 +17,7 @@
 
 import { sockaddrAddress } from "./_address.ts";
 import { libc } from "./_libc.ts";
-import { SOCK_STREAM } from "./_linux.ts";
+import { cStringAt, SOCK_STREAM } from "./_linux.ts";
 
 /**
  * A host name that does not resolve. `code` is the C library's name for
@@ -85,7 +85,7 @@ function hints(): Uint8Array {
  */
 export function resolveNow(hostname: string): Uint8Array[] {
   const result = new BigUint64Array(1);
-  const status = libc().getaddrinfo(cString(hostname), null, hints(), result);
+  const status = libc().getaddrinfo(cString(hostname), 0n, hints(), result);
   return collect(hostname, status, result[0]);
 }
 
@@ -94,7 +94,7 @@ export async function resolveLater(hostname: string): Promise<Uint8Array[]> {
   const name = cString(hostname);
   const given = hints();
   const result = new BigUint64Array(1);
-  const status = await libc().getaddrinfoAsync(name, null, given, result);
+  const status = await libc().getaddrinfoAsync(name, 0n, given, result);
   return collect(hostname, status, result[0]);
 }
 
@@ -102,34 +102,37 @@ function cString(text: string): Uint8Array {
   return new TextEncoder().encode(`${text}\0`);
 }
 
+// Reads the list getaddrinfo made by copying each entry out with memcpy
+// (Deno.UnsafePointerView would need the blanket --allow-ffi), then frees it.
 function collect(hostname: string, status: number, list: bigint): Uint8Array[] {
   const c = libc();
   if (status !== 0) {
-    const text = c.gai_strerror(status);
     throw new ResolveError(
       hostname,
       status,
-      text ? Deno.UnsafePointerView.getCString(text) : "unknown error",
+      cStringAt(c, c.gai_strerror(status)) ?? "unknown error",
     );
   }
-  const first = Deno.UnsafePointer.create(list);
   const addresses: Uint8Array[] = [];
+  const entry = new Uint8Array(ADDRINFO_SIZE);
+  const fields = new DataView(entry.buffer);
   try {
-    for (let entry = first; entry !== null;) {
-      const view = new Deno.UnsafePointerView(entry);
-      const length = view.getUint32(AI_ADDRLEN);
-      const sockaddr = view.getPointer(AI_ADDR);
-      if (sockaddr !== null && length >= 16) {
-        const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(sockaddr, length));
-        const address = sockaddrAddress(bytes.slice());
+    for (let at = list; at !== 0n;) {
+      c.memcpy(entry, at, BigInt(ADDRINFO_SIZE));
+      const length = fields.getUint32(AI_ADDRLEN, true);
+      const sockaddr = fields.getBigUint64(AI_ADDR, true);
+      if (sockaddr !== 0n && length >= 16 && length <= 128) {
+        const bytes = new Uint8Array(length);
+        c.memcpy(bytes, sockaddr, BigInt(length));
+        const address = sockaddrAddress(bytes);
         if (address && !addresses.some((known) => sameBytes(known, address.bytes))) {
           addresses.push(address.bytes);
         }
       }
-      entry = view.getPointer(AI_NEXT);
+      at = fields.getBigUint64(AI_NEXT, true);
     }
   } finally {
-    if (first !== null) c.freeaddrinfo(first);
+    if (list !== 0n) c.freeaddrinfo(list);
   }
   return addresses;
 }

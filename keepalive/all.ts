@@ -142,8 +142,11 @@ export interface KeepAliveAllTimer {
  * longer than `everyMs / 20` (a process with many descriptors), the next one
  * waits 20 times as long as it took (`intervalMs()` says how long). Host
  * names are resolved at the call (a {@linkcode ResolveError} there), then
- * again before each call on another thread, so that the loop never waits
- * for a name server; when that fails, the addresses found before are kept.
+ * again at most every 30 s, one lookup at a time, on another thread, so
+ * that the loop never waits for a name server; when that fails, the
+ * addresses found before are kept. A lookup under way when the program
+ * wants to end holds it until the name server answers or gives up (glibc:
+ * 5 s per try, by default).
  *
  * @example
  * ```ts
@@ -187,12 +190,24 @@ export function setKeepAliveAllEvery(
       Math.max(everyMs, Math.ceil((performance.now() - start) * 20)),
     );
   };
+  // Names are looked up again, off the loop, one lookup at a time and at
+  // most every RESOLVE_EVERY_MS: a name server that does not answer must
+  // not pile up lookups, each holding the program until it gives up.
+  let resolving = false;
+  let resolvedAt = performance.now();
   const tick = () => {
     if (stopped) return;
-    if (named) {
-      // Names again, off the loop, for the next call; a failure keeps the
-      // addresses found before.
-      Promise.all(peers.map(resolvedLater)).then((found) => matchers = found, () => {});
+    if (named && !resolving && performance.now() - resolvedAt >= RESOLVE_EVERY_MS) {
+      resolving = true;
+      Promise.all(peers.map(resolvedLater)).then(
+        (found) => {
+          if (!stopped) matchers = found;
+        },
+        () => {}, // a failure keeps the addresses found before
+      ).finally(() => {
+        resolving = false;
+        resolvedAt = performance.now();
+      });
     }
     try {
       tune();
@@ -219,6 +234,9 @@ export function setKeepAliveAllEvery(
     intervalMs: () => interval,
   };
 }
+
+// How often setKeepAliveAllEvery looks its names up again, at most.
+const RESOLVE_EVERY_MS = 30_000;
 
 // --- The filter ------------------------------------------------------------------
 
@@ -259,7 +277,10 @@ function checkFilters(filter: PeerFilters): Peer[] {
       "the filter is an empty list, which matches nothing: give {} for every peer",
     );
   }
-  return filter.map((one, i) => checkFilter(one, `filter[${i}]`));
+  // Every index, holes included (map would skip them): a hole is no filter.
+  const peers: Peer[] = [];
+  for (let i = 0; i < filter.length; i++) peers.push(checkFilter(filter[i], `filter[${i}]`));
+  return peers;
 }
 
 // A host name as DNS and /etc/hosts have them: letters, digits, hyphens

@@ -30,6 +30,7 @@
 import {
   ERRNO,
   errno,
+  ERRNO_SYMBOLS,
   errnoName,
   openCLibrary,
   SO_KEEPALIVE,
@@ -104,8 +105,7 @@ const SYMBOLS = {
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   close: { parameters: ["i32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
-  strerror: { parameters: ["i32"], result: "pointer" },
-  __errno_location: { parameters: [], result: "pointer" },
+  ...ERRNO_SYMBOLS,
 } as const;
 type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 let loaded: Libc | undefined;

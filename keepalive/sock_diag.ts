@@ -42,6 +42,7 @@ import {
   AF_NETLINK,
   ERRNO,
   errno,
+  ERRNO_SYMBOLS,
   IPPROTO_TCP,
   openCLibrary,
   SOCK_CLOEXEC,
@@ -398,7 +399,7 @@ const SYMBOLS = {
   sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   close: { parameters: ["i32"], result: "i32" },
-  __errno_location: { parameters: [], result: "pointer" },
+  ...ERRNO_SYMBOLS,
 } as const;
 type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 

@@ -50,12 +50,28 @@ Deno.test("--allow-ffi narrowed to the C library's path tunes, and canTuneKeepAl
   try {
     await Deno.writeTextFile(
       script,
-      `import { canTuneKeepAlive, getKeepAlive, keepAliveTuningSupport, setKeepAlive } from "@kakit/keepalive";
+      `import { canTuneKeepAlive, getKeepAlive, keepAliveTuningSupport, setKeepAlive, setKeepAliveAll } from "@kakit/keepalive";
+       import { SockDiag } from "@kakit/keepalive/sock-diag";
        const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
        console.log(JSON.stringify(keepAliveTuningSupport()));
        if (canTuneKeepAlive()) {
          setKeepAlive(listener, { time: 7_000 });
          console.log(getKeepAlive(listener).time);
+         // Far from the lowest free number: a look at every descriptor, errno read on the way.
+         const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+         const more = Array.from({ length: 20 }, () => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
+         setKeepAlive(conn, { time: 8_000 });
+         console.log(getKeepAlive(conn).time);
+         // A host name: getaddrinfo's list read with memcpy.
+         console.log(setKeepAliveAll({ time: 9_000 }, { hostname: "localhost", port: listener.addr.port }));
+         // An error's text: strerror, read the same way.
+         conn.close();
+         try { setKeepAlive(conn, true); } catch (error) { console.log(error.code); }
+         // The netlink reader.
+         const diag = new SockDiag();
+         console.log(diag.tcpSockets({ localPort: listener.addr.port }).length > 0);
+         diag.close();
+         for (const l of more) l.close();
        }
        listener.close();`,
     );
@@ -67,7 +83,14 @@ Deno.test("--allow-ffi narrowed to the C library's path tunes, and canTuneKeepAl
       script,
     ]);
     assertEquals(narrowed.code, 0, narrowed.stderr);
-    assertEquals(narrowed.stdout.trim().split("\n"), ['{"available":true}', "7000"]);
+    assertEquals(narrowed.stdout.trim().split("\n"), [
+      '{"available":true}',
+      "7000",
+      "8000",
+      "1",
+      "EBADF",
+      "true",
+    ]);
     // Without it: false, and the reason names the narrowed flag; no prompt
     // (stdin is not a terminal here, but the call never asks anyway).
     const without = await run([Deno.execPath(), "run", "--allow-net", script]);
@@ -126,6 +149,19 @@ Deno.test("setKeepAliveAll takes a host name (every address) and lists; an unkno
     assert(["EAI_NONAME", "EAI_AGAIN", "EAI_FAIL", "EAI_NODATA"].includes(error.code), error.code);
     assertEquals(getKeepAlive(toV4).time, 12_000, "set before the name was refused");
     assertThrows(() => setKeepAliveAll(true, []), TypeError, "empty list");
+    // Nothing that would read as {} (every connection) or skip an entry:
+    // a hole in a list, a Map, a hidden or inherited key. Each refused
+    // before anything is set.
+    const port = v4.addr.port;
+    // deno-lint-ignore no-sparse-arrays
+    const holey = [{ hostname: "127.0.0.1", port }, , { hostname: "::1", port }];
+    assertThrows(() => setKeepAliveAll({ time: 14_000 }, holey as never), TypeError, "filter[1]");
+    assertThrows(() => setKeepAliveAll({ time: 14_000 }, new Map() as never), TypeError, "object");
+    const hidden = Object.defineProperty({ port }, "hostnme", { value: "10.1.1.1" });
+    assertThrows(() => setKeepAliveAll({ time: 14_000 }, hidden), TypeError, "hostnme");
+    const inherited = Object.create({ hostname: "10.1.1.1" });
+    assertThrows(() => setKeepAliveAll({ time: 14_000 }, inherited), TypeError, "object");
+    assertEquals(getKeepAlive(toV4).time, 12_000, "set by a refused filter");
     assertThrows(() => setKeepAliveAll(true, [{ port: 0 }]), TypeError, "filter[0].port");
     assertThrows(() => setKeepAliveAll(true, { hostname: "bad name" }), TypeError, "host name");
     assertThrows(

@@ -5,14 +5,20 @@
  * --allow-ffi is one line that names the flag and what needed it.
  */
 import { assertEquals } from "@std/assert";
-import { ERRNO, errno, errnoName, openCLibrary, strerror } from "../keepalive/_linux.ts";
+import {
+  ERRNO,
+  errno,
+  ERRNO_SYMBOLS,
+  errnoName,
+  openCLibrary,
+  strerror,
+} from "../keepalive/_linux.ts";
 import { run } from "./_helpers.ts";
 
 Deno.test("errno and strerror read what the C library left, and errnoName names it", () => {
   const libc = openCLibrary({
     close: { parameters: ["i32"], result: "i32" },
-    __errno_location: { parameters: [], result: "pointer" },
-    strerror: { parameters: ["i32"], result: "pointer" },
+    ...ERRNO_SYMBOLS,
   }, "testing");
   assertEquals(libc.close(-1), -1);
   const code = errno(libc);
