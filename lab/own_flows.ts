@@ -227,11 +227,15 @@ function observeEntries(
 }
 
 function newFlow(state: TrackerState, seconds: number, entry: ConntrackEntry): Followed {
-  const lastActiveSeconds = activeAt(state, seconds, entry, undefined);
+  const activeSeconds = activeAt(state, seconds, entry, undefined);
+  const firstSeenSeconds = Math.max(state.notBeforeSeconds, Math.min(seconds, activeSeconds));
+  // Never active before it was first seen: the countdown's whole seconds
+  // can put the inferred packet before the lab could have seen the flow.
+  const lastActiveSeconds = Math.max(firstSeenSeconds, activeSeconds);
   const report: FlowReport = {
     client: joinHostPort(entry.source, entry.sourcePort),
     server: joinHostPort(entry.destination, entry.destinationPort),
-    firstSeenSeconds: Math.max(state.notBeforeSeconds, Math.min(seconds, lastActiveSeconds)),
+    firstSeenSeconds,
     lastActiveSeconds,
     lastState: entry.state,
     lowestRemainingSeconds: null,
