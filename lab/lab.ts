@@ -54,7 +54,8 @@ import { natWatchSeconds } from "./nat.ts";
 import { ownMain } from "./own.ts";
 import { formatTimeline, formatVerdict } from "./report.ts";
 import type { LabResult } from "./result.ts";
-import { sandboxCommand, trySandbox } from "./sandbox.ts";
+import { runInSandbox } from "./relay.ts";
+import { trySandbox } from "./sandbox.ts";
 import { renderSvg } from "./svg.ts";
 import { locateTools, SEARCHED, useTools } from "./tools.ts";
 export { type ByteSink, type CommandIO, type LineWriter, UsageError } from "../tools/cli.ts";
@@ -448,63 +449,18 @@ export function plannedSeconds(
 
 // Starts lab/inside.ts in the sandbox and relays its progress; a quit
 // request (Enter, Ctrl-C, SIGTERM) kills the sandbox, and with it everything.
-async function runSandboxed(
+function runSandboxed(
   plan: InsidePlan,
   quit: Promise<unknown>,
   progress: (text: string) => void,
 ): Promise<{ result: LabResult } | { error: string }> {
   const inside = decodeURIComponent(new URL("./inside.ts", import.meta.url).pathname);
-  const cmd = await sandboxCommand([Deno.execPath(), "run", "-A", inside, JSON.stringify(plan)]);
-  const child = new Deno.Command(cmd[0], {
-    args: cmd.slice(1),
-    // A pipe nobody writes to: when lab.ts ends, however it ends (kill -9
-    // included, even before setpriv has set its parent-death signal), the
-    // pipe closes and inside.ts, the first process of the sandbox, quits.
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
   progress(`lab: ${plan.scenarios.join(", ")}; about ${plannedSeconds(plan)} s`);
-  let outcome: { result: LabResult } | { error: string } | null = null;
-  let lastProgress = "starting";
-  const reading = (async () => {
-    let rest = "";
-    for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + text).split("\n");
-      rest = lines.pop()!;
-      for (const line of lines) {
-        let message;
-        try {
-          message = JSON.parse(line);
-        } catch {
-          continue; // not one of inside.ts's lines
-        }
-        if (typeof message.progress === "string") {
-          lastProgress = message.progress;
-          progress(message.progress);
-        } else if (message.result || message.error) outcome = message;
-      }
-    }
-  })();
-  const errors = new Response(child.stderr).text();
-  const stopped = quit.then(() => {
-    try {
-      child.kill("SIGKILL"); // unshare; --kill-child and the PID namespace take the rest
-    } catch { /* already ended */ }
-    return "stopped" as const;
-  });
-  const ended = await Promise.race([child.status, stopped]);
-  await child.status;
-  await reading.catch(() => {});
-  if (ended === "stopped") return { error: "stopped; every namespace and process it made is gone" };
-  if (outcome) return outcome;
-  const why = (await errors).trim().split("\n").at(-1);
-  return {
-    error: `the sandbox ended without a result (last step: ${lastProgress})${
-      why ? `; its last words: ${why}` : ""
-    }`,
-  };
+  return runInSandbox<LabResult>(
+    [Deno.execPath(), "run", "-A", inside, JSON.stringify(plan)],
+    quit,
+    progress,
+  );
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

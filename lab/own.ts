@@ -31,7 +31,8 @@ import {
 } from "../tools/cli.ts";
 import type { OwnPlan } from "./own_inside.ts";
 import { escapeText, formatJson, formatReport, type OwnResult } from "./own_report.ts";
-import { isRoot, sandboxCommand, trySandbox } from "./sandbox.ts";
+import { runInSandbox } from "./relay.ts";
+import { isRoot, trySandbox } from "./sandbox.ts";
 import { locateTools, SEARCHED, tool, useTools } from "./tools.ts";
 
 /** What `lab own` runs, from its flags. */
@@ -247,68 +248,16 @@ async function checkBeforeRunning(options: OwnOptions, args: string[]): Promise<
 // Starts lab/own_inside.ts in the sandbox (and an IPC namespace of its own,
 // for servers that use System V shared memory) and relays its progress; a
 // quit request kills the sandbox, and with it everything.
-async function runSandboxed(
+function runSandboxed(
   plan: OwnPlan,
   quit: Promise<unknown>,
   progress: (text: string) => void,
 ): Promise<{ result: OwnResult } | { error: string }> {
   const inside = decodeURIComponent(new URL("./own_inside.ts", import.meta.url).pathname);
-  const cmd = await sandboxCommand([
-    tool("unshare"),
-    "--ipc",
-    Deno.execPath(),
-    "run",
-    "-A",
-    inside,
-    JSON.stringify(plan),
-  ]);
-  const child = new Deno.Command(cmd[0], {
-    args: cmd.slice(1),
-    // A pipe nobody writes to: when lab.ts ends, however it ends, it closes
-    // and own_inside.ts, the first process of the sandbox, quits.
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
   progress(`lab own: server, then client, through a router that forgets idle flows`);
-  let outcome: { result: OwnResult } | { error: string } | null = null;
-  let lastProgress = "starting";
-  const reading = (async () => {
-    let rest = "";
-    for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + text).split("\n");
-      rest = lines.pop()!;
-      for (const line of lines) {
-        let message;
-        try {
-          message = JSON.parse(line);
-        } catch {
-          continue; // not one of own_inside.ts's lines
-        }
-        if (typeof message.progress === "string") {
-          lastProgress = message.progress;
-          progress(message.progress);
-        } else if (message.result || message.error) outcome = message;
-      }
-    }
-  })();
-  const errors = new Response(child.stderr).text();
-  const stopped = quit.then(() => {
-    try {
-      child.kill("SIGKILL"); // unshare; --kill-child and the PID namespace take the rest
-    } catch { /* already ended */ }
-    return "stopped" as const;
-  });
-  const ended = await Promise.race([child.status, stopped]);
-  await child.status;
-  await reading.catch(() => {});
-  if (ended === "stopped") return { error: "stopped; every namespace and process it made is gone" };
-  if (outcome) return outcome;
-  const why = (await errors).trim().split("\n").at(-1);
-  return {
-    error: `the sandbox ended without a result (last step: ${escapeText(lastProgress)})${
-      why ? `; its last words: ${escapeText(why)}` : ""
-    }`,
-  };
+  return runInSandbox<OwnResult>(
+    [tool("unshare"), "--ipc", Deno.execPath(), "run", "-A", inside, JSON.stringify(plan)],
+    quit,
+    progress,
+  );
 }

@@ -44,6 +44,37 @@ export function idMap(kind: "uid" | "gid" = "uid"): IdRange[] {
   });
 }
 
+/** An ordinary user's PATH: no /usr/sbin, where Debian keeps nft and conntrack. */
+export const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
+
+/**
+ * What to put before the lab's command so that it runs as the user who
+ * started `deno task test`, as they would run it themselves. In the tests'
+ * sandbox (tests/run.ts: uid 0 of a user namespace that maps only that
+ * user), a user namespace of its own maps uid 0 back to their uid, with an
+ * ordinary user's PATH (the lab must find nft and conntrack itself). Run as
+ * uid 0 there, lab/sandbox.ts would take it for real root: tcpdump would
+ * try to become the `tcpdump` user, who does not exist there, and
+ * PostgreSQL would refuse to run. As real root (CI) and outside a sandbox:
+ * nothing.
+ */
+export function asSandboxUser(): string[] {
+  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return [];
+  const [uids, gids] = [idMap("uid"), idMap("gid")];
+  if (uids.length !== 1 || uids[0].count !== 1 || gids.length !== 1 || gids[0].count !== 1) {
+    return [];
+  }
+  return [
+    "env",
+    `PATH=${USER_PATH}`,
+    "unshare",
+    "--user",
+    `--map-user=${uids[0].outside}`,
+    `--map-group=${gids[0].outside}`,
+    "--keep-caps",
+  ];
+}
+
 /**
  * Why this process cannot become user `uid` (`setpriv --reuid`), or null
  * when it can: it takes root, and `uid` must exist in this user namespace.

@@ -28,7 +28,15 @@ import type { ConntrackEntry } from "../lab/router.ts";
 import { trySandbox, unshareOptions } from "../lab/sandbox.ts";
 import { locateTools } from "../lab/tools.ts";
 import { UsageError } from "../tools/cli.ts";
-import { delay, idMap, keepaliveSysctls, requiringTest, ROOT_DIR, run } from "./_helpers.ts";
+import {
+  asSandboxUser,
+  delay,
+  idMap,
+  keepaliveSysctls,
+  requiringTest,
+  ROOT_DIR,
+  run,
+} from "./_helpers.ts";
 
 // --- flags ----------------------------------------------------------------------
 
@@ -285,23 +293,6 @@ Deno.test("lab own: the report escapes what the programs printed, and says what 
 // namespace that maps only the user who started it) the lab runs as that
 // user, as they would run it (see tests/lab_run_test.ts): then the commands
 // run with their uid, and PostgreSQL, which refuses uid 0, runs too.
-const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
-function asSandboxUser(): string[] {
-  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return [];
-  const [uids, gids] = [idMap("uid"), idMap("gid")];
-  if (uids.length !== 1 || uids[0].count !== 1 || gids.length !== 1 || gids[0].count !== 1) {
-    return [];
-  }
-  return [
-    "env",
-    `PATH=${USER_PATH}`,
-    "unshare",
-    "--user",
-    `--map-user=${uids[0].outside}`,
-    `--map-group=${gids[0].outside}`,
-    "--keep-caps",
-  ];
-}
 const AS_USER = asSandboxUser();
 const LAB = [
   ...AS_USER,

@@ -14,45 +14,18 @@ import type { LabResult, Packet, ScenarioResult } from "../lab/result.ts";
 import { trySandbox, unshareOptions } from "../lab/sandbox.ts";
 import { locateTools } from "../lab/tools.ts";
 import {
+  asSandboxUser,
   delay,
-  idMap,
   keepaliveSysctls,
   otherUserUnavailableReason,
   requiringTest,
   ROOT_DIR,
   run,
+  USER_PATH,
 } from "./_helpers.ts";
 
-// Debian's PATH for an ordinary user: without /usr/sbin and /sbin, where ip,
-// nft and conntrack are.
-const USER_PATH = "/usr/local/bin:/usr/bin:/bin";
-
-// In the sandbox of `deno task test` (tests/run.ts: uid 0 of a user
-// namespace that maps only the user who started it) the lab runs as that
-// user, as they run it themselves: a user namespace of its own maps uid 0
-// back to their uid, and the PATH is an ordinary user's (no /usr/sbin, where
-// nft and conntrack are: the lab must find them). Run as uid 0 there,
-// lab/sandbox.ts would take it for real root and start tcpdump without a
-// user namespace of its own, and tcpdump would fail trying to become the
-// `tcpdump` user, who does not exist there. As real root (CI) and outside a
-// sandbox: nothing before it.
-function asSandboxUser(): string[] {
-  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return [];
-  const [uids, gids] = [idMap("uid"), idMap("gid")];
-  if (uids.length !== 1 || uids[0].count !== 1 || gids.length !== 1 || gids[0].count !== 1) {
-    return [];
-  }
-  const [uid, gid] = [uids[0].outside, gids[0].outside];
-  return [
-    "env",
-    `PATH=${USER_PATH}`,
-    "unshare",
-    "--user",
-    `--map-user=${uid}`,
-    `--map-group=${gid}`,
-    "--keep-caps",
-  ];
-}
+// In the sandbox of `deno task test` the lab runs as the user who started
+// it (asSandboxUser in _helpers.ts).
 const AS_USER = asSandboxUser();
 
 // lab.ts as the tests start it. (With AS_USER, unshare becomes lab.ts: the
