@@ -197,19 +197,23 @@ export async function readLines(
   stream: ReadableStream<Uint8Array>,
   onLine: (text: string, cutCharacters: number) => void,
 ): Promise<void> {
+  // Counted in characters (code points): a pair of UTF-16 surrogates is
+  // one character, and is never cut in two.
   let line = "";
+  let kept = 0;
   let cut = 0;
   const add = (piece: string) => {
-    const room = MAX_LINE_CHARACTERS - line.length;
-    if (piece.length <= room) line += piece;
-    else {
-      line += piece.slice(0, Math.max(0, room));
-      cut += piece.length - Math.max(0, room);
+    let at = 0;
+    for (; at < piece.length && kept < MAX_LINE_CHARACTERS; kept++) {
+      at += isPairAt(piece, at) ? 2 : 1;
     }
+    line += piece.slice(0, at);
+    if (at < piece.length) cut += characters(piece, at);
   };
   const end = () => {
     onLine(line.endsWith("\r") && cut === 0 ? line.slice(0, -1) : line, cut);
     line = "";
+    kept = 0;
     cut = 0;
   };
   try {
@@ -224,4 +228,18 @@ export async function readLines(
     }
   } catch { /* the pipe broke: what came is what there is */ }
   if (line.length > 0 || cut > 0) end();
+}
+
+// Whether a surrogate pair (one character) starts at `at`.
+function isPairAt(text: string, at: number): boolean {
+  const high = text.charCodeAt(at);
+  const low = text.charCodeAt(at + 1);
+  return high >= 0xd800 && high <= 0xdbff && low >= 0xdc00 && low <= 0xdfff;
+}
+
+// How many characters `text` holds from `from` on.
+function characters(text: string, from: number): number {
+  let count = 0;
+  for (let at = from; at < text.length; count++) at += isPairAt(text, at) ? 2 : 1;
+  return count;
 }

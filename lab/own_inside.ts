@@ -93,7 +93,13 @@ export async function runOwn(plan: OwnPlan, emit: (line: object) => void): Promi
     onLine: noteDownloads,
   });
   try {
-    result.failure = await waitForListener(server, plan.port, plan.serverWaitSeconds);
+    result.failure = await waitForListener(
+      server,
+      plan.port,
+      router.serverAddress,
+      plan.serverWaitSeconds,
+      result.notes,
+    );
     if (result.failure !== null) return result;
     result.listeningAfterSeconds = clock();
     progress(`server: listening on port ${plan.port} after ${result.listeningAfterSeconds} s`);
@@ -106,6 +112,11 @@ export async function runOwn(plan: OwnPlan, emit: (line: object) => void): Promi
     });
     result.client = client;
     result.passed = client.exitCode === 0;
+    if (
+      server.hasEnded() && server.report().exitCode === 0 && !result.notes.includes(DAEMON_NOTE)
+    ) {
+      result.notes.push(DAEMON_NOTE); // it returned after it was seen listening
+    }
     result.flows = tracker.flows();
     result.flowsLeftOut = tracker.flowsLeftOut();
     result.drops.unattributed = tracker.unattributedDrops();
@@ -191,7 +202,13 @@ async function runClient(
       }
     },
   });
-  const deadline = clock() + plan.clientTimeoutSeconds;
+  // The client's time limit has a timer of its own: a sample of the router
+  // can wait long behind a client that floods its output, and the limit
+  // must not wait with it.
+  const limit = setTimeout(() => {
+    watch.progress(`client: still running after ${plan.clientTimeoutSeconds} s: stopping it`);
+    client.stop(`it ran past --client-timeout ${plan.clientTimeoutSeconds}`, GRACE_MS);
+  }, plan.clientTimeoutSeconds * 1000);
   const sample = async () => {
     const seen = await readSample(NS.router).catch(() => null);
     if (!seen) return;
@@ -201,13 +218,9 @@ async function runClient(
   };
   while (!client.hasEnded()) {
     await sample();
-    if (clock() >= deadline) {
-      watch.progress(`client: still running after ${plan.clientTimeoutSeconds} s: stopping it`);
-      await client.stop(`it ran past --client-timeout ${plan.clientTimeoutSeconds}`, GRACE_MS);
-      break;
-    }
     await Promise.race([client.ended, new Promise((resolve) => setTimeout(resolve, SAMPLE_MS))]);
   }
+  clearTimeout(limit);
   await sample();
   // What the client left behind in its group (a background job) goes now.
   await client.stop("the client ended", GRACE_MS);
@@ -219,38 +232,70 @@ async function runClient(
   return report;
 }
 
-// Null once something listens on `port` in the server's namespace; else
-// why not: the server ended first, or took too long.
+// Null once something listens on `port` in the server's namespace at an
+// address the client can reach (the server's, or every address); else why
+// not: the server failed, listens only where the client cannot reach it
+// (loopback, another address) for 5 s, or took too long. A server command
+// that returns with exit code 0 may have gone to the background: the wait
+// goes on, and `notes` says so.
 async function waitForListener(
   server: RunningCommand,
   port: number,
+  address: string,
   waitSeconds: number,
+  notes: string[],
 ): Promise<string | null> {
   const until = performance.now() + waitSeconds * 1000;
+  let elsewhereSince: number | null = null;
+  let returned = false;
   for (;;) {
-    if (await listens(NS.server, port)) return null;
-    if (server.hasEnded()) {
+    const found = await listeners(NS.server, port);
+    const reachable = found.filter((at) =>
+      [address, `::ffff:${address}`, "0.0.0.0", "::"].includes(at)
+    );
+    if (reachable.length > 0) return null;
+    if (found.length > 0) {
+      elsewhereSince ??= performance.now();
+      if (performance.now() - elsewhereSince > 5_000) {
+        return `the server listens on port ${port} only at ${found.join(", ")}, which the ` +
+          `client cannot reach through the router: listen on ${address} ({server}, LAB_SERVER) ` +
+          `or on every address`;
+      }
+    }
+    if (server.hasEnded() && !returned) {
       const { exitCode, signal } = server.report();
-      return `the server command ended before anything listened on port ${port} ` +
-        `(${exitCode !== null ? `exit code ${exitCode}` : `signal ${signal}`})`;
+      if (exitCode !== 0) {
+        return `the server command ended before anything listened on port ${port} ` +
+          `(${exitCode !== null ? `exit code ${exitCode}` : `signal ${signal}`})`;
+      }
+      returned = true;
+      notes.push(DAEMON_NOTE);
     }
     if (performance.now() > until) {
       return `nothing listened on port ${port} in the server's namespace within ${waitSeconds} s`;
     }
-    await Promise.race([server.ended, new Promise((resolve) => setTimeout(resolve, 250))]);
+    await Promise.race([
+      returned ? undefined : server.ended,
+      new Promise((resolve) => setTimeout(resolve, 250)),
+    ]);
   }
 }
 
-// Whether a TCP socket listens on `port` in namespace `ns`, IPv4 or IPv6.
-async function listens(ns: string, port: number): Promise<boolean> {
+const DAEMON_NOTE = "the server command returned (exit code 0) without staying in the " +
+  "foreground: it went to the background (a daemon); the lab ends what it left when it ends";
+
+// The addresses something listens on at `port` in a namespace.
+async function listeners(ns: string, port: number): Promise<string[]> {
   const text = await runOk([
     ...inNamespace(ns),
     "sh",
     "-c",
     "cat /proc/net/tcp; echo; cat /proc/net/tcp6 2>/dev/null",
   ]);
-  return text.split("\n\n").some((table) =>
-    parseProcNetTcp(table.trim()).some((s) => s.state === "LISTEN" && s.localPort === port)
+  return text.split("\n\n").flatMap((table) =>
+    parseProcNetTcp(table.trim())
+      .filter((s) => s.state === "LISTEN" && s.localPort === port)
+      .map((s) => s.localAddress)
   );
 }
 

@@ -276,5 +276,10 @@ export function verdict(result: OwnResult): string {
     ? `the router forgot none of ${result.flows.length} flows`
     : `the router forgot ${forgotten.length} of ${result.flows.length} flows and dropped ` +
       `${dropped} of their packets`;
-  return `${client}; ${router}`;
+  // Only the first flows are followed one by one: say how many were not.
+  const leftOut = result.flowsLeftOut > 0
+    ? ` (${result.flowsLeftOut} more flows not followed; the router dropped ` +
+      `${result.drops.invalid} packets of forgotten flows in all)`
+    : "";
+  return `${client}; ${router}${leftOut}`;
 }

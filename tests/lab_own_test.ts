@@ -211,6 +211,17 @@ Deno.test("lab own: a command's lines are cut to a bound, however long, and \\r\
   assertEquals(lines[3], ["last", 0]);
 });
 
+Deno.test("lab own: a line is cut in characters, never in the middle of one", async () => {
+  const lines: [string, number][] = [];
+  await readLines(streamOf("a" + "\u{1F600}".repeat(400) + "\n"), (text, cut) => {
+    lines.push([text, cut]);
+  });
+  const [[text, cut]] = lines;
+  assertEquals([...text].length, MAX_LINE_CHARACTERS);
+  assertEquals(cut, 401 - MAX_LINE_CHARACTERS);
+  assert(text.isWellFormed(), "a surrogate pair was cut in two");
+});
+
 // Anything a terminal acts on: C0 (but the newlines between report lines),
 // DEL, C1, bidirectional overrides and isolates, zero-width marks, separators.
 // deno-lint-ignore no-control-regex -- control characters are what it looks for
@@ -591,6 +602,81 @@ requiringTest(
       await delay(100);
     }
     throw new Error(`own_inside.ts (pid ${pid.join(", ")}) outlived the lab by 2 s`);
+  },
+);
+
+// One lab own run with these flags: its exit code and its JSON report.
+async function labOwn(...args: string[]): Promise<{ code: number; result: OwnResult }> {
+  const output = await run([...LAB, ...args, "--json"]);
+  try {
+    return { code: output.code, result: JSON.parse(output.stdout) };
+  } catch {
+    throw new Error(`lab own printed no JSON; exit ${output.code}: ${output.stderr}`);
+  }
+}
+
+requiringTest(
+  "lab own: a server the client cannot reach (loopback only) is said so, not taken for listening",
+  labReason,
+  async () => {
+    await startRuns();
+    const { code, result } = await labOwn(
+      "--server",
+      "deno run --allow-net examples/hello_server.ts --host 127.0.0.1",
+      "--port",
+      "8080",
+      "--client",
+      "true",
+    );
+    assertEquals(code, 1);
+    assertStringIncludes(result.failure ?? "", "only at 127.0.0.1, which the client cannot reach");
+    assertEquals(result.client, null, "the client ran against a server it cannot reach");
+  },
+);
+
+requiringTest(
+  "lab own: --client-timeout stops a client that floods its output, on time",
+  labReason,
+  async () => {
+    await startRuns();
+    const { code, result } = await labOwn(
+      "--server",
+      RUNS.fetch.server,
+      "--port",
+      "8080",
+      "--client",
+      "exec yes",
+      "--client-timeout",
+      "20",
+    );
+    assertEquals(code, 1);
+    const client = result.client!;
+    const ran = (client.endedSeconds ?? Infinity) - (result.listeningAfterSeconds ?? 0);
+    // 20 s, then SIGTERM (yes ends on it at once; the stop's grace is 3 s).
+    assert(ran < 20 + 4.5, `yes ran ${ran.toFixed(1)} s under a 20 s --client-timeout`);
+    assert(ran >= 20, `stopped after ${ran.toFixed(1)} s, before the 20 s --client-timeout`);
+  },
+);
+
+requiringTest(
+  "lab own: a server command that goes to the background is noted, whichever comes first",
+  reasons.redis,
+  async () => {
+    await startRuns();
+    const { code, result } = await labOwn(
+      "--server",
+      "redis-server --bind {server} --port 6379 --protected-mode no --save '' --appendonly no " +
+        "--dir $TMPDIR --daemonize yes",
+      "--port",
+      "6379",
+      "--client",
+      "true",
+    );
+    assertEquals(code, 0, JSON.stringify(result.failure));
+    assert(
+      result.notes.some((note) => note.includes("went to the background")),
+      JSON.stringify(result.notes),
+    );
   },
 );
 

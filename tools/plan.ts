@@ -216,9 +216,9 @@ function describePool(plan: Plan): string[] {
   const probe = advice.probesParked
     ? `within ${duration(plan.worstCaseDetectionSeconds)} of its last packet (the first ` +
       `probe after ${duration(plan.idleSeconds)} of silence)`
-    : `but only after ${duration(plan.idleSeconds)} of silence, longer than the pool keeps ` +
-      `it (${count(pool)} s): a request that meets the dead path waits for the user timeout ` +
-      `instead`;
+    : `but only after ${duration(plan.idleSeconds)} of silence, by when the pool has closed ` +
+      `it (after ${count(pool)} s): a request that meets the dead path waits for the user ` +
+      `timeout instead`;
   return [
     first,
     `  keepalive is still what notices a path that dies under a parked connection (NAT ` +
