@@ -41,7 +41,8 @@ const tuning = { time: 1_000, interval: 1_000, retries: 3, userTimeout: 4_000 };
 // A pool that keeps an idle connection for 60 s.
 const client = Deno.createHttpClient({ poolIdleTimeout: 60_000 });
 
-const first = await (await fetch(url, { client })).text();
+const first = await fetch(url, { client }).then((response) => response.text())
+  .catch((error) => fail(`the first request to ${url}`, error));
 console.log(`first request answered: the server saw port ${first.trim()}`);
 
 if (flags.tuned) {
@@ -67,5 +68,12 @@ try {
 } catch (error) {
   const why = error instanceof Error ? error.name : String(error);
   console.log(`second request lost: no answer within ${flags.wait} s (${why})`);
+  Deno.exit(1);
+}
+
+// One line and exit code 1 when the first request fails (no server there,
+// refused): this example is about the second one.
+function fail(what: string, error: unknown): never {
+  console.error(`${what} failed: ${error instanceof Error ? error.message : String(error)}`);
   Deno.exit(1);
 }

@@ -46,13 +46,14 @@ const client = new pg.Client({
 });
 client.on("error", () => {}); // each failure is reported by the query it failed
 
-await client.connect();
+await client.connect().catch((error) => fail(`connecting to ${flags.host}`, error));
 if (flags.tuned) {
   // The driver's own socket, once connected.
   setKeepAlive(client.connection.stream, tuning);
   console.log("tuned the connection's keepalive");
 }
-const first = await client.query("select pg_backend_pid() as pid");
+const first = await client.query("select pg_backend_pid() as pid")
+  .catch((error) => fail("the first query", error));
 console.log(`first query answered by server process ${first.rows[0].pid}`);
 
 console.log(`idle for ${flags.idle} s`);
@@ -67,5 +68,12 @@ try {
 } catch (error) {
   const why = error instanceof Error ? error.message : String(error);
   console.log(`second query lost: no answer within ${flags.wait} s (${why})`);
+  Deno.exit(1);
+}
+
+// One line and exit code 1 when the first request fails (no server there,
+// refused): this example is about the second one.
+function fail(what: string, error: unknown): never {
+  console.error(`${what} failed: ${error instanceof Error ? error.message : String(error)}`);
   Deno.exit(1);
 }

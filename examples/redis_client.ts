@@ -47,14 +47,16 @@ const redis = new Redis({
 });
 redis.on("error", () => {}); // each failure is reported by the command it failed
 
-await redis.connect();
 if (flags.tuned) {
-  // The driver's own socket, once connected. (A client that reconnects
-  // tunes each new socket: redis.on("connect", () => setKeepAlive(...)).)
-  setKeepAlive(redis.stream, tuning);
-  console.log("tuned the connection's keepalive");
+  // The driver's own socket, each time it connects (ioredis reconnects on
+  // a new socket: tuning it once would be lost at the first reconnect).
+  redis.on("connect", () => {
+    setKeepAlive(redis.stream, tuning);
+    console.log("tuned the connection's keepalive");
+  });
 }
-await redis.set("kit", "alive");
+await redis.connect().catch((error) => fail(`connecting to ${flags.host}`, error));
+await redis.set("kit", "alive").catch((error) => fail("the SET", error));
 console.log(`SET answered on the connection from port ${redis.stream.localPort}`);
 
 console.log(`idle for ${flags.idle} s`);
@@ -71,5 +73,12 @@ try {
   const why = error instanceof Error ? error.message : String(error);
   console.log(`GET lost: no answer within ${flags.wait} s (${why})`);
   redis.disconnect();
+  Deno.exit(1);
+}
+
+// One line and exit code 1 when the first request fails (no server there,
+// refused): this example is about the second one.
+function fail(what: string, error: unknown): never {
+  console.error(`${what} failed: ${error instanceof Error ? error.message : String(error)}`);
   Deno.exit(1);
 }
