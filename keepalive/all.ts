@@ -180,7 +180,6 @@ export function setKeepAliveAllEvery(
   let interval = everyMs;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
-  const named = peers.some((peer) => peer.name !== undefined);
   const tune = () => {
     const start = performance.now();
     last = tuneAll(settings, matchers);
@@ -190,25 +189,12 @@ export function setKeepAliveAllEvery(
       Math.max(everyMs, Math.ceil((performance.now() - start) * 20)),
     );
   };
-  // Names are looked up again, off the loop, one lookup at a time and at
-  // most every RESOLVE_EVERY_MS: a name server that does not answer must
-  // not pile up lookups, each holding the program until it gives up.
-  let resolving = false;
-  let resolvedAt = performance.now();
+  const refreshNames = nameRefresher(peers, (found) => {
+    if (!stopped) matchers = found;
+  });
   const tick = () => {
     if (stopped) return;
-    if (named && !resolving && performance.now() - resolvedAt >= RESOLVE_EVERY_MS) {
-      resolving = true;
-      Promise.all(peers.map(resolvedLater)).then(
-        (found) => {
-          if (!stopped) matchers = found;
-        },
-        () => {}, // a failure keeps the addresses found before
-      ).finally(() => {
-        resolving = false;
-        resolvedAt = performance.now();
-      });
-    }
+    refreshNames();
     try {
       tune();
     } catch (error) {
@@ -237,6 +223,25 @@ export function setKeepAliveAllEvery(
 
 // How often setKeepAliveAllEvery looks its names up again, at most.
 const RESOLVE_EVERY_MS = 30_000;
+
+// What setKeepAliveAllEvery calls before each round: when the filter has
+// names and RESOLVE_EVERY_MS have passed, it looks them up again off the
+// loop, one lookup at a time (a name server that does not answer must not
+// pile up lookups, each holding the program until it gives up), and hands
+// the new addresses to `found`; a failure keeps the addresses found before.
+function nameRefresher(peers: Peer[], found: (matchers: Matcher[]) => void): () => void {
+  if (!peers.some((peer) => peer.name !== undefined)) return () => {};
+  let resolving = false;
+  let resolvedAt = performance.now();
+  return () => {
+    if (resolving || performance.now() - resolvedAt < RESOLVE_EVERY_MS) return;
+    resolving = true;
+    Promise.all(peers.map(resolvedLater)).then(found, () => {}).finally(() => {
+      resolving = false;
+      resolvedAt = performance.now();
+    });
+  };
+}
 
 // --- The filter ------------------------------------------------------------------
 
