@@ -216,3 +216,15 @@ Deno.test("plan --pool-idle-timeout: keepalive is not needed to keep parked conn
 });
 
 /** Why stdout or stderr cannot be pointed at a full device here, or null. */
+
+Deno.test("plan --pool-idle-timeout: an idle time equal to the pool's is not called longer", () => {
+  // The first probe after 1 s of silence, the pool closing after 1 s: the
+  // parked connection is gone by then, but 1 s is not longer than 1 s.
+  const text = planText({
+    middleboxTimeoutSeconds: 10,
+    detectWithinSeconds: 3,
+    poolIdleTimeoutSeconds: 1,
+  });
+  assertStringIncludes(text, "by when the pool has closed it (after 1 s)");
+  assert(!text.includes("longer than the pool"), text);
+});
