@@ -36,7 +36,6 @@
  * @module
  */
 import {
-  type ByteSink,
   type CommandIO,
   createLineWriter,
   type LineWriter,
@@ -54,11 +53,12 @@ import { natWatchSeconds } from "./nat.ts";
 import { ownMain } from "./own.ts";
 import { formatTimeline, formatVerdict } from "./report.ts";
 import type { LabResult } from "./result.ts";
-import { runInSandbox } from "./relay.ts";
+import { keepingFailure, runInSandbox, waitUntilWritten } from "./relay.ts";
 import { trySandbox } from "./sandbox.ts";
 import { renderSvg } from "./svg.ts";
 import { locateTools, SEARCHED, useTools } from "./tools.ts";
 export { type ByteSink, type CommandIO, type LineWriter, UsageError } from "../tools/cli.ts";
+export { keepingFailure, waitUntilWritten } from "./relay.ts";
 
 /** What the lab does, from its command-line flags. */
 export interface LabOptions {
@@ -258,56 +258,6 @@ function printResults(result: LabResult, json: boolean, out: LineWriter) {
   out.write(
     ["", ...result.notes.map((note) => `note: ${note}`), ...formatVerdict(result)].join("\n"),
   );
-}
-
-/**
- * Waits until every line queued on `out` is written, however long the
- * reader takes: there is no time limit. `out.flush` takes one, so it is
- * asked again and again, in rounds of `roundMs`; a round that ends with
- * lines still queued is no failure. The wait ends only when they are all
- * written (`"written"`), when the output failed (`failure()` says how:
- * closed, full), or when `quit` resolves (`"stopped"`).
- *
- * @example
- * ```ts
- * import { createLineWriter } from "../tools/cli.ts";
- * import { waitUntilWritten } from "./lab.ts";
- * const out = createLineWriter({ droppedNotice: (n) => `${n} lines dropped` });
- * out.write("{}");
- * const quit = new Promise<void>(() => {}); // Enter, Ctrl-C or SIGTERM
- * const done = await waitUntilWritten(out, () => null, quit); // "written", "stopped" or an Error
- * ```
- */
-export async function waitUntilWritten(
-  out: Pick<LineWriter, "flush">,
-  failure: () => Error | null,
-  quit: Promise<unknown>,
-  roundMs = 60_000,
-): Promise<"written" | "stopped" | Error> {
-  const stopped = quit.then(() => "stopped" as const);
-  for (;;) {
-    const done = await Promise.race([out.flush(roundMs), stopped]);
-    if (done === "stopped") return done;
-    if (done) return "written";
-    const error = failure();
-    if (error) return error;
-  }
-}
-
-/**
- * `sink`, keeping the first error a write of it threw: a `LineWriter` only
- * says that its output failed, and the lab says why.
- */
-export function keepingFailure(sink: ByteSink): ByteSink & { failure: () => Error | null } {
-  let failure: Error | null = null;
-  return {
-    write: (bytes) =>
-      sink.write(bytes).catch((error) => {
-        failure ??= error instanceof Error ? error : new Error(String(error));
-        throw error;
-      }),
-    failure: () => failure,
-  };
 }
 
 // Everything that can be known before anything runs: the permissions, where

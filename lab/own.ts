@@ -31,7 +31,7 @@ import {
 } from "../tools/cli.ts";
 import type { OwnPlan } from "./own_inside.ts";
 import { escapeText, formatJson, formatReport, type OwnResult } from "./own_report.ts";
-import { runInSandbox } from "./relay.ts";
+import { keepingFailure, runInSandbox, waitUntilWritten } from "./relay.ts";
 import { isRoot, trySandbox } from "./sandbox.ts";
 import { locateTools, SEARCHED, tool, useTools } from "./tools.ts";
 
@@ -147,17 +147,9 @@ export async function ownMain(args: string[], io: CommandIO = {}): Promise<numbe
     stderr(`lab.ts own: ${plan}`);
     return 1;
   }
-  // The first error stdout gave, to say why the report was not written.
-  const sink = io.stdout ?? Deno.stdout;
-  let outputFailure: string | null = null;
+  const stdout = keepingFailure(io.stdout ?? Deno.stdout);
   const out = createLineWriter({
-    output: {
-      write: (bytes) =>
-        sink.write(bytes).catch((error) => {
-          outputFailure ??= (error instanceof Error ? error.message : String(error)).split("\n")[0];
-          throw error;
-        }),
-    },
+    output: stdout,
     droppedNotice: (n) => `(${n} lines of output dropped: stdout was not being read)`,
   });
   const quit = (io.quit ?? waitForQuit)();
@@ -171,7 +163,13 @@ export async function ownMain(args: string[], io: CommandIO = {}): Promise<numbe
   }
   const result = outcome.result;
   printResult(result, options.json, out);
-  const unwritten = await untilWritten(out, () => outputFailure, quit);
+  // The report is the point of the run: wait for it to be read, however slowly.
+  const written = await waitUntilWritten(out, stdout.failure, quit);
+  const unwritten = written === "written"
+    ? null
+    : written === "stopped"
+    ? "stopped before stdout took the whole report"
+    : `the report could not be written to stdout: ${written.message.split("\n")[0]}`;
   if (result.failure !== null) {
     stderr(`lab.ts own: ${result.failure}; the server's last lines are in the report`);
     return 1;
@@ -181,23 +179,6 @@ export async function ownMain(args: string[], io: CommandIO = {}): Promise<numbe
     return 1;
   }
   return result.passed ? 0 : 1;
-}
-
-// Waits until the report is written, however slowly it is read (a pager):
-// only a failed stdout or a quit request ends the wait. Null once written.
-async function untilWritten(
-  out: LineWriter,
-  failure: () => string | null,
-  quit: Promise<unknown>,
-): Promise<string | null> {
-  const stopped = quit.then(() => "stopped before stdout took the whole report");
-  for (;;) {
-    const done = await Promise.race([out.flush(60_000), stopped]);
-    if (typeof done === "string") return done;
-    if (done) return null;
-    const why = failure();
-    if (why !== null) return `the report could not be written to stdout: ${why}`;
-  }
 }
 
 function printResult(result: OwnResult, json: boolean, out: LineWriter) {

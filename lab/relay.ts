@@ -6,10 +6,12 @@
  * `{ "progress": "..." }` as it goes, then `{ "result": ... }` or
  * `{ "error": "..." }`. This starts it, relays the progress, and returns
  * the last word; a quit request kills the sandbox, and with it everything
- * the part made.
+ * the part made. Then the results are written to stdout, however slowly it
+ * is read ({@linkcode waitUntilWritten}).
  *
  * @module
  */
+import type { ByteSink, LineWriter } from "../tools/cli.ts";
 import { escapeText } from "./own_report.ts";
 import { sandboxCommand } from "./sandbox.ts";
 
@@ -72,5 +74,55 @@ export async function runInSandbox<R>(
     error: `the sandbox ended without a result (last step: ${escapeText(lastProgress)})${
       why ? `; its last words: ${escapeText(why)}` : ""
     }`,
+  };
+}
+
+/**
+ * Waits until every line queued on `out` is written, however long the
+ * reader takes: there is no time limit. `out.flush` takes one, so it is
+ * asked again and again, in rounds of `roundMs`; a round that ends with
+ * lines still queued is no failure. The wait ends only when they are all
+ * written (`"written"`), when the output failed (`failure()` says how:
+ * closed, full), or when `quit` resolves (`"stopped"`).
+ *
+ * @example
+ * ```ts
+ * import { createLineWriter } from "../tools/cli.ts";
+ * import { waitUntilWritten } from "./relay.ts";
+ * const out = createLineWriter({ droppedNotice: (n) => `${n} lines dropped` });
+ * out.write("{}");
+ * const quit = new Promise<void>(() => {}); // Enter, Ctrl-C or SIGTERM
+ * const done = await waitUntilWritten(out, () => null, quit); // "written", "stopped" or an Error
+ * ```
+ */
+export async function waitUntilWritten(
+  out: Pick<LineWriter, "flush">,
+  failure: () => Error | null,
+  quit: Promise<unknown>,
+  roundMs = 60_000,
+): Promise<"written" | "stopped" | Error> {
+  const stopped = quit.then(() => "stopped" as const);
+  for (;;) {
+    const done = await Promise.race([out.flush(roundMs), stopped]);
+    if (done === "stopped") return done;
+    if (done) return "written";
+    const error = failure();
+    if (error) return error;
+  }
+}
+
+/**
+ * `sink`, keeping the first error a write of it threw: a `LineWriter` only
+ * says that its output failed, and the lab says why.
+ */
+export function keepingFailure(sink: ByteSink): ByteSink & { failure: () => Error | null } {
+  let failure: Error | null = null;
+  return {
+    write: (bytes) =>
+      sink.write(bytes).catch((error) => {
+        failure ??= error instanceof Error ? error : new Error(String(error));
+        throw error;
+      }),
+    failure: () => failure,
   };
 }
