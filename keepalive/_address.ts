@@ -31,9 +31,21 @@ export function wantedAddress(addr: Deno.NetAddr): WantedAddress | null {
  * allocates nothing per descriptor.
  */
 export function sockaddrIs(sockaddr: Uint8Array, wanted: WantedAddress): boolean {
-  if (((sockaddr[2] << 8) | sockaddr[3]) !== wanted.port) return false;
+  return sockaddrPort(sockaddr) === wanted.port && sockaddrHasAddress(sockaddr, wanted.bytes);
+}
+
+/** A `struct sockaddr_in` or `sockaddr_in6`'s port. */
+export function sockaddrPort(sockaddr: Uint8Array): number {
+  return (sockaddr[2] << 8) | sockaddr[3];
+}
+
+/**
+ * Whether a `struct sockaddr_in` or `sockaddr_in6` holds the address
+ * `bytes` (16, IPv4 mapped into IPv6), compared in place; false for any
+ * other family.
+ */
+export function sockaddrHasAddress(sockaddr: Uint8Array, bytes: Uint8Array): boolean {
   const family = sockaddr[0] | (sockaddr[1] << 8);
-  const bytes = wanted.bytes;
   if (family === AF_INET6) {
     for (let i = 0; i < 16; i++) if (sockaddr[8 + i] !== bytes[i]) return false;
     return true;

@@ -18,7 +18,7 @@
 import {
   errno,
   ERRNO_SYMBOLS,
-  LIBC_PATHS,
+  ffiGrant,
   libcPermissionFlag,
   openCLibrary,
   strerror,
@@ -122,11 +122,8 @@ export function tuningSupport():
   if (Deno.build.os !== "linux") {
     return { available: false, missing: "system", message: new UnsupportedSystemError().message };
   }
-  const granted = Deno.permissions.querySync({ name: "ffi" }).state === "granted" ||
-    LIBC_PATHS.some((path) =>
-      Deno.permissions.querySync({ name: "ffi", path }).state === "granted"
-    );
-  if (!granted) {
+  const grant = ffiGrant();
+  if (grant !== "blanket" && grant.length === 0) {
     return {
       available: false,
       missing: "permission",

@@ -181,6 +181,18 @@ export function libcPermissionFlag(): string {
 }
 
 /**
+ * What FFI this process may use for the C library, queried (never
+ * prompted): `"blanket"` for `--allow-ffi`, else those of
+ * {@linkcode LIBC_PATHS} it was narrowed to (none: no grant).
+ */
+export function ffiGrant(): "blanket" | string[] {
+  if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") return "blanket";
+  return LIBC_PATHS.filter((path) =>
+    Deno.permissions.querySync({ name: "ffi", path }).state === "granted"
+  );
+}
+
+/**
  * Opens the C library with `symbols`, for `purpose`, which the errors name.
  * With the blanket `--allow-ffi` it is opened by name (glibc's, then
  * musl's); with `--allow-ffi` narrowed to paths, by whichever of
@@ -213,14 +225,9 @@ export function openCLibrary<S extends Deno.ForeignLibraryInterface>(
 ): Deno.DynamicLibrary<S>["symbols"] {
   if (Deno.build.os !== "linux") throw new UnsupportedSystemError(undefined, purpose);
   const failures: string[] = [];
-  const blanket = Deno.permissions.querySync({ name: "ffi" }).state === "granted";
-  const allowed = blanket
-    ? []
-    : LIBC_PATHS.filter((path) =>
-      Deno.permissions.querySync({ name: "ffi", path }).state === "granted"
-    );
+  const grant = ffiGrant();
   // Without any grant, the names: Deno then asks at a terminal, or refuses.
-  for (const name of blanket || allowed.length === 0 ? LIBC_NAMES : allowed) {
+  for (const name of grant === "blanket" || grant.length === 0 ? LIBC_NAMES : grant) {
     try {
       return Deno.dlopen(name, symbols).symbols;
     } catch (error) {

@@ -20,7 +20,14 @@
  */
 
 import { isPort, readFields, shown } from "./_checks.ts";
-import { addressBytes, formatAddr, formatBytesAddress, sockaddrAddress } from "./_address.ts";
+import {
+  addressBytes,
+  formatAddr,
+  formatBytesAddress,
+  sockaddrAddress,
+  sockaddrHasAddress,
+  sockaddrPort,
+} from "./_address.ts";
 import { descriptorCeiling } from "./_fdtable.ts";
 import { getOption, socketName } from "./_libc.ts";
 import { AF_INET, AF_INET6, ERRNO, IPPROTO_TCP, SO_PROTOCOL, SOL_SOCKET } from "./_linux.ts";
@@ -376,20 +383,9 @@ function matchesAny(sockaddr: Uint8Array, matchers: Matcher[]): boolean {
 function matches(sockaddr: Uint8Array, matcher: Matcher): boolean {
   const family = sockaddr[0] | (sockaddr[1] << 8);
   if (family !== AF_INET && family !== AF_INET6) return false;
-  if (matcher.port !== undefined && ((sockaddr[2] << 8) | sockaddr[3]) !== matcher.port) {
-    return false;
-  }
-  if (matcher.addresses === null) return true;
-  return matcher.addresses.some((bytes) => {
-    if (family === AF_INET6) {
-      for (let i = 0; i < 16; i++) if (sockaddr[8 + i] !== bytes[i]) return false;
-      return true;
-    }
-    if (bytes[10] !== 0xff || bytes[11] !== 0xff) return false;
-    for (let i = 0; i < 10; i++) if (bytes[i] !== 0) return false;
-    for (let i = 0; i < 4; i++) if (sockaddr[4 + i] !== bytes[12 + i]) return false;
-    return true;
-  });
+  if (matcher.port !== undefined && sockaddrPort(sockaddr) !== matcher.port) return false;
+  return matcher.addresses === null ||
+    matcher.addresses.some((bytes) => sockaddrHasAddress(sockaddr, bytes));
 }
 
 // The errno values of a descriptor that is no longer the socket looked at.
