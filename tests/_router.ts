@@ -251,8 +251,7 @@ export async function startPostgres(path: Path): Promise<ServerProcess> {
   const bin = postgresBinDir();
   const user = await postgresUser();
   if (!bin || !user) throw new Error(await postgresUnavailableReason() ?? "no PostgreSQL");
-  const dir = await Deno.makeTempDir({ prefix: "kakit-pg-" });
-  try {
+  return await inTempDir("kakit-pg-", async (dir) => {
     await Deno.chown(dir, user.uid, user.gid);
     // setpriv execs (runuser would fork): the pid the test kills is postgres's.
     const asPostgres = ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups"];
@@ -279,18 +278,8 @@ export async function startPostgres(path: Path): Promise<ServerProcess> {
       /ready to accept connections/,
       { cwd: dir, stop: "SIGQUIT", name: "postgres" },
     );
-    return {
-      host,
-      port: 5432,
-      async [Symbol.asyncDispose]() {
-        await server[Symbol.asyncDispose]();
-        await Deno.remove(dir, { recursive: true });
-      },
-    };
-  } catch (error) {
-    await Deno.remove(dir, { recursive: true });
-    throw error;
-  }
+    return { host, port: 5432, server };
+  });
 }
 
 /** Why MariaDB cannot be started here, or null. */
@@ -313,8 +302,7 @@ export async function startMariadb(path: Path): Promise<ServerProcess> {
     ["mariadbd", "mariadb-install-db"].map(findCommand),
   );
   if (!mariadbd || !installDb) throw new Error(await mariadbUnavailableReason() ?? "no MariaDB");
-  const dir = await Deno.makeTempDir({ prefix: "kakit-mariadb-" });
-  try {
+  return await inTempDir("kakit-mariadb-", async (dir) => {
     const common = ["--no-defaults", `--datadir=${dir}/data`, "--user=root", "--skip-name-resolve"];
     const install = await run([installDb, ...common, "--skip-test-db"], { cwd: dir });
     if (install.code !== 0) {
@@ -336,9 +324,22 @@ export async function startMariadb(path: Path): Promise<ServerProcess> {
       /ready for connections/,
       { cwd: dir, stop: "SIGKILL", name: "mariadbd" },
     );
+    return { host, port: 3306, server };
+  });
+}
+
+// Runs `start` with a new temporary directory; the server it starts and the
+// directory go together at scope exit, and the directory at once if it fails.
+async function inTempDir(
+  prefix: string,
+  start: (dir: string) => Promise<{ host: string; port: number; server: AsyncDisposable }>,
+): Promise<ServerProcess> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    const { host, port, server } = await start(dir);
     return {
       host,
-      port: 3306,
+      port,
       async [Symbol.asyncDispose]() {
         await server[Symbol.asyncDispose]();
         await Deno.remove(dir, { recursive: true });
